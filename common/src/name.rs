@@ -1,0 +1,100 @@
+//! Names of namespaces and nodes: 1–63 characters of `[a-z0-9-]`, starting
+//! with a letter or digit. The same rule as a DNS label, so a name is always
+//! safe as a file name, a key segment in etcd and a hostname.
+
+use thiserror::Error;
+
+/// Longest allowed name (a DNS label).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    /// The name is the empty string.
+    #[error("name is empty")]
+    Empty,
+    /// Longer than [`MAX_NAME_LEN`].
+    #[error("name {0:?} is {1} characters long; at most 63 are allowed")]
+    TooLong(String, usize),
+    /// Contains a character outside `[a-z0-9-]`.
+    #[error("name {0:?} contains {1:?}; only lowercase letters, digits and '-' are allowed")]
+    BadChar(String, char),
+    /// Starts with `-`.
+    #[error("name {0:?} must start with a letter or digit")]
+    BadStart(String),
+}
+
+/// Checks a namespace or node name against the contract.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.to_string(), len));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(NameError::BadChar(name.to_string(), c));
+    }
+    if name.starts_with('-') {
+        return Err(NameError::BadStart(name.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_dns_labels() {
+        for ok in ["a", "0", "web-1", "a".repeat(63).as_str()] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_paths_and_odd_characters() {
+        assert_eq!(validate_name(""), Err(NameError::Empty));
+        assert!(matches!(validate_name("-a"), Err(NameError::BadStart(_))));
+        assert!(matches!(
+            validate_name("a/b"),
+            Err(NameError::BadChar(_, '/'))
+        ));
+        assert!(matches!(
+            validate_name(".."),
+            Err(NameError::BadChar(_, '.'))
+        ));
+        assert!(matches!(
+            validate_name("Web"),
+            Err(NameError::BadChar(_, 'W'))
+        ));
+        assert!(matches!(
+            validate_name("a b"),
+            Err(NameError::BadChar(_, ' '))
+        ));
+        assert!(matches!(
+            validate_name(&"a".repeat(64)),
+            Err(NameError::TooLong(_, 64))
+        ));
+        assert!(matches!(
+            validate_name("é"),
+            Err(NameError::BadChar(_, 'é'))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_names_are_safe_path_segments(s in "\\PC{0,80}") {
+            if validate_name(&s).is_ok() {
+                prop_assert!(!s.is_empty() && s.len() <= 63);
+                prop_assert!(!s.contains('/') && s != "." && s != "..");
+                prop_assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+            }
+        }
+    }
+}
