@@ -1,1 +1,384 @@
-fn main() {}
+//! `weft-lab`: the weft test bed for humans.
+//!
+//! `weft-lab up` builds simulated hosts in network namespaces, starts a
+//! standalone `weft-agent` on each, adds endpoint namespaces with `weftctl`,
+//! prints a connectivity matrix and leaves everything running; `status`
+//! shows it, `down` removes it. State lives in a manifest in `--dir`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use weft_tests::netns::describe_status;
+use weft_tests::{gateway_of, try_tcp_request, Host, Lab, LabOpts, INTERNET_IP};
+
+#[derive(Parser)]
+#[command(name = "weft-lab", version, about = "Simulated weft hosts in network namespaces")]
+struct Cli {
+    /// Lab directory (manifest, per-host state, logs).
+    #[arg(long, global = true, default_value = "/tmp/weft-lab/lab")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab, start agents, add namespaces, check connectivity.
+    Up {
+        /// Number of simulated hosts.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=200))]
+        hosts: u16,
+        /// Endpoint namespaces per host.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=50))]
+        ns_per_host: u16,
+    },
+    /// Show the hosts, their agents and namespaces.
+    Status,
+    /// Stop the agents and remove everything the lab created.
+    Down,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Up { hosts, ns_per_host } => up(&cli.dir, hosts.into(), ns_per_host.into()),
+        Cmd::Status => status(&cli.dir),
+        Cmd::Down => down(&cli.dir),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("weft-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn abs(dir: &Path) -> Result<PathBuf> {
+    Ok(if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    })
+}
+
+/// A stable prefix for the lab in `dir`; not of the `wt<pid>x<n>` form, so
+/// the sweep of dead test labs never touches it.
+fn prefix_for(dir: &Path) -> String {
+    // FNV-1a, 32 bit.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("wl{:06x}", h & 0xff_ffff)
+}
+
+/// `weftctl -o json ARGS` on `host`, as a Result.
+fn weftctl_json(host: &Host, args: &[&str]) -> Result<serde_json::Value> {
+    let mut a = vec!["-o", "json"];
+    a.extend_from_slice(args);
+    let out = host.weftctl(&a);
+    if !out.status.success() {
+        bail!(
+            "weftctl {} on {} failed ({}): {}",
+            a.join(" "),
+            host.name,
+            describe_status(&out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("weftctl {} on {}: bad JSON", a.join(" "), host.name))
+}
+
+struct Ep {
+    name: String,
+    ip: Ipv4Addr,
+    netns: PathBuf,
+}
+
+fn up(dir: &Path, hosts: usize, per_host: usize) -> Result<bool> {
+    let dir = abs(dir)?;
+    if dir.join(weft_tests::lab::MANIFEST).exists() {
+        bail!(
+            "a lab is already up in {} (see `weft-lab status --dir {0}`, remove it with `weft-lab down --dir {0}`)",
+            dir.display()
+        );
+    }
+    let lab = Lab::try_new(LabOpts {
+        hosts,
+        subnets: Vec::new(),
+        dir: Some(dir.clone()),
+        prefix: Some(prefix_for(&dir)),
+        detachable: true,
+    })?;
+    // Keep the manifest current, so `down` works even if we die half-way.
+    lab.write_manifest()?;
+    println!(
+        "lab {} in {}: {hosts} host(s), underlay {}, internet {INTERNET_IP}",
+        lab.prefix,
+        dir.display(),
+        weft_tests::UNDERLAY_CIDR
+    );
+
+    let mut agents = Vec::new();
+    let mut eps: Vec<Vec<Ep>> = Vec::new();
+    for h in lab.hosts() {
+        agents.push(h.try_start_agent(&[])?);
+        lab.write_manifest()?;
+        let mut v = Vec::new();
+        for j in 1..=per_host {
+            let name = format!("{}-n{j}", h.name);
+            let j = weftctl_json(h, &["ns", "add", &name])?;
+            let ip = j["ip"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("ns add {name}: no ip in {j}"))?;
+            let netns = j["netns"]
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| h.endpoint(&name));
+            v.push(Ep { name, ip, netns });
+        }
+        eps.push(v);
+    }
+
+    let ok = matrix(&lab, &eps);
+    lab.persist()?;
+    println!();
+    println!("the lab stays up; agent logs in {}/h*/agent.log", dir.display());
+    println!(
+        "  enter a namespace: nsenter --net={} bash",
+        eps.iter()
+            .flatten()
+            .next()
+            .map(|e| e.netns.display().to_string())
+            .unwrap_or_else(|| lab.host(1).netns.display().to_string())
+    );
+    println!(
+        "  weftctl --agent-socket {} ns list",
+        lab.host(1).socket().display()
+    );
+    println!("  weft-lab status --dir {0}; weft-lab down --dir {0}", dir.display());
+    Ok(ok)
+}
+
+fn mark(b: bool) -> &'static str {
+    if b {
+        "✓"
+    } else {
+        "✗"
+    }
+}
+
+/// Pings every namespace from every namespace on the same host, plus the
+/// gateway and the internet host; proves NAT with a TCP request to a
+/// peer-address server in the internet namespace. Returns whether all passed.
+fn matrix(lab: &Lab, eps: &[Vec<Ep>]) -> bool {
+    let mut all_ok = true;
+    let nat_srv = match weft_tests::sock::try_tcp_peer_server(&lab.internet(), (INTERNET_IP, 0)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            println!("cannot start the NAT probe server: {e:#}");
+            all_ok = false;
+            None
+        }
+    };
+    for (h, v) in lab.hosts().iter().zip(eps) {
+        let gw = gateway_of(&h.subnet);
+        println!();
+        println!(
+            "{}  underlay {}  subnet {}  gateway {}",
+            h.name,
+            h.ip,
+            h.subnet,
+            gw.map(|g| g.to_string()).unwrap_or_else(|| "?".into())
+        );
+        if v.is_empty() {
+            println!("  (no namespaces)");
+            continue;
+        }
+        // Targets: every namespace, the gateway, the internet host.
+        let mut targets: Vec<(String, String)> =
+            v.iter().map(|e| (e.name.clone(), e.ip.to_string())).collect();
+        if let Some(g) = gw {
+            targets.push(("gateway".into(), g.to_string()));
+        }
+        targets.push(("internet".into(), INTERNET_IP.to_string()));
+        // All cells at once; each ping waits at most 1 s.
+        let cells: BTreeMap<(usize, usize), bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = v
+                .iter()
+                .enumerate()
+                .flat_map(|(i, src)| {
+                    targets.iter().enumerate().filter(move |&(j, _)| j != i).map(
+                        move |(j, (_, ip))| {
+                            let ns = src.netns.clone();
+                            let ip = ip.clone();
+                            ((i, j), s.spawn(move || lab.ping(&ns, &ip)))
+                        },
+                    )
+                })
+                .collect();
+            hs.into_iter()
+                .map(|(k, h)| (k, h.join().unwrap_or(false)))
+                .collect()
+        });
+        let w = targets
+            .iter()
+            .map(|(n, _)| n.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(3)
+            + 2;
+        let lw = v
+            .iter()
+            .map(|e| e.name.len() + e.ip.to_string().len() + 1)
+            .max()
+            .unwrap_or(0)
+            .max(9)
+            + 2;
+        let mut hdr = format!("  {:<lw$}", "from \\ to");
+        for (n, _) in &targets {
+            hdr += &format!("{n:^w$}");
+        }
+        println!("{hdr}");
+        for (i, src) in v.iter().enumerate() {
+            let mut line = format!("  {:<lw$}", format!("{} {}", src.name, src.ip));
+            for j in 0..targets.len() {
+                let c = match cells.get(&(i, j)) {
+                    None => "·",
+                    Some(&b) => {
+                        all_ok &= b;
+                        mark(b)
+                    }
+                };
+                line += &format!("{c:^w$}");
+            }
+            println!("{line}");
+        }
+        if let Some(srv) = &nat_srv {
+            for e in v {
+                let r = try_tcp_request(&e.netns, srv.addr());
+                let (ok, seen) = match &r {
+                    Ok(s) => {
+                        let s = s.trim().to_string();
+                        let ip = s.rsplit_once(':').map(|(ip, _)| ip.to_string());
+                        (ip.as_deref() == Some(&h.ip.to_string()), s)
+                    }
+                    Err(e) => (false, format!("error: {e:#}")),
+                };
+                all_ok &= ok;
+                println!(
+                    "  NAT {} {}: TCP {} → {} saw source {seen} {}",
+                    mark(ok),
+                    e.name,
+                    e.ip,
+                    srv.addr(),
+                    if ok {
+                        format!("= host address {} (masqueraded)", h.ip)
+                    } else {
+                        format!("(expected {}:PORT)", h.ip)
+                    }
+                );
+            }
+        }
+    }
+    println!();
+    println!(
+        "{}",
+        if all_ok {
+            "all checks passed"
+        } else {
+            "SOME CHECKS FAILED"
+        }
+    );
+    all_ok
+}
+
+fn status(dir: &Path) -> Result<bool> {
+    let dir = abs(dir)?;
+    let lab = Lab::attach(&dir).with_context(|| format!("no lab up in {}", dir.display()))?;
+    println!("lab {} in {}", lab.prefix, dir.display());
+    let missing: Vec<String> = lab
+        .namespaces()
+        .into_iter()
+        .filter(|n| !Path::new("/run/netns").join(n).exists())
+        .collect();
+    let mut ok = missing.is_empty();
+    if !ok {
+        println!("missing namespaces: {}", missing.join(", "));
+    }
+    for h in lab.hosts() {
+        let pid = h.agent_pid();
+        println!();
+        println!(
+            "{}  ns {}  underlay {}  subnet {}  agent {}",
+            h.name,
+            h.ns_name,
+            h.ip,
+            h.subnet,
+            match pid {
+                Some(p) => format!("running (pid {p})"),
+                None => "NOT RUNNING".into(),
+            }
+        );
+        if pid.is_none() {
+            ok = false;
+            continue;
+        }
+        match weftctl_json(h, &["ns", "list"]) {
+            Ok(serde_json::Value::Array(list)) => {
+                if list.is_empty() {
+                    println!("  (no namespaces)");
+                }
+                for e in list {
+                    println!(
+                        "  {:<16} {:<15} {:<17} {}",
+                        e["name"].as_str().unwrap_or("?"),
+                        e["ip"].as_str().unwrap_or("?"),
+                        e["mac"].as_str().unwrap_or("?"),
+                        e["netns"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(other) => {
+                ok = false;
+                println!("  unexpected ns list answer: {other}");
+            }
+            Err(e) => {
+                ok = false;
+                println!("  {e:#}");
+            }
+        }
+    }
+    // Stay persistent: `lab` is only dropped, nothing removed.
+    Ok(ok)
+}
+
+fn down(dir: &Path) -> Result<bool> {
+    let dir = abs(dir)?;
+    let lab = Lab::attach(&dir).with_context(|| format!("no lab up in {}", dir.display()))?;
+    let prefix = lab.prefix.clone();
+    let names = lab.namespaces();
+    lab.destroy();
+    let left: Vec<&String> = names
+        .iter()
+        .filter(|n| Path::new("/run/netns").join(n).exists())
+        .collect();
+    if !left.is_empty() || dir.exists() {
+        bail!(
+            "lab {prefix} only partly removed: namespaces left {left:?}, dir {} {}",
+            dir.display(),
+            if dir.exists() { "left" } else { "gone" }
+        );
+    }
+    println!("lab {prefix} in {} removed", dir.display());
+    Ok(true)
+}

@@ -1,0 +1,566 @@
+//! The agent's core: endpoints (namespaces on the bridge) and the host's
+//! bridge, NAT and published ports, kept in line with the persisted state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+use weft_common::api::{ControllerLink, Endpoint, Status};
+use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
+
+use crate::config::Config;
+use crate::firewall::{Firewall, FirewallError, FirewallSpec, PortForward};
+use crate::ipam::{gateway, Ipam, IpamError};
+use crate::netlink::{Link, Netlink, NetlinkError, VethSpec};
+use crate::netns::{self, NetnsError};
+use crate::state::{EndpointRecord, NodeState, StateError, Store};
+use crate::sysctl;
+
+/// The bridge every namespace of this host is attached to.
+pub const BRIDGE: &str = "weft0";
+/// Host ends of weft's veth pairs start with this; anything with it that no
+/// endpoint owns is a leftover and gets removed.
+const VETH_PREFIX: &str = "wv";
+/// The namespace end of the veth pair.
+const NS_IFACE: &str = "eth0";
+/// The nftables table (family inet) weft owns.
+pub const NFT_TABLE: &str = "weft";
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("invalid namespace name: {0}")]
+    Name(#[from] NameError),
+    #[error("namespace {0:?} already exists")]
+    Duplicate(String),
+    #[error("namespace {0:?} does not exist")]
+    NotFound(String),
+    #[error("{0} already exists but was not created by weft; remove it or pick another name")]
+    ForeignNetns(PathBuf),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("--publish {spec} is given twice")]
+    PublishTwice { spec: PortMapping },
+    #[error("--publish {spec}: host port {port}/{proto} is already published by namespace {owner:?}")]
+    PortPublished { spec: PortMapping, port: u16, proto: Proto, owner: String },
+    #[error("--publish {spec}: {reason}")]
+    PortUnavailable { spec: PortMapping, reason: String },
+    #[error("host interface name {veth} of namespace {name:?} collides with namespace {other:?}; pick another name")]
+    VethCollision { name: String, veth: String, other: String },
+    #[error("{0}")]
+    Netlink(#[from] NetlinkError),
+    #[error("{0}")]
+    Netns(#[from] NetnsError),
+    #[error("{0}")]
+    Firewall(#[from] FirewallError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("{error}; undoing the partial work also failed: {}", undo.join("; "))]
+    RolledBackBadly { error: Box<AgentError>, undo: Vec<String> },
+    #[error("removing namespace {name:?} failed (run ns del again to retry): {}", errors.join("; "))]
+    Teardown { name: String, errors: Vec<String> },
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T> = std::result::Result<T, AgentError>;
+
+/// Name of the host end of an endpoint's veth pair: a hash of the endpoint
+/// name, because a namespace name (up to 63 bytes) does not fit an interface
+/// name (15 bytes).
+pub fn host_veth_name(name: &str) -> String {
+    // FNV-1a: stable across Rust releases, unlike std's DefaultHasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64's finalizer: names that differ in one byte differ everywhere.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    format!("{VETH_PREFIX}{:012x}", h >> 16)
+}
+
+struct Inner {
+    store: Store,
+    endpoints: BTreeMap<String, EndpointRecord>,
+    ipam: Ipam,
+    bridge: u32,
+}
+
+pub struct Agent {
+    cfg: Config,
+    gateway: Ipv4Addr,
+    mtu: u32,
+    host: Netlink,
+    fw: Arc<Firewall>,
+    inner: Mutex<Inner>,
+}
+
+impl Agent {
+    /// Loads the state, then brings the kernel in line with it without
+    /// disturbing anything that already works.
+    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Agent>> {
+        let store = Store::open(&cfg.state_dir)?;
+        let loaded = store.load()?;
+        let node = NodeState { node: cfg.node_name.clone(), subnet: cfg.subnet };
+        if let Some(old) = &loaded.node {
+            if old.subnet != cfg.subnet && !loaded.endpoints.is_empty() {
+                anyhow::bail!(
+                    "--subnet {} differs from the subnet {} that this host's {} namespaces use (state in {}); delete them first or keep --subnet {}",
+                    cfg.subnet, old.subnet, loaded.endpoints.len(), cfg.state_dir.display(), old.subnet
+                );
+            }
+        }
+        if loaded.node.as_ref() != Some(&node) {
+            store.save_node(&node)?;
+        }
+        let mut ipam = Ipam::new(cfg.subnet);
+        for rec in loaded.endpoints.values() {
+            ipam.insert(rec.ip, &rec.name)
+                .map_err(|e| anyhow::anyhow!("state of namespace {:?} in {}: {e}", rec.name, cfg.state_dir.display()))?;
+        }
+        let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
+        let mtu = underlay_mtu(&host, cfg.underlay_iface.as_deref()).await?;
+        netns::prepare_netns_dir(&cfg.netns_dir)?;
+        let agent = Arc::new(Agent {
+            gateway: gateway(cfg.subnet),
+            mtu,
+            host,
+            fw: Arc::new(Firewall::new(NFT_TABLE)),
+            inner: Mutex::new(Inner { store, endpoints: loaded.endpoints, ipam, bridge: 0 }),
+            cfg,
+        });
+        agent.reconcile(&loaded.pending).await?;
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn netns_path(&self, name: &str) -> PathBuf {
+        self.cfg.netns_dir.join(name)
+    }
+
+    fn endpoint(&self, rec: &EndpointRecord) -> Endpoint {
+        Endpoint {
+            name: rec.name.clone(),
+            ip: rec.ip,
+            mac: rec.mac,
+            netns: self.netns_path(&rec.name).display().to_string(),
+            publish: rec.publish.clone(),
+            host_veth: rec.host_veth.clone(),
+        }
+    }
+
+    fn firewall_spec(&self) -> FirewallSpec {
+        // Standalone, the cluster is this host's subnet.
+        FirewallSpec { cluster_cidr: self.cfg.subnet, subnet: self.cfg.subnet, bridge: BRIDGE.to_string() }
+    }
+
+    async fn firewall<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Firewall) -> std::result::Result<T, FirewallError> + Send + 'static,
+    ) -> Result<T> {
+        let fw = self.fw.clone();
+        tokio::task::spawn_blocking(move || f(&fw))
+            .await
+            .map_err(|e| AgentError::Other(format!("firewall task failed: {e}")))?
+            .map_err(AgentError::from)
+    }
+
+    /// Brings the host namespace, the nft table and every endpoint in line
+    /// with the state. Only what is missing or wrong is changed, so traffic
+    /// of working endpoints never stops.
+    async fn reconcile(&self, pending: &[String]) -> anyhow::Result<()> {
+        let mut inner = self.inner.lock().await;
+        sysctl::ensure("net.ipv4.ip_forward", "1", "namespaces route through this host")?;
+        inner.bridge = self.ensure_bridge().await?;
+        let bridge_conf = format!("net.ipv4.conf.{BRIDGE}");
+        sysctl::ensure(&format!("{bridge_conf}.rp_filter"), "2", "loose reverse-path filter on weft devices")?;
+        sysctl::ensure(&format!("{bridge_conf}.route_localnet"), "1", "published ports answer on 127.0.0.1 too")?;
+
+        let forwards: Vec<PortForward> = inner.endpoints.values().flat_map(forwards_of).collect();
+        let spec = self.firewall_spec();
+        self.firewall(move |fw| fw.sync(&spec, &forwards)).await?;
+
+        for name in pending {
+            if !inner.endpoints.contains_key(name) {
+                warn!("namespace {name:?} was half-built when the agent stopped; removing its pieces");
+                self.host.delete_link_by_name(&host_veth_name(name)).await?;
+                let path = self.netns_path(name);
+                if netns::is_netns(&path) {
+                    netns::delete(&path)?;
+                }
+            }
+            inner.store.clear_pending(name)?;
+        }
+
+        let links: BTreeMap<String, Link> = self.host.links().await?.into_iter().map(|l| (l.name.clone(), l)).collect();
+        let bridge = inner.bridge;
+        for rec in inner.endpoints.values() {
+            self.ensure_endpoint(rec, links.get(&rec.host_veth), bridge)
+                .await
+                .map_err(|e| anyhow::anyhow!("restore namespace {:?}: {e}", rec.name))?;
+        }
+        let owned: BTreeSet<&str> = inner.endpoints.values().map(|r| r.host_veth.as_str()).collect();
+        for link in links.values() {
+            if link.name.starts_with(VETH_PREFIX) && link.kind.as_deref() == Some("veth") && !owned.contains(link.name.as_str()) {
+                self.host.delete_link(link.index, &link.name).await?;
+                info!("deleted veth {}: no namespace owns it", link.name);
+            }
+        }
+        info!(
+            "host ready: bridge {BRIDGE} {}/{} mtu {}, {} namespaces",
+            self.gateway,
+            self.cfg.subnet.prefix(),
+            self.mtu,
+            inner.endpoints.len()
+        );
+        Ok(())
+    }
+
+    /// Creates the bridge or corrects it in place; returns its index.
+    async fn ensure_bridge(&self) -> Result<u32> {
+        let mac = MacAddr::from_ipv4(self.gateway);
+        let link = match self.host.link(BRIDGE).await? {
+            None => {
+                let l = self.host.create_bridge(BRIDGE, mac, self.mtu).await?;
+                info!("created bridge {BRIDGE} mac {mac} mtu {}", self.mtu);
+                l
+            }
+            Some(l) if l.kind.as_deref() != Some("bridge") => {
+                return Err(AgentError::Other(format!(
+                    "{BRIDGE} exists but is a {} device, not a bridge; remove it so weft can create its bridge",
+                    l.kind.as_deref().unwrap_or("unknown")
+                )))
+            }
+            Some(l) => {
+                let mtu = (l.mtu != self.mtu).then_some(self.mtu);
+                let new_mac = (l.mac != Some(mac)).then_some(mac);
+                if mtu.is_some() || new_mac.is_some() || !l.up {
+                    self.host.set_link(l.index, mtu, new_mac, None, true).await?;
+                    info!("corrected bridge {BRIDGE}: mtu {} mac {mac} up (was mtu {} mac {:?} up={})", self.mtu, l.mtu, l.mac, l.up);
+                }
+                l
+            }
+        };
+        let prefix = self.cfg.subnet.prefix();
+        let addrs = self.host.addresses_v4(link.index).await?;
+        for (ip, len) in &addrs {
+            if (*ip, *len) != (self.gateway, prefix) {
+                self.host.delete_address(link.index, *ip, *len, BRIDGE).await?;
+                info!("removed address {ip}/{len} from {BRIDGE}: not this host's gateway");
+            }
+        }
+        if !addrs.contains(&(self.gateway, prefix)) {
+            self.host.add_address(link.index, self.gateway, prefix, BRIDGE).await?;
+            info!("added gateway {}/{prefix} to {BRIDGE}", self.gateway);
+        }
+        Ok(link.index)
+    }
+
+    /// Re-creates whatever an endpoint is missing: its namespace, veth pair,
+    /// address or default route. Leaves working pieces alone.
+    async fn ensure_endpoint(&self, rec: &EndpointRecord, host_link: Option<&Link>, bridge: u32) -> Result<()> {
+        let path = self.netns_path(&rec.name);
+        let ns = if netns::is_netns(&path) {
+            netns::open(&path).await?
+        } else {
+            if path.exists() {
+                netns::delete(&path)?;
+            }
+            let ns = netns::create(&path).await?;
+            info!("re-created namespace {} at {}: it was missing", rec.name, path.display());
+            ns
+        };
+        match host_link {
+            Some(l) if l.master == Some(bridge) && l.up && l.mtu == self.mtu => {}
+            Some(l) => {
+                self.host.set_link(l.index, Some(self.mtu), None, Some(bridge), true).await?;
+                info!("corrected {} of namespace {}: port of {BRIDGE}, up, mtu {}", l.name, rec.name, self.mtu);
+            }
+            None => {
+                // The veth pair is gone, but a stray eth0 may remain in the namespace.
+                if let Some(stray) = ns.netlink.link(NS_IFACE).await? {
+                    ns.netlink.delete_link(stray.index, NS_IFACE).await?;
+                }
+                self.create_veth(rec, &ns, bridge).await?;
+                info!("re-created veth {} of namespace {}: it was missing", rec.host_veth, rec.name);
+            }
+        }
+        self.ensure_ns_side(rec, &ns.netlink).await
+    }
+
+    async fn create_veth(&self, rec: &EndpointRecord, ns: &netns::Namespace, bridge: u32) -> Result<()> {
+        use std::os::fd::AsFd;
+        self.host
+            .create_veth(&VethSpec {
+                host_name: &rec.host_veth,
+                master: bridge,
+                mtu: self.mtu,
+                peer_netns: ns.fd.as_fd(),
+                peer_name: NS_IFACE,
+                peer_mac: rec.mac,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Inside the namespace: `lo` up, `eth0` up with its address, default
+    /// route via the gateway. Checks first, adds only what is missing.
+    async fn ensure_ns_side(&self, rec: &EndpointRecord, nl: &Netlink) -> Result<()> {
+        let links = nl.links().await?;
+        let find = |n: &str| links.iter().find(|l| l.name == n).cloned();
+        let lo = find("lo").ok_or_else(|| AgentError::Other(format!("namespace {} has no lo", rec.name)))?;
+        let eth = find(NS_IFACE).ok_or_else(|| AgentError::Other(format!("namespace {} has no {NS_IFACE}", rec.name)))?;
+        let (addrs, routes) = futures::try_join!(nl.addresses_v4(eth.index), nl.routes_v4())?;
+        let prefix = self.cfg.subnet.prefix();
+        let has_default = routes.iter().any(|r| r.is_default() && r.gateway == Some(self.gateway) && r.oif == Some(eth.index));
+        let lo_up = async {
+            if !lo.up {
+                nl.set_link(lo.index, None, None, None, true).await?;
+            }
+            Ok::<_, NetlinkError>(())
+        };
+        let eth_up = async {
+            if !eth.up {
+                nl.set_link(eth.index, None, None, None, true).await?;
+            }
+            Ok::<_, NetlinkError>(())
+        };
+        let addr = async {
+            if !addrs.contains(&(rec.ip, prefix)) {
+                nl.add_address(eth.index, rec.ip, prefix, NS_IFACE).await?;
+            }
+            Ok::<_, NetlinkError>(())
+        };
+        let route = async {
+            if !has_default {
+                nl.add_default_route(self.gateway, eth.index).await?;
+            }
+            Ok::<_, NetlinkError>(())
+        };
+        futures::try_join!(lo_up, eth_up, addr, route)?;
+        Ok(())
+    }
+
+}
+
+/// The port forwards an endpoint's published ports need.
+fn forwards_of(rec: &EndpointRecord) -> Vec<PortForward> {
+    rec.publish
+        .iter()
+        .map(|p| PortForward { host_ip: p.host_ip, host_port: p.host_port, proto: p.proto, target: rec.ip, target_port: p.port })
+        .collect()
+}
+
+/// Whether a host port is free: nothing on this host listens on it.
+fn probe_port(p: &PortMapping) -> std::result::Result<(), String> {
+    let addr = SocketAddrV4::new(p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), p.host_port);
+    let res = match p.proto {
+        Proto::Tcp => TcpListener::bind(addr).map(drop),
+        Proto::Udp => UdpSocket::bind(addr).map(drop),
+    };
+    res.map_err(|e| match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => format!("host port {}/{} is already in use on this host", p.host_port, p.proto),
+        Some(libc::EADDRNOTAVAIL) => format!("{} is not an address of this host", addr.ip()),
+        _ => format!("cannot use host port {addr}/{}: {e}", p.proto),
+    })
+}
+
+/// The MTU of the underlay: of `--underlay-iface`, else of the interface
+/// holding the default route, else 1500.
+async fn underlay_mtu(host: &Netlink, iface: Option<&str>) -> anyhow::Result<u32> {
+    if let Some(name) = iface {
+        return match host.link(name).await? {
+            Some(l) => Ok(l.mtu),
+            None => anyhow::bail!("--underlay-iface {name}: no such interface"),
+        };
+    }
+    let routes = host.routes_v4().await?;
+    if let Some(oif) = routes.iter().find(|r| r.is_default()).and_then(|r| r.oif) {
+        if let Some(l) = host.links().await?.into_iter().find(|l| l.index == oif) {
+            return Ok(l.mtu);
+        }
+    }
+    warn!("no default route and no --underlay-iface: using MTU 1500");
+    Ok(1500)
+}
+
+impl Agent {
+    /// `weftctl ns add`: builds a namespace on the bridge. On any failure,
+    /// everything created so far is removed again.
+    pub async fn ns_add(&self, name: String, ip: Option<Ipv4Addr>, publish: Vec<PortMapping>) -> Result<Endpoint> {
+        validate_name(&name)?;
+        let mut inner = self.inner.lock().await;
+        if inner.endpoints.contains_key(&name) {
+            return Err(AgentError::Duplicate(name));
+        }
+        let path = self.netns_path(&name);
+        if path.symlink_metadata().is_ok() {
+            return Err(AgentError::ForeignNetns(path));
+        }
+        let host_veth = host_veth_name(&name);
+        if let Some(other) = inner.endpoints.values().find(|r| r.host_veth == host_veth) {
+            return Err(AgentError::VethCollision { name, veth: host_veth, other: other.name.clone() });
+        }
+        for (i, p) in publish.iter().enumerate() {
+            if publish[..i].iter().any(|q| q.conflicts_with(p)) {
+                return Err(AgentError::PublishTwice { spec: *p });
+            }
+            if let Some((owner, _)) =
+                inner.endpoints.values().flat_map(|r| r.publish.iter().map(move |q| (&r.name, q))).find(|(_, q)| q.conflicts_with(p))
+            {
+                return Err(AgentError::PortPublished { spec: *p, port: p.host_port, proto: p.proto, owner: owner.clone() });
+            }
+            probe_port(p).map_err(|reason| AgentError::PortUnavailable { spec: *p, reason })?;
+        }
+        let ip = inner.ipam.allocate(&name, ip)?;
+        let rec = EndpointRecord { name: name.clone(), ip, mac: MacAddr::from_ipv4(ip), host_veth, publish };
+        match self.build_endpoint(&inner, &rec).await {
+            Ok(()) => {
+                info!("added namespace {name}: {ip}/{} on {BRIDGE} via {}{}", self.cfg.subnet.prefix(), rec.host_veth, published(&rec));
+                let ep = self.endpoint(&rec);
+                inner.endpoints.insert(name, rec);
+                Ok(ep)
+            }
+            Err(e) => {
+                inner.ipam.release(ip);
+                Err(e)
+            }
+        }
+    }
+
+    async fn build_endpoint(&self, inner: &Inner, rec: &EndpointRecord) -> Result<()> {
+        inner.store.mark_pending(&rec.name)?;
+        let path = self.netns_path(&rec.name);
+        let mut made_ns = false;
+        let mut made_veth = false;
+        let mut made_fw = false;
+        let forwards = forwards_of(rec);
+        let built: Result<()> = async {
+            let ns = netns::create(&path).await?;
+            made_ns = true;
+            self.create_veth(rec, &ns, inner.bridge).await?;
+            made_veth = true;
+            self.ensure_ns_side(rec, &ns.netlink).await?;
+            if !forwards.is_empty() {
+                let f = forwards.clone();
+                self.firewall(move |fw| fw.add_forwards(&f)).await?;
+                made_fw = true;
+            }
+            inner.store.save_endpoint(rec)?;
+            Ok(())
+        }
+        .await;
+        let Err(error) = built else {
+            inner.store.clear_pending(&rec.name)?;
+            return Ok(());
+        };
+        let mut undo = Vec::new();
+        if made_fw {
+            let f = forwards.clone();
+            if let Err(e) = self.firewall(move |fw| fw.del_forwards(&f)).await {
+                undo.push(e.to_string());
+            }
+        }
+        if made_veth {
+            if let Err(e) = self.host.delete_link_by_name(&rec.host_veth).await {
+                undo.push(e.to_string());
+            }
+        }
+        if made_ns {
+            if let Err(e) = netns::delete(&path) {
+                undo.push(e.to_string());
+            }
+        }
+        if let Err(e) = inner.store.clear_pending(&rec.name) {
+            undo.push(e.to_string());
+        }
+        warn!("ns add {} failed and was rolled back: {error}", rec.name);
+        if undo.is_empty() {
+            Err(error)
+        } else {
+            Err(AgentError::RolledBackBadly { error: Box::new(error), undo })
+        }
+    }
+
+    /// `weftctl ns del`: removes the namespace, its veth pair (and so its
+    /// address and routes) and its published ports.
+    pub async fn ns_del(&self, name: &str) -> Result<Endpoint> {
+        let mut inner = self.inner.lock().await;
+        let rec = inner.endpoints.get(name).cloned().ok_or_else(|| AgentError::NotFound(name.to_string()))?;
+        let mut errors = Vec::new();
+        let forwards = forwards_of(&rec);
+        if !forwards.is_empty() {
+            if let Err(e) = self.firewall(move |fw| fw.del_forwards(&forwards)).await {
+                errors.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.host.delete_link_by_name(&rec.host_veth).await {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = netns::delete(&self.netns_path(name)) {
+            errors.push(e.to_string());
+        }
+        if !errors.is_empty() {
+            return Err(AgentError::Teardown { name: name.to_string(), errors });
+        }
+        inner.store.remove_endpoint(name)?;
+        inner.endpoints.remove(name);
+        inner.ipam.release(rec.ip);
+        info!("deleted namespace {name} ({}){}", rec.ip, published(&rec));
+        Ok(self.endpoint(&rec))
+    }
+
+    pub async fn ns_list(&self) -> Vec<Endpoint> {
+        self.inner.lock().await.endpoints.values().map(|r| self.endpoint(r)).collect()
+    }
+
+    pub async fn ns_show(&self, name: &str) -> Result<Endpoint> {
+        let inner = self.inner.lock().await;
+        inner.endpoints.get(name).map(|r| self.endpoint(r)).ok_or_else(|| AgentError::NotFound(name.to_string()))
+    }
+
+    pub async fn status(&self) -> Status {
+        let inner = self.inner.lock().await;
+        Status {
+            node: self.cfg.node_name.clone(),
+            subnet: self.cfg.subnet.to_string(),
+            gateway: self.gateway,
+            bridge: BRIDGE.to_string(),
+            mtu: self.mtu,
+            endpoints: inner.endpoints.len(),
+            controller: ControllerLink { connected: false, address: None },
+            peers: Vec::new(),
+        }
+    }
+}
+
+fn published(rec: &EndpointRecord) -> String {
+    if rec.publish.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = rec.publish.iter().map(|p| p.to_string()).collect();
+    format!(", publishing {}", list.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_and_are_stable() {
+        let n = host_veth_name("a");
+        assert_eq!(n, host_veth_name("a"));
+        assert_ne!(n, host_veth_name("b"));
+        assert!(n.len() <= 15 && n.starts_with(VETH_PREFIX), "{n}");
+        assert_eq!(host_veth_name(&"x".repeat(63)).len(), 14);
+    }
+}

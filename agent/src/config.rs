@@ -1,0 +1,190 @@
+//! Command line, environment (`WEFT_<FLAG>`) and config file, merged in that
+//! order of precedence, then checked.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ipnetwork::Ipv4Network;
+use serde::Deserialize;
+use weft_common::validate_name;
+
+/// weft-agent: builds this host's bridge, namespaces, NAT and published ports.
+#[derive(Debug, Parser, Default)]
+#[command(name = "weft-agent", version, about)]
+pub struct Args {
+    /// TOML file with any of the options below (keys as the long flags, e.g. `node-name = "h1"`).
+    #[arg(long, env = "WEFT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This host's name in the cluster [default: the hostname].
+    #[arg(long, env = "WEFT_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Controllers to register with (HOST:PORT, comma-separated).
+    #[arg(long, env = "WEFT_CONTROLLER", value_name = "HOST:PORT[,…]", value_delimiter = ',')]
+    pub controller: Option<Vec<String>>,
+    /// Run a single host on its own with this subnet (no controller), e.g. 10.244.1.0/24.
+    #[arg(long, env = "WEFT_SUBNET", value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// Interface towards the other hosts [default: the one holding the default route].
+    #[arg(long, env = "WEFT_UNDERLAY_IFACE", value_name = "IFACE")]
+    pub underlay_iface: Option<String>,
+    /// This host's address on the underlay [default: the underlay interface's].
+    #[arg(long, env = "WEFT_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: Option<IpAddr>,
+    /// Directory holding ca.pem, cert.pem, key.pem for the controller link.
+    #[arg(long, env = "WEFT_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Where the agent persists its state [default: /var/lib/weft].
+    #[arg(long, env = "WEFT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where the agent's socket lives [default: /run/weft].
+    #[arg(long, env = "WEFT_RUN_DIR", value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Where namespaces are bind-mounted [default: /run/netns, as `ip netns` uses].
+    #[arg(long, env = "WEFT_NETNS_DIR", value_name = "DIR")]
+    pub netns_dir: Option<PathBuf>,
+    /// Route directly to peers on the same L2 segment instead of tunnelling.
+    #[arg(long, env = "WEFT_DIRECT_ROUTING")]
+    pub direct_routing: bool,
+    /// Address for Prometheus metrics and health checks.
+    #[arg(long, env = "WEFT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Check the configuration, print it and exit without changing anything.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The config file: the same options as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    node_name: Option<String>,
+    controller: Option<Vec<String>>,
+    subnet: Option<String>,
+    underlay_iface: Option<String>,
+    public_ip: Option<IpAddr>,
+    tls_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    netns_dir: Option<PathBuf>,
+    direct_routing: Option<bool>,
+    metrics_listen: Option<String>,
+}
+
+/// The checked configuration the agent runs with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub node_name: String,
+    pub subnet: Ipv4Network,
+    pub underlay_iface: Option<String>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub netns_dir: PathBuf,
+}
+
+impl Config {
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join("agent.sock")
+    }
+}
+
+pub fn resolve(args: Args) -> Result<Config> {
+    let file = match &args.config {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    let controller = args.controller.or(file.controller);
+    let tls_dir = args.tls_dir.or(file.tls_dir);
+    let metrics = args.metrics_listen.or(file.metrics_listen);
+    let direct = args.direct_routing || file.direct_routing.unwrap_or(false);
+    // Refuse what this build cannot do rather than silently ignore it.
+    if controller.is_some() || tls_dir.is_some() || direct {
+        bail!("--controller, --tls-dir and --direct-routing need controller mode, which this build of weft-agent does not have yet; run standalone with --subnet CIDR");
+    }
+    if let Some(m) = metrics {
+        bail!("--metrics-listen {m}: metrics are not available in this build of weft-agent yet");
+    }
+
+    let node_name = match args.node_name.or(file.node_name) {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    validate_name(&node_name).with_context(|| "invalid --node-name".to_string())?;
+
+    let Some(subnet) = args.subnet.or(file.subnet) else {
+        bail!("--subnet CIDR is required (standalone mode), e.g. --subnet 10.244.1.0/24");
+    };
+    let subnet = parse_subnet(&subnet)?;
+
+    let public_ip = match args.public_ip.or(file.public_ip) {
+        None => None,
+        Some(IpAddr::V4(ip)) => Some(ip),
+        Some(IpAddr::V6(ip)) => bail!("--public-ip {ip}: only IPv4 is supported"),
+    };
+    Ok(Config {
+        node_name,
+        subnet,
+        underlay_iface: args.underlay_iface.or(file.underlay_iface),
+        public_ip,
+        state_dir: args.state_dir.or(file.state_dir).unwrap_or_else(|| "/var/lib/weft".into()),
+        run_dir: args.run_dir.or(file.run_dir).unwrap_or_else(|| "/run/weft".into()),
+        netns_dir: args.netns_dir.or(file.netns_dir).unwrap_or_else(|| "/run/netns".into()),
+    })
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+}
+
+fn hostname() -> Result<String> {
+    let h = nix::unistd::gethostname().context("read hostname")?;
+    let h = h.to_string_lossy().to_ascii_lowercase();
+    Ok(h.split('.').next().unwrap_or_default().to_string())
+}
+
+/// A host subnet: an IPv4 network address with room for the gateway and at
+/// least one namespace.
+pub fn parse_subnet(s: &str) -> Result<Ipv4Network> {
+    let net: Ipv4Network = s.parse().map_err(|_| anyhow::anyhow!("--subnet {s:?} is not an IPv4 CIDR like 10.244.1.0/24"))?;
+    if net.network() != net.ip() {
+        bail!("--subnet {s}: host bits are set; did you mean {}/{}?", net.network(), net.prefix());
+    }
+    if net.prefix() > 30 {
+        bail!("--subnet {s}: a /{} leaves no address for namespaces; use /30 or shorter", net.prefix());
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_errors_name_the_value() {
+        assert!(parse_subnet("10.244.1.0/24").is_ok());
+        let e = parse_subnet("10.244.1.5/24").unwrap_err().to_string();
+        assert!(e.contains("10.244.1.0/24"), "{e}");
+        assert!(parse_subnet("10.244.1.0/31").unwrap_err().to_string().contains("/31"));
+        assert!(parse_subnet("nope").unwrap_err().to_string().contains("\"nope\""));
+    }
+
+    #[test]
+    fn file_and_flags_merge() {
+        let dir = std::env::temp_dir().join(format!("weft-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("agent.toml");
+        std::fs::write(&f, "node-name = \"h7\"\nsubnet = \"10.244.7.0/24\"\nstate-dir = \"/x\"\n").unwrap();
+        let args = Args { config: Some(f.clone()), state_dir: Some("/y".into()), ..Default::default() };
+        let c = resolve(args).unwrap();
+        assert_eq!((c.node_name.as_str(), c.subnet.to_string().as_str()), ("h7", "10.244.7.0/24"));
+        assert_eq!(c.state_dir, PathBuf::from("/y"));
+        assert_eq!(c.netns_dir, PathBuf::from("/run/netns"));
+        std::fs::write(&f, "node-nam = \"h7\"\n").unwrap();
+        let e = resolve(Args { config: Some(f), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("node-nam"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

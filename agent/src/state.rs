@@ -1,0 +1,246 @@
+//! The agent's persisted state under `--state-dir`:
+//!
+//! - `node.json`: node name and subnet;
+//! - `endpoints/<name>.json`: one file per namespace, so adding one writes
+//!   one small file, however many exist;
+//! - `pending/<name>`: a marker that exists while `ns add` is building that
+//!   namespace; one found at start means the agent died half-way, and the
+//!   pieces are removed;
+//! - `lock`: held (flock) while an agent uses the directory.
+//!
+//! Every file is replaced atomically (write a temporary file, rename). A file
+//! that cannot be read or decoded stops the agent with an error naming it:
+//! starting empty would delete every working endpoint.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use weft_common::{MacAddr, PortMapping};
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {path} is corrupt ({reason}); fix or remove it by hand, weft-agent will not guess")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("another weft-agent is already using state directory {0}")]
+    Locked(PathBuf),
+}
+
+type Result<T> = std::result::Result<T, StateError>;
+
+/// The node's identity, written once and on a subnet change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeState {
+    pub node: String,
+    pub subnet: Ipv4Network,
+}
+
+/// One endpoint as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRecord {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub host_veth: String,
+    #[serde(default)]
+    pub publish: Vec<PortMapping>,
+}
+
+/// Everything loaded at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub node: Option<NodeState>,
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    pub pending: Vec<String>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io { what, path: path.to_path_buf(), source }
+}
+
+impl Store {
+    /// Opens (creating if needed) the state directory and locks it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        for sub in ["", "endpoints", "pending"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(io_err("create state directory", &d))?;
+        }
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|_| StateError::Locked(dir.to_path_buf()))?;
+        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
+    }
+
+    pub fn load(&self) -> Result<Loaded> {
+        let mut loaded = Loaded::default();
+        let node_path = self.dir.join("node.json");
+        match fs::read(&node_path) {
+            Ok(bytes) => loaded.node = Some(decode(&node_path, &bytes)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("read", &node_path)(e)),
+        }
+        for (name, path) in self.list("endpoints")? {
+            let Some(name) = name.strip_suffix(".json") else { continue };
+            let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+            let rec: EndpointRecord = decode(&path, &bytes)?;
+            if rec.name != name {
+                return Err(StateError::Corrupt { path, reason: format!("it describes {:?}", rec.name) });
+            }
+            loaded.endpoints.insert(rec.name.clone(), rec);
+        }
+        loaded.pending = self.list("pending")?.into_iter().map(|(n, _)| n).collect();
+        Ok(loaded)
+    }
+
+    /// File names in a subdirectory, skipping temporary files.
+    fn list(&self, sub: &str) -> Result<Vec<(String, PathBuf)>> {
+        let dir = self.dir.join(sub);
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let entry = entry.map_err(io_err("read", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                out.push((name, entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn save_node(&self, node: &NodeState) -> Result<()> {
+        write_atomic(&self.dir.join("node.json"), &to_json(node), true)
+    }
+
+    pub fn save_endpoint(&self, rec: &EndpointRecord) -> Result<()> {
+        write_atomic(&self.dir.join("endpoints").join(format!("{}.json", rec.name)), &to_json(rec), true)
+    }
+
+    pub fn remove_endpoint(&self, name: &str) -> Result<()> {
+        remove_if_exists(&self.dir.join("endpoints").join(format!("{name}.json")))
+    }
+
+    pub fn mark_pending(&self, name: &str) -> Result<()> {
+        let p = self.dir.join("pending").join(name);
+        File::create(&p).map(drop).map_err(io_err("create", &p))
+    }
+
+    pub fn clear_pending(&self, name: &str) -> Result<()> {
+        remove_if_exists(&self.dir.join("pending").join(name))
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).expect("state types always serialize");
+    b.push(b'\n');
+    b
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces `path` with `bytes` so that a reader (or a crash) sees either the
+/// old or the new content, never a mix.
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("write", &tmp))?;
+    if durable {
+        f.sync_data().map_err(io_err("sync", &tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err("rename into place", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("weft-state-test-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_lock() {
+        let d = tmpdir("rt");
+        let store = Store::open(&d).unwrap();
+        assert!(matches!(Store::open(&d), Err(StateError::Locked(_))));
+        let node = NodeState { node: "h1".into(), subnet: "10.244.1.0/24".parse().unwrap() };
+        store.save_node(&node).unwrap();
+        let rec = EndpointRecord {
+            name: "a".into(),
+            ip: "10.244.1.2".parse().unwrap(),
+            mac: "0a:58:0a:f4:01:02".parse().unwrap(),
+            host_veth: "wv0123".into(),
+            publish: vec!["8080:80".parse().unwrap()],
+        };
+        store.save_endpoint(&rec).unwrap();
+        store.mark_pending("b").unwrap();
+        let l = store.load().unwrap();
+        assert_eq!(l.node, Some(node));
+        assert_eq!(l.endpoints.get("a"), Some(&rec));
+        assert_eq!(l.pending, vec!["b".to_string()]);
+        store.remove_endpoint("a").unwrap();
+        store.clear_pending("b").unwrap();
+        let l = store.load().unwrap();
+        assert!(l.endpoints.is_empty() && l.pending.is_empty());
+        drop(store);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_files_are_refused_by_name() {
+        let d = tmpdir("corrupt");
+        let store = Store::open(&d).unwrap();
+        let bad = d.join("endpoints").join("a.json");
+        fs::write(&bad, b"{\"name\":\"a\",\"ip\":").unwrap();
+        let e = store.load().unwrap_err();
+        assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
+        fs::write(&bad, b"").unwrap();
+        assert!(matches!(store.load(), Err(StateError::Corrupt { .. })));
+        drop(store);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

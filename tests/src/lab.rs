@@ -1,0 +1,1112 @@
+//! The simulated network: [`Lab`], its [`Host`]s, and the processes started
+//! in it ([`Agent`], [`Process`]).
+//!
+//! ```text
+//!   <prefix>-h1 eth0 198.18.0.11 ─┐
+//!   <prefix>-h2 eth0 198.18.0.12 ─┤ br0 in <prefix>-u (underlay)
+//!   ...                           │
+//!   <prefix>-r  eth0 198.18.0.1  ─┘
+//!   <prefix>-r  eth1 203.0.113.1 ──── eth0 203.0.113.2 <prefix>-i (internet)
+//! ```
+//!
+//! The internet namespace routes 198.18.0.0/24 back via the router but has
+//! no route to the cluster CIDR, so traffic from an endpoint namespace only
+//! comes back if the agent masqueraded it to its host's address.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::cleanup::{self, proc_alive, proc_start_time, Leftovers, LAB_ROOT};
+use crate::netns::{self, command_in, describe_status, ns_path, SpawnOpts};
+use crate::{bin_path, require_root};
+
+/// Underlay address of the router (the hosts' default gateway).
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Router address on the internet side.
+pub const ROUTER_INTERNET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The "internet" host.
+pub const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// The underlay network of the simulated hosts.
+pub const UNDERLAY_CIDR: &str = "198.18.0.0/24";
+/// The cluster CIDR the default host subnets come from.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// File name of the lab manifest inside the lab directory.
+pub const MANIFEST: &str = "lab.json";
+
+/// How long [`Host::start_agent`] waits for the agent socket.
+pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Agent::stop`] waits after SIGTERM.
+pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Underlay address of host `i` (1-based): 198.18.0.(10+i).
+pub fn host_ip(i: usize) -> Ipv4Addr {
+    assert!((1..=200).contains(&i), "host index {i} out of range 1..=200");
+    Ipv4Addr::new(198, 18, 0, 10 + i as u8)
+}
+
+/// Default subnet of host `i` (1-based): 10.244.i.0/24.
+pub fn default_subnet(i: usize) -> String {
+    format!("10.244.{i}.0/24")
+}
+
+/// First host address of an IPv4 CIDR: the gateway of a host subnet.
+pub fn gateway_of(cidr: &str) -> Option<Ipv4Addr> {
+    let (a, l) = cidr.split_once('/')?;
+    let a: Ipv4Addr = a.parse().ok()?;
+    let l: u32 = l.parse().ok()?;
+    if l > 30 {
+        return None;
+    }
+    let mask = if l == 0 { 0 } else { u32::MAX << (32 - l) };
+    Some(Ipv4Addr::from((u32::from(a) & mask) + 1))
+}
+
+/// How to build a [`Lab`].
+#[derive(Debug, Clone)]
+pub struct LabOpts {
+    /// Number of simulated hosts (1..=200). Default 1.
+    pub hosts: usize,
+    /// Per-host subnet overrides: `subnets[0]` is for h1, and so on. Hosts
+    /// without an entry get [`default_subnet`].
+    pub subnets: Vec<String>,
+    /// Lab directory. Default `/tmp/weft-lab/<prefix>`. Must not exist or be
+    /// empty; it is removed on teardown.
+    pub dir: Option<PathBuf>,
+    /// Name prefix. Default `wt<pid>x<counter>`, which [`Lab::new`] of later
+    /// runs recognises and sweeps once that pid is gone. Give a custom one
+    /// (not of that form) for labs that must outlive this process.
+    pub prefix: Option<String>,
+    /// Start processes in their own session, so they survive this process
+    /// and its terminal; needed before [`Lab::persist`].
+    pub detachable: bool,
+}
+
+impl Default for LabOpts {
+    fn default() -> Self {
+        LabOpts {
+            hosts: 1,
+            subnets: Vec::new(),
+            dir: None,
+            prefix: None,
+            detachable: false,
+        }
+    }
+}
+
+impl LabOpts {
+    /// A lab of `n` hosts, everything else default.
+    pub fn hosts(n: usize) -> Self {
+        LabOpts {
+            hosts: n,
+            ..Default::default()
+        }
+    }
+
+    /// Sets the subnet of host `i` (1-based).
+    pub fn subnet(mut self, i: usize, cidr: &str) -> Self {
+        assert!(i >= 1, "hosts are numbered from 1");
+        while self.subnets.len() < i {
+            let n = self.subnets.len() + 1;
+            self.subnets.push(default_subnet(n));
+        }
+        self.subnets[i - 1] = cidr.to_string();
+        self
+    }
+}
+
+/// State of a started process.
+#[derive(Debug)]
+enum Slot {
+    Running(Child),
+    Exited(ExitStatus),
+    /// Not our child (reattached from a manifest): pid and start time.
+    Foreign(i32, Option<u64>),
+}
+
+impl Slot {
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Slot::Running(c) => Some(c.id() as i32),
+            Slot::Foreign(p, _) => Some(*p),
+            Slot::Exited(_) => None,
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        match self {
+            Slot::Running(c) => match c.try_wait() {
+                Ok(Some(st)) => {
+                    *self = Slot::Exited(st);
+                    false
+                }
+                _ => true,
+            },
+            Slot::Foreign(p, s) => proc_alive(*p, *s),
+            Slot::Exited(_) => false,
+        }
+    }
+
+    /// SIGKILL and reap; returns the exit status when we have one.
+    fn kill(&mut self) -> Option<ExitStatus> {
+        match self {
+            Slot::Running(c) => {
+                let _ = c.kill();
+                let st = c.wait().unwrap_or_else(|_| ExitStatus::from_raw(9));
+                *self = Slot::Exited(st);
+                Some(st)
+            }
+            Slot::Exited(st) => Some(*st),
+            Slot::Foreign(p, s) => {
+                cleanup::kill_foreign(*p, *s);
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ProcRec {
+    host: Option<usize>,
+    label: String,
+    slot: Arc<Mutex<Slot>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    prefix: String,
+    dir: PathBuf,
+    netns: Mutex<Vec<String>>,
+    procs: Mutex<Vec<ProcRec>>,
+    persist: AtomicBool,
+    detachable: bool,
+    counter: AtomicU32,
+}
+
+impl Shared {
+    fn register(&self, host: Option<usize>, label: &str, slot: Slot) -> Arc<Mutex<Slot>> {
+        let slot = Arc::new(Mutex::new(slot));
+        self.procs.lock().unwrap().push(ProcRec {
+            host,
+            label: label.to_string(),
+            slot: slot.clone(),
+        });
+        slot
+    }
+
+    fn persisting(&self) -> bool {
+        self.persist.load(Ordering::SeqCst)
+    }
+
+    fn next(&self) -> u32 {
+        self.counter.fetch_add(1, Ordering::SeqCst)
+    }
+}
+
+/// On-disk description of a lab, so later processes can reattach
+/// ([`Lab::attach`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub prefix: String,
+    pub dir: PathBuf,
+    /// All named lab namespaces (`/run/netns/NAME`).
+    pub netns: Vec<String>,
+    pub hosts: Vec<ManifestHost>,
+    pub procs: Vec<ManifestProc>,
+}
+
+/// A host in the [`Manifest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestHost {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub subnet: String,
+}
+
+/// A running process in the [`Manifest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestProc {
+    /// 1-based host index, if the process belongs to a host.
+    pub host: Option<usize>,
+    /// `agent` for agents.
+    pub label: String,
+    pub pid: i32,
+    pub start: Option<u64>,
+}
+
+/// A simulated network of hosts, built in fresh network namespaces.
+///
+/// Dropping the lab (also during a panic) kills every process it started
+/// and every process still inside its namespaces, unmounts everything under
+/// its directory, deletes its namespaces and removes the directory — unless
+/// [`Lab::persist`] was called.
+#[derive(Debug)]
+pub struct Lab {
+    /// Unique name prefix of every namespace of this lab.
+    pub prefix: String,
+    /// The lab directory (per-host state, run and netns dirs, logs).
+    pub dir: PathBuf,
+    hosts: Vec<Host>,
+    shared: Arc<Shared>,
+}
+
+/// One simulated host: a network namespace with `eth0` on the underlay.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// 1-based index.
+    pub index: usize,
+    /// Node name, `h<index>`.
+    pub name: String,
+    /// Name of its namespace in `/run/netns`: `<prefix>-h<index>`.
+    pub ns_name: String,
+    /// Path of its namespace: `/run/netns/<prefix>-h<index>`.
+    pub netns: PathBuf,
+    /// Underlay address of `eth0`.
+    pub ip: Ipv4Addr,
+    /// Subnet given to the agent with `--subnet`.
+    pub subnet: String,
+    /// `<lab dir>/h<index>`.
+    pub dir: PathBuf,
+    /// `--state-dir` of its agent.
+    pub state_dir: PathBuf,
+    /// `--run-dir` of its agent (holds `agent.sock`).
+    pub run_dir: PathBuf,
+    /// `--netns-dir` of its agent (endpoint namespaces are mounted here).
+    pub netns_dir: PathBuf,
+    shared: Arc<Shared>,
+}
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+static SWEEP_LOCK: Mutex<()> = Mutex::new(());
+
+impl Lab {
+    /// Builds a lab; panics (after cleaning up) if that fails. Panics too if
+    /// not root or network namespaces are unavailable.
+    pub fn new(opts: LabOpts) -> Lab {
+        match Lab::try_new(opts) {
+            Ok(l) => l,
+            Err(e) => panic!("cannot build the weft lab: {e:#}"),
+        }
+    }
+
+    /// Builds a lab, sweeping leftovers of dead earlier labs first.
+    pub fn try_new(opts: LabOpts) -> Result<Lab> {
+        require_root();
+        if opts.hosts == 0 || opts.hosts > 200 {
+            bail!("hosts must be 1..=200, not {}", opts.hosts);
+        }
+        {
+            let _g = SWEEP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            cleanup::sweep_stale();
+        }
+        let temp = opts.prefix.is_none();
+        let prefix = opts.prefix.clone().unwrap_or_else(|| {
+            format!(
+                "wt{}x{}",
+                std::process::id(),
+                LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
+            )
+        });
+        if prefix.is_empty()
+            || prefix.len() > 40
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            bail!("lab prefix {prefix:?} must be 1-40 characters of [a-z0-9]");
+        }
+        let dir = opts
+            .dir
+            .clone()
+            .unwrap_or_else(|| Path::new(LAB_ROOT).join(&prefix));
+        let dir = if dir.is_absolute() {
+            dir
+        } else {
+            std::env::current_dir()?.join(dir)
+        };
+        if dir.exists() && fs::read_dir(&dir)?.next().is_some() {
+            bail!("lab directory {} exists and is not empty", dir.display());
+        }
+        if Path::new(netns::NETNS_RUN_DIR)
+            .join(format!("{prefix}-u"))
+            .exists()
+        {
+            bail!("namespace {prefix}-u exists already: is another lab running with prefix {prefix}?");
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        if temp {
+            let me = std::process::id() as i32;
+            let start = proc_start_time(me).unwrap_or(0);
+            fs::write(dir.join("owner"), format!("{me} {start}\n"))?;
+        }
+        let shared = Arc::new(Shared {
+            prefix: prefix.clone(),
+            dir: dir.clone(),
+            netns: Mutex::new(Vec::new()),
+            procs: Mutex::new(Vec::new()),
+            persist: AtomicBool::new(false),
+            detachable: opts.detachable,
+            counter: AtomicU32::new(0),
+        });
+        let hosts = (1..=opts.hosts)
+            .map(|i| {
+                let subnet = opts
+                    .subnets
+                    .get(i - 1)
+                    .cloned()
+                    .unwrap_or_else(|| default_subnet(i));
+                Host::describe(&shared, i, host_ip(i), subnet)
+            })
+            .collect();
+        // From here on, Drop cleans up whatever was built.
+        let lab = Lab {
+            prefix,
+            dir,
+            hosts,
+            shared,
+        };
+        lab.build().context("build the lab network")?;
+        Ok(lab)
+    }
+
+    fn build(&self) -> Result<()> {
+        let p = &self.prefix;
+        let (u, r, i) = (format!("{p}-u"), format!("{p}-r"), format!("{p}-i"));
+        let mut names = vec![u.clone(), r.clone(), i.clone()];
+        names.extend(self.hosts.iter().map(|h| h.ns_name.clone()));
+        // Record before creating, so a failure half-way is cleaned up.
+        self.shared.netns.lock().unwrap().extend(names.iter().cloned());
+        let add: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
+        ip_batch(None, &add)?;
+
+        let mut ub = String::from("link set lo up\nlink add br0 type bridge\nlink set br0 up\n");
+        for h in &self.hosts {
+            let port = &h.name;
+            ub += &format!(
+                "link add {port} type veth peer name eth0 netns {}\nlink set {port} master br0\nlink set {port} up\n",
+                h.ns_name
+            );
+        }
+        ub += &format!(
+            "link add r type veth peer name eth0 netns {r}\nlink set r master br0\nlink set r up\n"
+        );
+        ip_batch(Some(&u), &ub)?;
+
+        ip_batch(
+            Some(&r),
+            &format!(
+                "link set lo up\naddr add {ROUTER_IP}/24 dev eth0\nlink set eth0 up\n\
+                 link add eth1 type veth peer name eth0 netns {i}\n\
+                 addr add {ROUTER_INTERNET_IP}/24 dev eth1\nlink set eth1 up\n"
+            ),
+        )?;
+        netns::write_net_sysctl(&r, "ipv4/ip_forward", "1")?;
+        ip_batch(
+            Some(&i),
+            &format!(
+                "link set lo up\naddr add {INTERNET_IP}/24 dev eth0\nlink set eth0 up\n\
+                 route add {UNDERLAY_CIDR} via {ROUTER_INTERNET_IP}\n"
+            ),
+        )?;
+        for h in &self.hosts {
+            ip_batch(
+                Some(&h.ns_name),
+                &format!(
+                    "link set lo up\naddr add {}/24 dev eth0\nlink set eth0 up\n\
+                     route add default via {ROUTER_IP}\n",
+                    h.ip
+                ),
+            )?;
+            for d in [&h.state_dir, &h.run_dir, &h.netns_dir] {
+                fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Host `i` (1-based). Panics if there is no such host.
+    pub fn host(&self, i: usize) -> &Host {
+        assert!(
+            i >= 1 && i <= self.hosts.len(),
+            "no host {i} in a lab of {} hosts (hosts are numbered from 1)",
+            self.hosts.len()
+        );
+        &self.hosts[i - 1]
+    }
+
+    /// All hosts, h1 first.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Path of the underlay namespace (holds bridge `br0`).
+    pub fn underlay(&self) -> PathBuf {
+        ns_path(format!("{}-u", self.prefix))
+    }
+
+    /// Path of the router namespace.
+    pub fn router(&self) -> PathBuf {
+        ns_path(format!("{}-r", self.prefix))
+    }
+
+    /// Path of the internet namespace (203.0.113.2).
+    pub fn internet(&self) -> PathBuf {
+        ns_path(format!("{}-i", self.prefix))
+    }
+
+    /// Names of all lab namespaces in `/run/netns` (not the agents'
+    /// endpoint namespaces).
+    pub fn namespaces(&self) -> Vec<String> {
+        self.shared.netns.lock().unwrap().clone()
+    }
+
+    /// Resolves a namespace reference: a path (contains `/`), a short lab
+    /// name (`u`, `r`, `i`, `h1`, …), or a name in `/run/netns`.
+    pub fn ns(&self, ns: impl AsRef<Path>) -> PathBuf {
+        let ns = ns.as_ref();
+        let s = ns.to_string_lossy();
+        if !s.contains('/') {
+            let full = format!("{}-{s}", self.prefix);
+            if self.shared.netns.lock().unwrap().contains(&full) {
+                return ns_path(full);
+            }
+        }
+        ns_path(ns)
+    }
+
+    /// Runs `cmd` inside namespace `ns` (see [`Lab::ns`]) and returns its
+    /// output (time limit [`netns::EXEC_TIMEOUT`]). Panics only if it
+    /// cannot be started.
+    pub fn exec(&self, ns: impl AsRef<Path>, cmd: &[&str]) -> Output {
+        let path = self.ns(ns);
+        netns::exec_in(&path, cmd).unwrap_or_else(|e| panic!("in {}: {e:#}", path.display()))
+    }
+
+    /// Like [`Lab::exec`] but panics unless the command exits 0; returns
+    /// its stdout.
+    pub fn exec_ok(&self, ns: impl AsRef<Path>, cmd: &[&str]) -> String {
+        let path = self.ns(ns);
+        let out = self.exec(&path, cmd);
+        assert!(
+            out.status.success(),
+            "`{}` in {} failed ({}):\nstdout: {}\nstderr: {}",
+            cmd.join(" "),
+            path.display(),
+            describe_status(&out.status),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// One `ping -c 1 -W 1 ip` from namespace `ns`; true if answered.
+    pub fn ping(&self, ns: impl AsRef<Path>, ip: impl std::fmt::Display) -> bool {
+        let ip = ip.to_string();
+        self.exec(ns, &["ping", "-n", "-q", "-c", "1", "-W", "1", &ip])
+            .status
+            .success()
+    }
+
+    /// Starts `cmd` in the background inside namespace `ns`, output to a log
+    /// file in the lab directory. Killed at the latest when the lab goes.
+    pub fn spawn(&self, ns: impl AsRef<Path>, cmd: &[&str]) -> Process {
+        let path = self.ns(ns);
+        spawn_logged(&self.shared, None, "proc", &path, cmd, &[])
+            .unwrap_or_else(|e| panic!("spawn `{}` in {}: {e:#}", cmd.join(" "), path.display()))
+    }
+
+    /// The lab's manifest as of now.
+    pub fn manifest(&self) -> Manifest {
+        let mut procs = Vec::new();
+        for r in self.shared.procs.lock().unwrap().iter() {
+            let mut slot = r.slot.lock().unwrap();
+            if slot.is_running() {
+                if let Some(pid) = slot.pid() {
+                    let start = match &*slot {
+                        Slot::Foreign(_, s) => *s,
+                        _ => proc_start_time(pid),
+                    };
+                    procs.push(ManifestProc {
+                        host: r.host,
+                        label: r.label.clone(),
+                        pid,
+                        start,
+                    });
+                }
+            }
+        }
+        Manifest {
+            prefix: self.prefix.clone(),
+            dir: self.dir.clone(),
+            netns: self.namespaces(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| ManifestHost {
+                    name: h.name.clone(),
+                    ip: h.ip,
+                    subnet: h.subnet.clone(),
+                })
+                .collect(),
+            procs,
+        }
+    }
+
+    /// Writes the manifest to `<dir>/lab.json` and turns cleanup off: the
+    /// lab and its running processes stay after this value (and this
+    /// process) is gone. Reattach with [`Lab::attach`]. Processes survive
+    /// the terminal only if the lab was built with `detachable`.
+    pub fn persist(&self) -> Result<PathBuf> {
+        let path = self.write_manifest()?;
+        // A persisted lab is no temporary lab: never sweep it.
+        let _ = fs::remove_file(self.dir.join("owner"));
+        self.shared.persist.store(true, Ordering::SeqCst);
+        Ok(path)
+    }
+
+    /// Writes the manifest to `<dir>/lab.json` (atomically) without changing
+    /// whether the lab is cleaned up on drop; lets a later `Lab::attach` +
+    /// [`Lab::destroy`] clean up even if this process dies before
+    /// [`Lab::persist`].
+    pub fn write_manifest(&self) -> Result<PathBuf> {
+        let path = self.dir.join(MANIFEST);
+        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
+        fs::write(&tmp, serde_json::to_vec_pretty(&self.manifest())?)?;
+        fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Reattaches to a lab persisted in `dir`. The returned lab is still
+    /// persistent (dropping it changes nothing); call [`Lab::destroy`] to
+    /// remove it, or [`Lab::persist`] again after starting processes.
+    pub fn attach(dir: impl AsRef<Path>) -> Result<Lab> {
+        let dir = dir.as_ref();
+        let path = dir.join(MANIFEST);
+        let m: Manifest = serde_json::from_slice(
+            &fs::read(&path).with_context(|| format!("read lab manifest {}", path.display()))?,
+        )
+        .with_context(|| format!("parse {}", path.display()))?;
+        let shared = Arc::new(Shared {
+            prefix: m.prefix.clone(),
+            dir: m.dir.clone(),
+            netns: Mutex::new(m.netns.clone()),
+            procs: Mutex::new(Vec::new()),
+            persist: AtomicBool::new(true),
+            detachable: true,
+            counter: AtomicU32::new(0),
+        });
+        for p in &m.procs {
+            shared.register(p.host, &p.label, Slot::Foreign(p.pid, p.start));
+        }
+        let hosts = m
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let mut host = Host::describe(&shared, i + 1, h.ip, h.subnet.clone());
+                host.name = h.name.clone();
+                host
+            })
+            .collect();
+        Ok(Lab {
+            prefix: m.prefix,
+            dir: m.dir,
+            hosts,
+            shared,
+        })
+    }
+
+    /// Removes the lab now, persistent or not (what Drop does for a
+    /// non-persistent lab).
+    pub fn destroy(self) {
+        self.shared.persist.store(false, Ordering::SeqCst);
+        drop(self);
+    }
+
+    fn teardown(&self) {
+        let recs: Vec<Arc<Mutex<Slot>>> = self
+            .shared
+            .procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| r.slot.clone())
+            .collect();
+        for s in recs {
+            s.lock().unwrap_or_else(|e| e.into_inner()).kill();
+        }
+        let netns = self
+            .shared
+            .netns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        cleanup::teardown(&Leftovers {
+            netns,
+            dir: Some(self.dir.clone()),
+            procs: Vec::new(),
+            remove_dir: true,
+        });
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.shared.persisting() {
+            self.teardown();
+        }
+    }
+}
+
+fn ip_batch(ns: Option<&str>, script: &str) -> Result<()> {
+    use std::process::Command;
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("run ip (iproute2)")?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip {}-batch failed: {}\nscript:\n{script}",
+            ns.map(|n| format!("-n {n} ")).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The last `n` lines of a log file (for error messages).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let s = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn spawn_logged(
+    shared: &Arc<Shared>,
+    host: Option<usize>,
+    label: &str,
+    ns: &Path,
+    cmd: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Process> {
+    let (prog, args) = cmd.split_first().context("empty command")?;
+    let log = match host {
+        Some(i) => shared.dir.join(format!("h{i}")).join(format!("{label}.log")),
+        None => {
+            let d = shared.dir.join("logs");
+            fs::create_dir_all(&d)?;
+            d.join(format!("{label}-{}.log", shared.next()))
+        }
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("open {}", log.display()))?;
+    writeln!(f, "=== weft-tests: starting {} ===", cmd.join(" "))?;
+    let mut c = command_in(
+        ns,
+        prog,
+        SpawnOpts {
+            setsid: shared.detachable,
+            own_group: false,
+        },
+    )?;
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .env("RUST_BACKTRACE", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c.spawn().with_context(|| format!("spawn {prog}"))?;
+    let pid = child.id();
+    let slot = shared.register(host, label, Slot::Running(child));
+    Ok(Process {
+        pid,
+        slot,
+        shared: shared.clone(),
+        log,
+    })
+}
+
+/// A background process started by the lab. Dropping it kills it (unless
+/// the lab is persisted).
+#[derive(Debug)]
+pub struct Process {
+    pid: u32,
+    slot: Arc<Mutex<Slot>>,
+    shared: Arc<Shared>,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it still runs (reaps it if it exited).
+    pub fn is_running(&self) -> bool {
+        self.slot.lock().unwrap().is_running()
+    }
+
+    /// SIGKILL, then reap. Returns the exit status (None for a process
+    /// reattached from a manifest, which is not our child).
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.slot.lock().unwrap().kill()
+    }
+
+    /// Sends `sig` if it still runs.
+    pub fn signal(&self, sig: Signal) {
+        let mut s = self.slot.lock().unwrap();
+        if s.is_running() {
+            if let Some(p) = s.pid() {
+                let _ = kill(Pid::from_raw(p), sig);
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for it to exit by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut s = self.slot.lock().unwrap();
+                if !s.is_running() {
+                    return match &*s {
+                        Slot::Exited(st) => Some(*st),
+                        _ => None,
+                    };
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then wait at most `timeout`; SIGKILL if it is still there.
+    /// Returns `Ok(status)` if it exited by itself, `Err(status)` if it had
+    /// to be killed.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus, ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        match self.wait_timeout(timeout) {
+            Some(st) => Ok(st),
+            None => Err(self.kill().unwrap_or_else(|| ExitStatus::from_raw(9))),
+        }
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if !self.shared.persisting() {
+            if let Ok(mut s) = self.slot.lock() {
+                s.kill();
+            }
+        }
+    }
+}
+
+/// A running `weft-agent`. Dropping it kills it (unless the lab is
+/// persisted). Derefs to its [`Process`].
+#[derive(Debug)]
+pub struct Agent {
+    proc_: Process,
+    /// The host's node name.
+    pub host: String,
+    /// Its API socket, `<run-dir>/agent.sock`.
+    pub socket: PathBuf,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.proc_
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.proc_
+    }
+}
+
+impl Agent {
+    /// SIGKILL and reap, like a crash.
+    pub fn kill(&mut self) {
+        self.proc_.kill();
+    }
+
+    /// SIGTERM and wait up to [`AGENT_STOP_TIMEOUT`]; panics (after
+    /// SIGKILL) if it does not exit in time. Returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        match self.proc_.terminate(AGENT_STOP_TIMEOUT) {
+            Ok(st) => st,
+            Err(_) => panic!(
+                "weft-agent on {} did not exit within {AGENT_STOP_TIMEOUT:?} of SIGTERM (killed); log tail:\n{}",
+                self.host,
+                log_tail(&self.proc_.log, 30)
+            ),
+        }
+    }
+}
+
+impl Host {
+    fn describe(shared: &Arc<Shared>, index: usize, ip: Ipv4Addr, subnet: String) -> Host {
+        let name = format!("h{index}");
+        let ns_name = format!("{}-{name}", shared.prefix);
+        let dir = shared.dir.join(&name);
+        Host {
+            index,
+            netns: ns_path(&ns_name),
+            ns_name,
+            ip,
+            subnet,
+            state_dir: dir.join("state"),
+            run_dir: dir.join("run"),
+            netns_dir: dir.join("netns"),
+            dir,
+            name,
+            shared: shared.clone(),
+        }
+    }
+
+    /// The agent's API socket, `<run-dir>/agent.sock`.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("agent.sock")
+    }
+
+    /// The agent's log file (stdout and stderr of every start, appended).
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// Where the agent mounts endpoint namespace `name`.
+    pub fn endpoint(&self, name: &str) -> PathBuf {
+        self.netns_dir.join(name)
+    }
+
+    /// The standard agent arguments for this host: `--subnet`,
+    /// `--node-name`, `--state-dir`, `--run-dir`, `--netns-dir`.
+    pub fn agent_args(&self) -> Vec<String> {
+        let p = |p: &Path| p.display().to_string();
+        vec![
+            "--subnet".into(),
+            self.subnet.clone(),
+            "--node-name".into(),
+            self.name.clone(),
+            "--state-dir".into(),
+            p(&self.state_dir),
+            "--run-dir".into(),
+            p(&self.run_dir),
+            "--netns-dir".into(),
+            p(&self.netns_dir),
+        ]
+    }
+
+    /// Starts `weft-agent` inside this host's namespace with
+    /// [`Host::agent_args`] plus `extra_args`, and waits until its socket
+    /// accepts connections. Panics (with the log tail) if it does not within
+    /// [`AGENT_START_TIMEOUT`] or exits.
+    pub fn start_agent(&self, extra_args: &[&str]) -> Agent {
+        self.try_start_agent(extra_args)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Like [`Host::start_agent`] but returns an error instead of panicking.
+    pub fn try_start_agent(&self, extra_args: &[&str]) -> Result<Agent> {
+        let bin = bin_path("weft-agent");
+        let bin = bin.to_string_lossy();
+        let args = self.agent_args();
+        let mut cmd: Vec<&str> = vec![&bin];
+        cmd.extend(args.iter().map(String::as_str));
+        cmd.extend_from_slice(extra_args);
+        let mut proc_ = spawn_logged(
+            &self.shared,
+            Some(self.index),
+            "agent",
+            &self.netns,
+            &cmd,
+            &[],
+        )?;
+        let socket = self.socket();
+        let deadline = Instant::now() + AGENT_START_TIMEOUT;
+        loop {
+            if UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            if let Some(st) = proc_.wait_timeout(Duration::ZERO) {
+                bail!(
+                    "weft-agent on {} exited ({}) before its socket {} was up; log {}:\n{}",
+                    self.name,
+                    describe_status(&st),
+                    socket.display(),
+                    proc_.log.display(),
+                    log_tail(&proc_.log, 30)
+                );
+            }
+            if Instant::now() >= deadline {
+                proc_.kill();
+                bail!(
+                    "weft-agent on {} did not open {} within {AGENT_START_TIMEOUT:?} (killed); log {}:\n{}",
+                    self.name,
+                    socket.display(),
+                    proc_.log.display(),
+                    log_tail(&proc_.log, 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Agent {
+            proc_,
+            host: self.name.clone(),
+            socket,
+        })
+    }
+
+    /// Runs `weft-agent` with [`Host::agent_args`] plus `extra_args` in the
+    /// foreground and returns its output once it exits; killed after
+    /// `timeout`. For tests of start-up failures (bad flags, bad state).
+    pub fn run_agent(&self, extra_args: &[&str], timeout: Duration) -> Output {
+        let bin = bin_path("weft-agent");
+        let mut c = command_in(
+            &self.netns,
+            &bin,
+            SpawnOpts {
+                own_group: true,
+                ..Default::default()
+            },
+        )
+        .expect("host namespace");
+        c.args(self.agent_args()).args(extra_args);
+        netns::run_with_timeout(&mut c, timeout).expect("run weft-agent")
+    }
+
+    /// Pid of the agent last started on this host, if it still runs
+    /// (also for labs reattached from a manifest).
+    pub fn agent_pid(&self) -> Option<i32> {
+        let procs = self.shared.procs.lock().unwrap();
+        let rec = procs
+            .iter()
+            .rev()
+            .find(|r| r.host == Some(self.index) && r.label == "agent")?;
+        let mut s = rec.slot.lock().unwrap();
+        if s.is_running() {
+            s.pid()
+        } else {
+            None
+        }
+    }
+
+    /// Runs `weftctl --agent-socket <run-dir>/agent.sock ARGS…` (inside this
+    /// host's namespace) and returns its output. Time limit
+    /// [`netns::EXEC_TIMEOUT`].
+    pub fn weftctl(&self, args: &[&str]) -> Output {
+        let bin = bin_path("weftctl");
+        let mut c = command_in(
+            &self.netns,
+            &bin,
+            SpawnOpts {
+                own_group: true,
+                ..Default::default()
+            },
+        )
+        .expect("host namespace");
+        c.arg("--agent-socket").arg(self.socket()).args(args);
+        netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
+    }
+
+    /// `weftctl -o json ARGS…`; panics (showing stderr and stdout) unless it
+    /// exits 0 with one JSON document on stdout.
+    pub fn weftctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["-o", "json"];
+        a.extend_from_slice(args);
+        let out = self.weftctl(&a);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "weftctl {} on {} failed ({}):\nstderr: {stderr}\nstdout: {stdout}",
+            a.join(" "),
+            self.name,
+            describe_status(&out.status)
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "weftctl {} on {}: stdout is not one JSON document ({e}):\n{stdout}\nstderr: {stderr}",
+                a.join(" "),
+                self.name
+            )
+        })
+    }
+
+    /// Runs `weftctl ARGS…` expecting failure; panics if it exits 0 or dies
+    /// from a signal. Returns (exit code, stderr, stdout).
+    pub fn weftctl_err(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.weftctl(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        match out.status.code() {
+            Some(c) if c != 0 => (c, stderr, stdout),
+            _ => panic!(
+                "weftctl {} on {} was expected to fail but {}:\nstdout: {stdout}\nstderr: {stderr}",
+                args.join(" "),
+                self.name,
+                describe_status(&out.status)
+            ),
+        }
+    }
+
+    /// `weftctl -o json ns add NAME EXTRA…`: the new endpoint as JSON.
+    pub fn ns_add(&self, name: &str, extra: &[&str]) -> serde_json::Value {
+        let mut a = vec!["ns", "add", name];
+        a.extend_from_slice(extra);
+        self.weftctl_json(&a)
+    }
+
+    /// Runs `cmd` inside this host's namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        netns::exec_in(&self.netns, cmd)
+            .unwrap_or_else(|e| panic!("in {}: {e:#}", self.netns.display()))
+    }
+
+    /// Runs `cmd` inside endpoint namespace `name` of this host
+    /// (`<netns-dir>/NAME`), without going through weftctl.
+    pub fn exec_endpoint(&self, name: &str, cmd: &[&str]) -> Output {
+        let p = self.endpoint(name);
+        netns::exec_in(&p, cmd).unwrap_or_else(|e| panic!("in {}: {e:#}", p.display()))
+    }
+}
