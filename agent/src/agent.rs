@@ -44,12 +44,23 @@ pub enum AgentError {
     Ipam(#[from] IpamError),
     #[error("--publish {spec} is given twice")]
     PublishTwice { spec: PortMapping },
-    #[error("--publish {spec}: host port {port}/{proto} is already published by namespace {owner:?}")]
-    PortPublished { spec: PortMapping, port: u16, proto: Proto, owner: String },
+    #[error(
+        "--publish {spec}: host port {port}/{proto} is already published by namespace {owner:?}"
+    )]
+    PortPublished {
+        spec: PortMapping,
+        port: u16,
+        proto: Proto,
+        owner: String,
+    },
     #[error("--publish {spec}: {reason}")]
     PortUnavailable { spec: PortMapping, reason: String },
     #[error("host interface name {veth} of namespace {name:?} collides with namespace {other:?}; pick another name")]
-    VethCollision { name: String, veth: String, other: String },
+    VethCollision {
+        name: String,
+        veth: String,
+        other: String,
+    },
     #[error("{0}")]
     Netlink(#[from] NetlinkError),
     #[error("{0}")]
@@ -59,7 +70,10 @@ pub enum AgentError {
     #[error("{0}")]
     State(#[from] StateError),
     #[error("{error}; undoing the partial work also failed: {}", undo.join("; "))]
-    RolledBackBadly { error: Box<AgentError>, undo: Vec<String> },
+    RolledBackBadly {
+        error: Box<AgentError>,
+        undo: Vec<String>,
+    },
     #[error("removing namespace {name:?} failed (run ns del again to retry): {}", errors.join("; "))]
     Teardown { name: String, errors: Vec<String> },
     #[error("{0}")]
@@ -107,7 +121,10 @@ impl Agent {
     pub async fn start(cfg: Config) -> anyhow::Result<Arc<Agent>> {
         let store = Store::open(&cfg.state_dir)?;
         let loaded = store.load()?;
-        let node = NodeState { node: cfg.node_name.clone(), subnet: cfg.subnet };
+        let node = NodeState {
+            node: cfg.node_name.clone(),
+            subnet: cfg.subnet,
+        };
         if let Some(old) = &loaded.node {
             if old.subnet != cfg.subnet && !loaded.endpoints.is_empty() {
                 anyhow::bail!(
@@ -121,8 +138,13 @@ impl Agent {
         }
         let mut ipam = Ipam::new(cfg.subnet);
         for rec in loaded.endpoints.values() {
-            ipam.insert(rec.ip, &rec.name)
-                .map_err(|e| anyhow::anyhow!("state of namespace {:?} in {}: {e}", rec.name, cfg.state_dir.display()))?;
+            ipam.insert(rec.ip, &rec.name).map_err(|e| {
+                anyhow::anyhow!(
+                    "state of namespace {:?} in {}: {e}",
+                    rec.name,
+                    cfg.state_dir.display()
+                )
+            })?;
         }
         let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
         let mtu = underlay_mtu(&host, cfg.underlay_iface.as_deref()).await?;
@@ -132,7 +154,12 @@ impl Agent {
             mtu,
             host,
             fw: Arc::new(Firewall::new(NFT_TABLE)),
-            inner: Mutex::new(Inner { store, endpoints: loaded.endpoints, ipam, bridge: 0 }),
+            inner: Mutex::new(Inner {
+                store,
+                endpoints: loaded.endpoints,
+                ipam,
+                bridge: 0,
+            }),
             cfg,
         });
         agent.reconcile(&loaded.pending).await?;
@@ -160,7 +187,11 @@ impl Agent {
 
     fn firewall_spec(&self) -> FirewallSpec {
         // Standalone, the cluster is this host's subnet.
-        FirewallSpec { cluster_cidr: self.cfg.subnet, subnet: self.cfg.subnet, bridge: BRIDGE.to_string() }
+        FirewallSpec {
+            cluster_cidr: self.cfg.subnet,
+            subnet: self.cfg.subnet,
+            bridge: BRIDGE.to_string(),
+        }
     }
 
     async fn firewall<T: Send + 'static>(
@@ -179,11 +210,23 @@ impl Agent {
     /// of working endpoints never stops.
     async fn reconcile(&self, pending: &[String]) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().await;
-        sysctl::ensure("net.ipv4.ip_forward", "1", "namespaces route through this host")?;
+        sysctl::ensure(
+            "net.ipv4.ip_forward",
+            "1",
+            "namespaces route through this host",
+        )?;
         inner.bridge = self.ensure_bridge().await?;
         let bridge_conf = format!("net.ipv4.conf.{BRIDGE}");
-        sysctl::ensure(&format!("{bridge_conf}.rp_filter"), "2", "loose reverse-path filter on weft devices")?;
-        sysctl::ensure(&format!("{bridge_conf}.route_localnet"), "1", "published ports answer on 127.0.0.1 too")?;
+        sysctl::ensure(
+            &format!("{bridge_conf}.rp_filter"),
+            "2",
+            "loose reverse-path filter on weft devices",
+        )?;
+        sysctl::ensure(
+            &format!("{bridge_conf}.route_localnet"),
+            "1",
+            "published ports answer on 127.0.0.1 too",
+        )?;
 
         let forwards: Vec<PortForward> = inner.endpoints.values().flat_map(forwards_of).collect();
         let spec = self.firewall_spec();
@@ -191,7 +234,9 @@ impl Agent {
 
         for name in pending {
             if !inner.endpoints.contains_key(name) {
-                warn!("namespace {name:?} was half-built when the agent stopped; removing its pieces");
+                warn!(
+                    "namespace {name:?} was half-built when the agent stopped; removing its pieces"
+                );
                 self.host.delete_link_by_name(&host_veth_name(name)).await?;
                 let path = self.netns_path(name);
                 if netns::is_netns(&path) {
@@ -201,16 +246,29 @@ impl Agent {
             inner.store.clear_pending(name)?;
         }
 
-        let links: BTreeMap<String, Link> = self.host.links().await?.into_iter().map(|l| (l.name.clone(), l)).collect();
+        let links: BTreeMap<String, Link> = self
+            .host
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.name.clone(), l))
+            .collect();
         let bridge = inner.bridge;
         for rec in inner.endpoints.values() {
             self.ensure_endpoint(rec, links.get(&rec.host_veth), bridge)
                 .await
                 .map_err(|e| anyhow::anyhow!("restore namespace {:?}: {e}", rec.name))?;
         }
-        let owned: BTreeSet<&str> = inner.endpoints.values().map(|r| r.host_veth.as_str()).collect();
+        let owned: BTreeSet<&str> = inner
+            .endpoints
+            .values()
+            .map(|r| r.host_veth.as_str())
+            .collect();
         for link in links.values() {
-            if link.name.starts_with(VETH_PREFIX) && link.kind.as_deref() == Some("veth") && !owned.contains(link.name.as_str()) {
+            if link.name.starts_with(VETH_PREFIX)
+                && link.kind.as_deref() == Some("veth")
+                && !owned.contains(link.name.as_str())
+            {
                 self.host.delete_link(link.index, &link.name).await?;
                 info!("deleted veth {}: no namespace owns it", link.name);
             }
@@ -254,12 +312,16 @@ impl Agent {
         let addrs = self.host.addresses_v4(link.index).await?;
         for (ip, len) in &addrs {
             if (*ip, *len) != (self.gateway, prefix) {
-                self.host.delete_address(link.index, *ip, *len, BRIDGE).await?;
+                self.host
+                    .delete_address(link.index, *ip, *len, BRIDGE)
+                    .await?;
                 info!("removed address {ip}/{len} from {BRIDGE}: not this host's gateway");
             }
         }
         if !addrs.contains(&(self.gateway, prefix)) {
-            self.host.add_address(link.index, self.gateway, prefix, BRIDGE).await?;
+            self.host
+                .add_address(link.index, self.gateway, prefix, BRIDGE)
+                .await?;
             info!("added gateway {}/{prefix} to {BRIDGE}", self.gateway);
         }
         Ok(link.index)
@@ -267,7 +329,12 @@ impl Agent {
 
     /// Re-creates whatever an endpoint is missing: its namespace, veth pair,
     /// address or default route. Leaves working pieces alone.
-    async fn ensure_endpoint(&self, rec: &EndpointRecord, host_link: Option<&Link>, bridge: u32) -> Result<()> {
+    async fn ensure_endpoint(
+        &self,
+        rec: &EndpointRecord,
+        host_link: Option<&Link>,
+        bridge: u32,
+    ) -> Result<()> {
         let path = self.netns_path(&rec.name);
         let ns = if netns::is_netns(&path) {
             netns::open(&path).await?
@@ -276,14 +343,23 @@ impl Agent {
                 netns::delete(&path)?;
             }
             let ns = netns::create(&path).await?;
-            info!("re-created namespace {} at {}: it was missing", rec.name, path.display());
+            info!(
+                "re-created namespace {} at {}: it was missing",
+                rec.name,
+                path.display()
+            );
             ns
         };
         match host_link {
             Some(l) if l.master == Some(bridge) && l.up && l.mtu == self.mtu => {}
             Some(l) => {
-                self.host.set_link(l.index, Some(self.mtu), None, Some(bridge), true).await?;
-                info!("corrected {} of namespace {}: port of {BRIDGE}, up, mtu {}", l.name, rec.name, self.mtu);
+                self.host
+                    .set_link(l.index, Some(self.mtu), None, Some(bridge), true)
+                    .await?;
+                info!(
+                    "corrected {} of namespace {}: port of {BRIDGE}, up, mtu {}",
+                    l.name, rec.name, self.mtu
+                );
             }
             None => {
                 // The veth pair is gone, but a stray eth0 may remain in the namespace.
@@ -291,13 +367,21 @@ impl Agent {
                     ns.netlink.delete_link(stray.index, NS_IFACE).await?;
                 }
                 self.create_veth(rec, &ns, bridge).await?;
-                info!("re-created veth {} of namespace {}: it was missing", rec.host_veth, rec.name);
+                info!(
+                    "re-created veth {} of namespace {}: it was missing",
+                    rec.host_veth, rec.name
+                );
             }
         }
         self.ensure_ns_side(rec, &ns.netlink).await
     }
 
-    async fn create_veth(&self, rec: &EndpointRecord, ns: &netns::Namespace, bridge: u32) -> Result<()> {
+    async fn create_veth(
+        &self,
+        rec: &EndpointRecord,
+        ns: &netns::Namespace,
+        bridge: u32,
+    ) -> Result<()> {
         use std::os::fd::AsFd;
         self.host
             .create_veth(&VethSpec {
@@ -317,11 +401,16 @@ impl Agent {
     async fn ensure_ns_side(&self, rec: &EndpointRecord, nl: &Netlink) -> Result<()> {
         let links = nl.links().await?;
         let find = |n: &str| links.iter().find(|l| l.name == n).cloned();
-        let lo = find("lo").ok_or_else(|| AgentError::Other(format!("namespace {} has no lo", rec.name)))?;
-        let eth = find(NS_IFACE).ok_or_else(|| AgentError::Other(format!("namespace {} has no {NS_IFACE}", rec.name)))?;
+        let lo = find("lo")
+            .ok_or_else(|| AgentError::Other(format!("namespace {} has no lo", rec.name)))?;
+        let eth = find(NS_IFACE).ok_or_else(|| {
+            AgentError::Other(format!("namespace {} has no {NS_IFACE}", rec.name))
+        })?;
         let (addrs, routes) = futures::try_join!(nl.addresses_v4(eth.index), nl.routes_v4())?;
         let prefix = self.cfg.subnet.prefix();
-        let has_default = routes.iter().any(|r| r.is_default() && r.gateway == Some(self.gateway) && r.oif == Some(eth.index));
+        let has_default = routes
+            .iter()
+            .any(|r| r.is_default() && r.gateway == Some(self.gateway) && r.oif == Some(eth.index));
         let lo_up = async {
             if !lo.up {
                 nl.set_link(lo.index, None, None, None, true).await?;
@@ -349,14 +438,19 @@ impl Agent {
         futures::try_join!(lo_up, eth_up, addr, route)?;
         Ok(())
     }
-
 }
 
 /// The port forwards an endpoint's published ports need.
 fn forwards_of(rec: &EndpointRecord) -> Vec<PortForward> {
     rec.publish
         .iter()
-        .map(|p| PortForward { host_ip: p.host_ip, host_port: p.host_port, proto: p.proto, target: rec.ip, target_port: p.port })
+        .map(|p| PortForward {
+            host_ip: p.host_ip,
+            host_port: p.host_port,
+            proto: p.proto,
+            target: rec.ip,
+            target_port: p.port,
+        })
         .collect()
 }
 
@@ -368,7 +462,10 @@ fn probe_port(p: &PortMapping) -> std::result::Result<(), String> {
         Proto::Udp => UdpSocket::bind(addr).map(drop),
     };
     res.map_err(|e| match e.raw_os_error() {
-        Some(libc::EADDRINUSE) => format!("host port {}/{} is already in use on this host", p.host_port, p.proto),
+        Some(libc::EADDRINUSE) => format!(
+            "host port {}/{} is already in use on this host",
+            p.host_port, p.proto
+        ),
         Some(libc::EADDRNOTAVAIL) => format!("{} is not an address of this host", addr.ip()),
         _ => format!("cannot use host port {addr}/{}: {e}", p.proto),
     })
@@ -396,7 +493,12 @@ async fn underlay_mtu(host: &Netlink, iface: Option<&str>) -> anyhow::Result<u32
 impl Agent {
     /// `weftctl ns add`: builds a namespace on the bridge. On any failure,
     /// everything created so far is removed again.
-    pub async fn ns_add(&self, name: String, ip: Option<Ipv4Addr>, publish: Vec<PortMapping>) -> Result<Endpoint> {
+    pub async fn ns_add(
+        &self,
+        name: String,
+        ip: Option<Ipv4Addr>,
+        publish: Vec<PortMapping>,
+    ) -> Result<Endpoint> {
         validate_name(&name)?;
         let mut inner = self.inner.lock().await;
         if inner.endpoints.contains_key(&name) {
@@ -408,24 +510,47 @@ impl Agent {
         }
         let host_veth = host_veth_name(&name);
         if let Some(other) = inner.endpoints.values().find(|r| r.host_veth == host_veth) {
-            return Err(AgentError::VethCollision { name, veth: host_veth, other: other.name.clone() });
+            return Err(AgentError::VethCollision {
+                name,
+                veth: host_veth,
+                other: other.name.clone(),
+            });
         }
         for (i, p) in publish.iter().enumerate() {
             if publish[..i].iter().any(|q| q.conflicts_with(p)) {
                 return Err(AgentError::PublishTwice { spec: *p });
             }
-            if let Some((owner, _)) =
-                inner.endpoints.values().flat_map(|r| r.publish.iter().map(move |q| (&r.name, q))).find(|(_, q)| q.conflicts_with(p))
+            if let Some((owner, _)) = inner
+                .endpoints
+                .values()
+                .flat_map(|r| r.publish.iter().map(move |q| (&r.name, q)))
+                .find(|(_, q)| q.conflicts_with(p))
             {
-                return Err(AgentError::PortPublished { spec: *p, port: p.host_port, proto: p.proto, owner: owner.clone() });
+                return Err(AgentError::PortPublished {
+                    spec: *p,
+                    port: p.host_port,
+                    proto: p.proto,
+                    owner: owner.clone(),
+                });
             }
             probe_port(p).map_err(|reason| AgentError::PortUnavailable { spec: *p, reason })?;
         }
         let ip = inner.ipam.allocate(&name, ip)?;
-        let rec = EndpointRecord { name: name.clone(), ip, mac: MacAddr::from_ipv4(ip), host_veth, publish };
+        let rec = EndpointRecord {
+            name: name.clone(),
+            ip,
+            mac: MacAddr::from_ipv4(ip),
+            host_veth,
+            publish,
+        };
         match self.build_endpoint(&inner, &rec).await {
             Ok(()) => {
-                info!("added namespace {name}: {ip}/{} on {BRIDGE} via {}{}", self.cfg.subnet.prefix(), rec.host_veth, published(&rec));
+                info!(
+                    "added namespace {name}: {ip}/{} on {BRIDGE} via {}{}",
+                    self.cfg.subnet.prefix(),
+                    rec.host_veth,
+                    published(&rec)
+                );
                 let ep = self.endpoint(&rec);
                 inner.endpoints.insert(name, rec);
                 Ok(ep)
@@ -487,7 +612,10 @@ impl Agent {
         if undo.is_empty() {
             Err(error)
         } else {
-            Err(AgentError::RolledBackBadly { error: Box::new(error), undo })
+            Err(AgentError::RolledBackBadly {
+                error: Box::new(error),
+                undo,
+            })
         }
     }
 
@@ -495,7 +623,11 @@ impl Agent {
     /// address and routes) and its published ports.
     pub async fn ns_del(&self, name: &str) -> Result<Endpoint> {
         let mut inner = self.inner.lock().await;
-        let rec = inner.endpoints.get(name).cloned().ok_or_else(|| AgentError::NotFound(name.to_string()))?;
+        let rec = inner
+            .endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(name.to_string()))?;
         let mut errors = Vec::new();
         let forwards = forwards_of(&rec);
         if !forwards.is_empty() {
@@ -510,7 +642,10 @@ impl Agent {
             errors.push(e.to_string());
         }
         if !errors.is_empty() {
-            return Err(AgentError::Teardown { name: name.to_string(), errors });
+            return Err(AgentError::Teardown {
+                name: name.to_string(),
+                errors,
+            });
         }
         inner.store.remove_endpoint(name)?;
         inner.endpoints.remove(name);
@@ -520,12 +655,22 @@ impl Agent {
     }
 
     pub async fn ns_list(&self) -> Vec<Endpoint> {
-        self.inner.lock().await.endpoints.values().map(|r| self.endpoint(r)).collect()
+        self.inner
+            .lock()
+            .await
+            .endpoints
+            .values()
+            .map(|r| self.endpoint(r))
+            .collect()
     }
 
     pub async fn ns_show(&self, name: &str) -> Result<Endpoint> {
         let inner = self.inner.lock().await;
-        inner.endpoints.get(name).map(|r| self.endpoint(r)).ok_or_else(|| AgentError::NotFound(name.to_string()))
+        inner
+            .endpoints
+            .get(name)
+            .map(|r| self.endpoint(r))
+            .ok_or_else(|| AgentError::NotFound(name.to_string()))
     }
 
     pub async fn status(&self) -> Status {
@@ -537,7 +682,10 @@ impl Agent {
             bridge: BRIDGE.to_string(),
             mtu: self.mtu,
             endpoints: inner.endpoints.len(),
-            controller: ControllerLink { connected: false, address: None },
+            controller: ControllerLink {
+                connected: false,
+                address: None,
+            },
             peers: Vec::new(),
         }
     }

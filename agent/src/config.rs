@@ -21,7 +21,12 @@ pub struct Args {
     #[arg(long, env = "WEFT_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
     /// Controllers to register with (HOST:PORT, comma-separated).
-    #[arg(long, env = "WEFT_CONTROLLER", value_name = "HOST:PORT[,…]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "WEFT_CONTROLLER",
+        value_name = "HOST:PORT[,…]",
+        value_delimiter = ','
+    )]
     pub controller: Option<Vec<String>>,
     /// Run a single host on its own with this subnet (no controller), e.g. 10.244.1.0/24.
     #[arg(long, env = "WEFT_SUBNET", value_name = "CIDR")]
@@ -128,15 +133,26 @@ pub fn resolve(args: Args) -> Result<Config> {
         subnet,
         underlay_iface: args.underlay_iface.or(file.underlay_iface),
         public_ip,
-        state_dir: args.state_dir.or(file.state_dir).unwrap_or_else(|| "/var/lib/weft".into()),
-        run_dir: args.run_dir.or(file.run_dir).unwrap_or_else(|| "/run/weft".into()),
-        netns_dir: args.netns_dir.or(file.netns_dir).unwrap_or_else(|| "/run/netns".into()),
+        state_dir: args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| "/var/lib/weft".into()),
+        run_dir: args
+            .run_dir
+            .or(file.run_dir)
+            .unwrap_or_else(|| "/run/weft".into()),
+        netns_dir: args
+            .netns_dir
+            .or(file.netns_dir)
+            .unwrap_or_else(|| "/run/netns".into()),
     })
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
 }
 
 fn hostname() -> Result<String> {
@@ -148,12 +164,21 @@ fn hostname() -> Result<String> {
 /// A host subnet: an IPv4 network address with room for the gateway and at
 /// least one namespace.
 pub fn parse_subnet(s: &str) -> Result<Ipv4Network> {
-    let net: Ipv4Network = s.parse().map_err(|_| anyhow::anyhow!("--subnet {s:?} is not an IPv4 CIDR like 10.244.1.0/24"))?;
+    let net: Ipv4Network = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--subnet {s:?} is not an IPv4 CIDR like 10.244.1.0/24"))?;
     if net.network() != net.ip() {
-        bail!("--subnet {s}: host bits are set; did you mean {}/{}?", net.network(), net.prefix());
+        bail!(
+            "--subnet {s}: host bits are set; did you mean {}/{}?",
+            net.network(),
+            net.prefix()
+        );
     }
     if net.prefix() > 30 {
-        bail!("--subnet {s}: a /{} leaves no address for namespaces; use /30 or shorter", net.prefix());
+        bail!(
+            "--subnet {s}: a /{} leaves no address for namespaces; use /30 or shorter",
+            net.prefix()
+        );
     }
     Ok(net)
 }
@@ -167,8 +192,14 @@ mod tests {
         assert!(parse_subnet("10.244.1.0/24").is_ok());
         let e = parse_subnet("10.244.1.5/24").unwrap_err().to_string();
         assert!(e.contains("10.244.1.0/24"), "{e}");
-        assert!(parse_subnet("10.244.1.0/31").unwrap_err().to_string().contains("/31"));
-        assert!(parse_subnet("nope").unwrap_err().to_string().contains("\"nope\""));
+        assert!(parse_subnet("10.244.1.0/31")
+            .unwrap_err()
+            .to_string()
+            .contains("/31"));
+        assert!(parse_subnet("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("\"nope\""));
     }
 
     #[test]
@@ -176,14 +207,30 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("agent.toml");
-        std::fs::write(&f, "node-name = \"h7\"\nsubnet = \"10.244.7.0/24\"\nstate-dir = \"/x\"\n").unwrap();
-        let args = Args { config: Some(f.clone()), state_dir: Some("/y".into()), ..Default::default() };
+        std::fs::write(
+            &f,
+            "node-name = \"h7\"\nsubnet = \"10.244.7.0/24\"\nstate-dir = \"/x\"\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(f.clone()),
+            state_dir: Some("/y".into()),
+            ..Default::default()
+        };
         let c = resolve(args).unwrap();
-        assert_eq!((c.node_name.as_str(), c.subnet.to_string().as_str()), ("h7", "10.244.7.0/24"));
+        assert_eq!(
+            (c.node_name.as_str(), c.subnet.to_string().as_str()),
+            ("h7", "10.244.7.0/24")
+        );
         assert_eq!(c.state_dir, PathBuf::from("/y"));
         assert_eq!(c.netns_dir, PathBuf::from("/run/netns"));
         std::fs::write(&f, "node-nam = \"h7\"\n").unwrap();
-        let e = resolve(Args { config: Some(f), ..Default::default() }).unwrap_err().to_string();
+        let e = resolve(Args {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("node-nam"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

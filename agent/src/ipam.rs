@@ -12,7 +12,11 @@ pub enum IpamError {
     #[error("address {ip} is outside this host's subnet {subnet}")]
     Outside { ip: Ipv4Addr, subnet: Ipv4Network },
     #[error("address {ip} is the {what} of subnet {subnet} and cannot be given to a namespace")]
-    Reserved { ip: Ipv4Addr, what: &'static str, subnet: Ipv4Network },
+    Reserved {
+        ip: Ipv4Addr,
+        what: &'static str,
+        subnet: Ipv4Network,
+    },
     #[error("address {ip} is already used by namespace {owner:?}")]
     Taken { ip: Ipv4Addr, owner: String },
     #[error("subnet {subnet} is full: all {capacity} addresses are in use")]
@@ -37,7 +41,11 @@ pub struct Ipam {
 
 impl Ipam {
     pub fn new(subnet: Ipv4Network) -> Self {
-        Ipam { subnet, used: BTreeMap::new(), last: u32::from(gateway(subnet)) }
+        Ipam {
+            subnet,
+            used: BTreeMap::new(),
+            last: u32::from(gateway(subnet)),
+        }
     }
 
     /// First and last address a namespace may get.
@@ -78,19 +86,29 @@ impl Ipam {
             return Err(IpamError::Reserved { ip, what, subnet });
         }
         if let Some(owner) = self.used.get(&ip) {
-            return Err(IpamError::Taken { ip, owner: owner.clone() });
+            return Err(IpamError::Taken {
+                ip,
+                owner: owner.clone(),
+            });
         }
         Ok(())
     }
 
     /// Gives `owner` the requested address, or the next free one.
-    pub fn allocate(&mut self, owner: &str, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(
+        &mut self,
+        owner: &str,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, IpamError> {
         let ip = match requested {
             Some(ip) => {
                 self.check(ip)?;
                 ip
             }
-            None => self.next_free().ok_or(IpamError::Full { subnet: self.subnet, capacity: self.capacity() })?,
+            None => self.next_free().ok_or(IpamError::Full {
+                subnet: self.subnet,
+                capacity: self.capacity(),
+            })?,
         };
         self.used.insert(ip, owner.to_string());
         self.last = u32::from(ip);
@@ -102,8 +120,15 @@ impl Ipam {
         if lo > hi {
             return None;
         }
-        let start = if self.last >= lo && self.last < hi { self.last + 1 } else { lo };
-        (start..=hi).chain(lo..start).map(Ipv4Addr::from).find(|ip| !self.used.contains_key(ip))
+        let start = if self.last >= lo && self.last < hi {
+            self.last + 1
+        } else {
+            lo
+        };
+        (start..=hi)
+            .chain(lo..start)
+            .map(Ipv4Addr::from)
+            .find(|ip| !self.used.contains_key(ip))
     }
 
     pub fn release(&mut self, ip: Ipv4Addr) {
@@ -123,8 +148,14 @@ mod tests {
     #[test]
     fn hands_out_in_order_and_skips_reserved() {
         let mut ipam = Ipam::new(net("10.244.1.0/24"));
-        assert_eq!(ipam.allocate("a", None).unwrap(), Ipv4Addr::new(10, 244, 1, 2));
-        assert_eq!(ipam.allocate("b", None).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(
+            ipam.allocate("a", None).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 2)
+        );
+        assert_eq!(
+            ipam.allocate("b", None).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 3)
+        );
         assert_eq!(gateway(net("10.244.1.0/24")), Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(ipam.capacity(), 253);
     }
@@ -135,21 +166,42 @@ mod tests {
         let a = ipam.allocate("a", None).unwrap();
         ipam.allocate("b", None).unwrap();
         ipam.release(a);
-        assert_eq!(ipam.allocate("c", None).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
+        assert_eq!(
+            ipam.allocate("c", None).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 4)
+        );
     }
 
     #[test]
     fn refuses_bad_requests() {
         let mut ipam = Ipam::new(net("10.244.1.0/24"));
-        let e = ipam.allocate("a", Some("10.244.2.5".parse().unwrap())).unwrap_err();
-        assert_eq!(e.to_string(), "address 10.244.2.5 is outside this host's subnet 10.244.1.0/24");
-        for (ip, what) in [("10.244.1.0", "network address"), ("10.244.1.1", "gateway"), ("10.244.1.255", "broadcast address")] {
+        let e = ipam
+            .allocate("a", Some("10.244.2.5".parse().unwrap()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "address 10.244.2.5 is outside this host's subnet 10.244.1.0/24"
+        );
+        for (ip, what) in [
+            ("10.244.1.0", "network address"),
+            ("10.244.1.1", "gateway"),
+            ("10.244.1.255", "broadcast address"),
+        ] {
             let e = ipam.allocate("a", Some(ip.parse().unwrap())).unwrap_err();
-            assert!(matches!(e, IpamError::Reserved { what: w, .. } if w == what), "{e}");
+            assert!(
+                matches!(e, IpamError::Reserved { what: w, .. } if w == what),
+                "{e}"
+            );
         }
-        ipam.allocate("a", Some("10.244.1.9".parse().unwrap())).unwrap();
-        let e = ipam.allocate("b", Some("10.244.1.9".parse().unwrap())).unwrap_err();
-        assert_eq!(e.to_string(), "address 10.244.1.9 is already used by namespace \"a\"");
+        ipam.allocate("a", Some("10.244.1.9".parse().unwrap()))
+            .unwrap();
+        let e = ipam
+            .allocate("b", Some("10.244.1.9".parse().unwrap()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "address 10.244.1.9 is already used by namespace \"a\""
+        );
     }
 
     #[test]
@@ -159,7 +211,10 @@ mod tests {
             ipam.allocate(&format!("n{i}"), None).unwrap();
         }
         let e = ipam.allocate("x", None).unwrap_err();
-        assert_eq!(e.to_string(), "subnet 10.244.1.0/29 is full: all 5 addresses are in use");
+        assert_eq!(
+            e.to_string(),
+            "subnet 10.244.1.0/29 is full: all 5 addresses are in use"
+        );
     }
 
     proptest! {

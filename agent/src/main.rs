@@ -20,7 +20,8 @@ fn main() -> ExitCode {
     let args = config::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -34,10 +35,17 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
-        println!("{}", serde_json::to_string_pretty(&cfg).expect("config serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&cfg).expect("config serializes")
+        );
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft-agent: start runtime: {e}");
@@ -56,7 +64,12 @@ fn main() -> ExitCode {
 
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let socket = cfg.socket_path();
-    info!("weft-agent {} starting: node {}, subnet {} (standalone)", env!("CARGO_PKG_VERSION"), cfg.node_name, cfg.subnet);
+    info!(
+        "weft-agent {} starting: node {}, subnet {} (standalone)",
+        env!("CARGO_PKG_VERSION"),
+        cfg.node_name,
+        cfg.subnet
+    );
     let listener = api::bind(&socket)?;
     let agent = match agent::Agent::start(cfg).await {
         Ok(a) => a,

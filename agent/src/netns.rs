@@ -42,34 +42,67 @@ pub enum NetnsError {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> NetnsError + 'a {
-    move |e| NetnsError::Io { what, path: path.to_path_buf(), source: e.into() }
+    move |e| NetnsError::Io {
+        what,
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
 }
 
 /// Makes `dir` a mount point with shared propagation, as `ip netns` does for
 /// `/run/netns`: namespaces bind-mounted under it then stay visible to every
 /// mount namespace (e.g. the agent under systemd's `ProtectSystem`).
 pub fn prepare_netns_dir(dir: &Path) -> Result<(), NetnsError> {
-    std::fs::create_dir_all(dir).map_err(|e| NetnsError::Io { what: "create", path: dir.into(), source: e })?;
-    let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    std::fs::create_dir_all(dir).map_err(|e| NetnsError::Io {
+        what: "create",
+        path: dir.into(),
+        source: e,
+    })?;
+    let shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared() {
         Ok(()) if is_mount_point(dir) => Ok(()),
         // Not a mount point (EINVAL) or a mount of a parent: bind it onto itself first.
         _ => {
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(io_err("bind-mount netns dir", dir))?;
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(io_err("bind-mount netns dir", dir))?;
             shared().map_err(io_err("make netns dir shared", dir))
         }
     }
 }
 
 fn is_mount_point(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize() else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|mp| unescape_mount_path(mp) == canon.as_os_str().to_string_lossy()))
+    let Ok(canon) = dir.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mount_path(mp) == canon.as_os_str().to_string_lossy())
+    })
 }
 
 fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Whether `path` is a bind-mounted network namespace.
@@ -95,21 +128,44 @@ pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
         .open(path)
         .map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => NetnsError::Exists(path.to_path_buf()),
-            _ => NetnsError::Io { what: "create namespace file", path: path.to_path_buf(), source: e },
+            _ => NetnsError::Io {
+                what: "create namespace file",
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
     let owned = path.to_path_buf();
     let made = on_fresh_thread(path, move |rt| -> Result<(OwnedFd, Netlink), NetnsError> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(io_err("unshare network namespace for", &owned))?;
-        mount(Some("/proc/thread-self/ns/net"), &owned, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(io_err("bind-mount namespace at", &owned))?;
-        let fd = File::open(&owned).map_err(|e| NetnsError::Io { what: "open namespace", path: owned.clone(), source: e })?;
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(io_err("unshare network namespace for", &owned))?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &owned,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(io_err("bind-mount namespace at", &owned))?;
+        let fd = File::open(&owned).map_err(|e| NetnsError::Io {
+            what: "open namespace",
+            path: owned.clone(),
+            source: e,
+        })?;
         let _guard = rt.enter();
-        let netlink = Netlink::connect().map_err(|e| NetnsError::Io { what: "open netlink socket in", path: owned.clone(), source: e })?;
+        let netlink = Netlink::connect().map_err(|e| NetnsError::Io {
+            what: "open netlink socket in",
+            path: owned.clone(),
+            source: e,
+        })?;
         Ok((fd.into(), netlink))
     })
     .await;
     match made {
-        Ok((fd, netlink)) => Ok(Namespace { path: path.to_path_buf(), fd, netlink }),
+        Ok((fd, netlink)) => Ok(Namespace {
+            path: path.to_path_buf(),
+            fd,
+            netlink,
+        }),
         Err(e) => {
             let _ = umount2(path, MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(path);
@@ -121,17 +177,34 @@ pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
 /// Opens an existing namespace and a netlink handle inside it.
 pub async fn open(path: &Path) -> Result<Namespace, NetnsError> {
     let fd: OwnedFd = File::open(path)
-        .map_err(|e| NetnsError::Io { what: "open namespace", path: path.to_path_buf(), source: e })?
+        .map_err(|e| NetnsError::Io {
+            what: "open namespace",
+            path: path.to_path_buf(),
+            source: e,
+        })?
         .into();
-    let thread_fd = fd.try_clone().map_err(|e| NetnsError::Io { what: "dup namespace fd", path: path.to_path_buf(), source: e })?;
+    let thread_fd = fd.try_clone().map_err(|e| NetnsError::Io {
+        what: "dup namespace fd",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let owned = path.to_path_buf();
     let netlink = on_fresh_thread(path, move |rt| -> Result<Netlink, NetnsError> {
-        setns(thread_fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io_err("enter namespace", &owned))?;
+        setns(thread_fd.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(io_err("enter namespace", &owned))?;
         let _guard = rt.enter();
-        Netlink::connect().map_err(|e| NetnsError::Io { what: "open netlink socket in", path: owned, source: e })
+        Netlink::connect().map_err(|e| NetnsError::Io {
+            what: "open netlink socket in",
+            path: owned,
+            source: e,
+        })
     })
     .await?;
-    Ok(Namespace { path: path.to_path_buf(), fd, netlink })
+    Ok(Namespace {
+        path: path.to_path_buf(),
+        fd,
+        netlink,
+    })
 }
 
 /// Runs `f` on a new OS thread (never a pooled one: `f` may leave the
@@ -147,8 +220,13 @@ async fn on_fresh_thread<T: Send + 'static>(
         .spawn(move || {
             let _ = tx.send(f(&rt));
         })
-        .map_err(|e| NetnsError::Io { what: "spawn namespace thread for", path: path.to_path_buf(), source: e })?;
-    rx.await.map_err(|_| NetnsError::Thread(path.to_path_buf()))?
+        .map_err(|e| NetnsError::Io {
+            what: "spawn namespace thread for",
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    rx.await
+        .map_err(|_| NetnsError::Thread(path.to_path_buf()))?
 }
 
 /// Unmounts and removes the namespace file. Processes still inside the
@@ -161,6 +239,10 @@ pub fn delete(path: &Path) -> Result<(), NetnsError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(NetnsError::Io { what: "remove namespace file", path: path.to_path_buf(), source: e }),
+        Err(e) => Err(NetnsError::Io {
+            what: "remove namespace file",
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
 }

@@ -76,7 +76,11 @@ pub struct Store {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError::Io { what, path: path.to_path_buf(), source }
+    move |source| StateError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Store {
@@ -94,8 +98,12 @@ impl Store {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
-        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|_| StateError::Locked(dir.to_path_buf()))?;
-        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StateError::Locked(dir.to_path_buf()))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     pub fn load(&self) -> Result<Loaded> {
@@ -107,11 +115,16 @@ impl Store {
             Err(e) => return Err(io_err("read", &node_path)(e)),
         }
         for (name, path) in self.list("endpoints")? {
-            let Some(name) = name.strip_suffix(".json") else { continue };
+            let Some(name) = name.strip_suffix(".json") else {
+                continue;
+            };
             let bytes = fs::read(&path).map_err(io_err("read", &path))?;
             let rec: EndpointRecord = decode(&path, &bytes)?;
             if rec.name != name {
-                return Err(StateError::Corrupt { path, reason: format!("it describes {:?}", rec.name) });
+                return Err(StateError::Corrupt {
+                    path,
+                    reason: format!("it describes {:?}", rec.name),
+                });
             }
             loaded.endpoints.insert(rec.name.clone(), rec);
         }
@@ -139,7 +152,14 @@ impl Store {
     }
 
     pub fn save_endpoint(&self, rec: &EndpointRecord) -> Result<()> {
-        write_atomic(&self.dir.join("endpoints").join(format!("{}.json", rec.name)), &to_json(rec), true)
+        write_atomic(
+            &self
+                .dir
+                .join("endpoints")
+                .join(format!("{}.json", rec.name)),
+            &to_json(rec),
+            true,
+        )
     }
 
     pub fn remove_endpoint(&self, name: &str) -> Result<()> {
@@ -163,7 +183,10 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {
@@ -176,7 +199,10 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 /// Replaces `path` with `bytes` so that a reader (or a crash) sees either the
 /// old or the new content, never a mix.
 fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = OpenOptions::new()
         .write(true)
@@ -207,7 +233,10 @@ mod tests {
         let d = tmpdir("rt");
         let store = Store::open(&d).unwrap();
         assert!(matches!(Store::open(&d), Err(StateError::Locked(_))));
-        let node = NodeState { node: "h1".into(), subnet: "10.244.1.0/24".parse().unwrap() };
+        let node = NodeState {
+            node: "h1".into(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+        };
         store.save_node(&node).unwrap();
         let rec = EndpointRecord {
             name: "a".into(),

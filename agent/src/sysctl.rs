@@ -15,7 +15,8 @@ pub fn ensure(key: &str, value: &str, why: &str) -> io::Result<bool> {
     if current.trim() == value {
         return Ok(false);
     }
-    std::fs::write(&path, value).map_err(|e| io::Error::new(e.kind(), format!("set sysctl {key}={value}: {e}")))?;
+    std::fs::write(&path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("set sysctl {key}={value}: {e}")))?;
     info!("sysctl {key}={value} (was {}): {why}", current.trim());
     Ok(true)
 }

@@ -24,7 +24,7 @@ use nftables::schema::{
     Chain, Element, Map, NfCmd, NfListObject, NfObject, Nftables, Rule, SetType, SetTypeValue,
     Table,
 };
-use nftables::stmt::{Accept, Match, Operator, Statement, NAT, NATFamily};
+use nftables::stmt::{Accept, Match, NATFamily, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use weft_common::Proto;
 
@@ -137,9 +137,19 @@ pub(super) fn sync_doc(
     batch.add(map_obj(table, ANY_PORT_MAP, ANY_KEY, SetType::InetService));
 
     let chains = [
-        ("prerouting", NfChainType::NAT, NfHook::Prerouting, PRIO_DSTNAT),
+        (
+            "prerouting",
+            NfChainType::NAT,
+            NfHook::Prerouting,
+            PRIO_DSTNAT,
+        ),
         ("output", NfChainType::NAT, NfHook::Output, PRIO_NAT_OUTPUT),
-        ("postrouting", NfChainType::NAT, NfHook::Postrouting, PRIO_SRCNAT),
+        (
+            "postrouting",
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            PRIO_SRCNAT,
+        ),
         ("forward", NfChainType::Filter, NfHook::Forward, PRIO_FILTER),
     ];
     for (name, ty, hook, prio) in chains {
@@ -287,7 +297,10 @@ fn element_cmds(table: &str, forwards: &[PortForward], op: ElemOp) -> Vec<NfObje
         per_map
             .entry(key.addr_map())
             .or_default()
-            .push(Expression::List(vec![key.expr(), string(f.target.to_string())]));
+            .push(Expression::List(vec![
+                key.expr(),
+                string(f.target.to_string()),
+            ]));
         per_map
             .entry(key.port_map())
             .or_default()
@@ -308,7 +321,11 @@ fn element_cmds(table: &str, forwards: &[PortForward], op: ElemOp) -> Vec<NfObje
         .collect()
 }
 
-fn element_obj(table: &str, map: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+fn element_obj(
+    table: &str,
+    map: &'static str,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
     NfListObject::Element(Element {
         family: FAMILY,
         table: owned(table),
@@ -384,7 +401,11 @@ fn dnat_rule(bound: bool) -> Vec<Statement<'static>> {
     };
     let mut stmts = Vec::with_capacity(3);
     if !bound {
-        stmts.push(matches(meta(MetaKey::Nfproto), Operator::EQ, string("ipv4")));
+        stmts.push(matches(
+            meta(MetaKey::Nfproto),
+            Operator::EQ,
+            string("ipv4"),
+        ));
     }
     stmts.push(matches(
         Expression::Named(NamedExpression::Fib(Fib {
@@ -403,7 +424,11 @@ fn dnat_rule(bound: bool) -> Vec<Statement<'static>> {
     stmts
 }
 
-fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
 
@@ -478,8 +503,8 @@ impl MapState {
         let mut state = MapState::default();
         for obj in objects {
             let Some(map) = obj.get("map") else { continue };
-            let map: Map<'static> = serde_json::from_value(map.clone())
-                .map_err(|e| format!("unreadable map: {e}"))?;
+            let map: Map<'static> =
+                serde_json::from_value(map.clone()).map_err(|e| format!("unreadable map: {e}"))?;
             let (bound, is_addr) = match map.name.as_ref() {
                 IP_ADDR_MAP => (true, true),
                 IP_PORT_MAP => (true, false),
@@ -508,7 +533,8 @@ impl MapState {
 
     /// Keys present in both maps of their kind, i.e. forwards that work.
     pub fn forwards(&self) -> Vec<PortForward> {
-        self.addr
+        let mut forwards: Vec<PortForward> = self
+            .addr
             .iter()
             .filter_map(|(key, &target)| {
                 self.port.get(key).map(|&target_port| PortForward {
@@ -519,7 +545,9 @@ impl MapState {
                     target_port,
                 })
             })
-            .collect()
+            .collect();
+        forwards.sort();
+        forwards
     }
 
     /// Whether the key is in either map, with whatever target.
@@ -539,8 +567,8 @@ impl MapState {
             let key = Key::of(f);
             let addr = self.addr.get(&key);
             let port = self.port.get(&key);
-            let agrees = addr.is_none_or(|a| *a == f.target)
-                && port.is_none_or(|p| *p == f.target_port);
+            let agrees =
+                addr.is_none_or(|a| *a == f.target) && port.is_none_or(|p| *p == f.target_port);
             if agrees {
                 if addr.is_some() {
                     addr_keys.insert(key);
@@ -550,7 +578,10 @@ impl MapState {
                 }
             }
         }
-        (addr_keys.into_iter().collect(), port_keys.into_iter().collect())
+        (
+            addr_keys.into_iter().collect(),
+            port_keys.into_iter().collect(),
+        )
     }
 }
 
@@ -602,7 +633,13 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    fn fwd(host_ip: Option<[u8; 4]>, host_port: u16, proto: Proto, target: [u8; 4], target_port: u16) -> PortForward {
+    fn fwd(
+        host_ip: Option<[u8; 4]>,
+        host_port: u16,
+        proto: Proto,
+        target: [u8; 4],
+        target_port: u16,
+    ) -> PortForward {
         PortForward {
             host_ip: host_ip.map(Ipv4Addr::from),
             host_port,
@@ -636,8 +673,10 @@ mod tests {
         assert_eq!(cmds[1], json!({"delete": {"table": t}}));
         assert_eq!(cmds[2], json!({"add": {"table": t}}));
         // No elements without forwards: maps, chains and rules only.
-        assert!(cmds.iter().all(|c| c.get("add").is_some_and(|a| a.get("element").is_none())
-            || c.get("delete").is_some()));
+        assert!(cmds
+            .iter()
+            .all(|c| c.get("add").is_some_and(|a| a.get("element").is_none())
+                || c.get("delete").is_some()));
     }
 
     #[test]
@@ -730,9 +769,7 @@ mod tests {
         };
         let cmds = commands(&sync_doc("weft", &spec, &[]));
         let pfx = |a: &str, l: u32| json!({"prefix": {"addr": a, "len": l}});
-        let ipm = |f: &str, op: &str, r: Value| {
-            json!({"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": f}}, "right": r}})
-        };
+        let ipm = |f: &str, op: &str, r: Value| json!({"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": f}}, "right": r}});
         let cl = pfx("10.244.0.0", 16);
         let sub = pfx("10.244.1.0", 24);
         assert_eq!(
@@ -766,7 +803,13 @@ mod tests {
     #[test]
     fn sync_adds_elements_last() {
         let f = [
-            fwd(Some([192, 168, 1, 1]), 8080, Proto::Tcp, [10, 244, 1, 2], 80),
+            fwd(
+                Some([192, 168, 1, 1]),
+                8080,
+                Proto::Tcp,
+                [10, 244, 1, 2],
+                80,
+            ),
             fwd(None, 53, Proto::Udp, [10, 244, 1, 3], 5353),
         ];
         let cmds = commands(&sync_doc("weft", &spec(), &f));
@@ -775,15 +818,26 @@ mod tests {
         let names: Vec<&str> = elems.iter().map(|e| e["name"].as_str().unwrap()).collect();
         assert_eq!(
             names,
-            ["publish_any_addr", "publish_any_port", "publish_ip_addr", "publish_ip_port"]
+            [
+                "publish_any_addr",
+                "publish_any_port",
+                "publish_ip_addr",
+                "publish_ip_port"
+            ]
         );
-        assert_eq!(elems[0]["elem"], json!([[{"concat": ["udp", 53]}, "10.244.1.3"]]));
+        assert_eq!(
+            elems[0]["elem"],
+            json!([[{"concat": ["udp", 53]}, "10.244.1.3"]])
+        );
         assert_eq!(elems[1]["elem"], json!([[{"concat": ["udp", 53]}, 5353]]));
         assert_eq!(
             elems[2]["elem"],
             json!([[{"concat": ["192.168.1.1", "tcp", 8080]}, "10.244.1.2"]])
         );
-        assert_eq!(elems[3]["elem"], json!([[{"concat": ["192.168.1.1", "tcp", 8080]}, 80]]));
+        assert_eq!(
+            elems[3]["elem"],
+            json!([[{"concat": ["192.168.1.1", "tcp", 8080]}, 80]])
+        );
     }
 
     #[test]
@@ -829,7 +883,10 @@ mod tests {
         let t = json!({"family": "inet", "name": "x"});
         assert_eq!(
             commands(&teardown_doc("x")),
-            vec![json!({"add": {"table": t}}), json!({"delete": {"table": t}})]
+            vec![
+                json!({"add": {"table": t}}),
+                json!({"delete": {"table": t}})
+            ]
         );
     }
 
@@ -872,7 +929,13 @@ mod tests {
             state.forwards(),
             vec![
                 fwd(None, 53, Proto::Udp, [10, 244, 1, 3], 5353),
-                fwd(Some([192, 168, 1, 1]), 8080, Proto::Tcp, [10, 244, 1, 2], 80),
+                fwd(
+                    Some([192, 168, 1, 1]),
+                    8080,
+                    Proto::Tcp,
+                    [10, 244, 1, 2],
+                    80
+                ),
             ]
         );
     }
@@ -894,11 +957,29 @@ mod tests {
     #[test]
     fn removals_respect_other_targets() {
         let state = MapState::parse(LISTING).unwrap();
-        let present = fwd(Some([192, 168, 1, 1]), 8080, Proto::Tcp, [10, 244, 1, 2], 80);
-        let other_port = fwd(Some([192, 168, 1, 1]), 8080, Proto::Tcp, [10, 244, 1, 2], 81);
+        let present = fwd(
+            Some([192, 168, 1, 1]),
+            8080,
+            Proto::Tcp,
+            [10, 244, 1, 2],
+            80,
+        );
+        let other_port = fwd(
+            Some([192, 168, 1, 1]),
+            8080,
+            Proto::Tcp,
+            [10, 244, 1, 2],
+            81,
+        );
         let other_ip = fwd(None, 53, Proto::Udp, [10, 244, 1, 4], 5353);
         let absent = fwd(None, 9999, Proto::Tcp, [10, 244, 1, 2], 80);
-        let half = fwd(Some([192, 168, 1, 1]), 53, Proto::Udp, [10, 244, 1, 9], 1234);
+        let half = fwd(
+            Some([192, 168, 1, 1]),
+            53,
+            Proto::Udp,
+            [10, 244, 1, 9],
+            1234,
+        );
         let (a, p) = state.removals(&[present, present, other_port, other_ip, absent, half]);
         assert_eq!(a, vec![Key::of(&present), Key::of(&half)]);
         assert_eq!(p, vec![Key::of(&present)]);

@@ -9,7 +9,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::sys::AsyncSocket;
@@ -41,7 +43,10 @@ fn ctx(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError
             rtnetlink::Error::NetlinkError(m) => m.to_io(),
             other => io::Error::other(other.to_string()),
         };
-        NetlinkError { what: what.into(), source }
+        NetlinkError {
+            what: what.into(),
+            source,
+        }
     }
 }
 
@@ -122,14 +127,27 @@ impl Netlink {
 
     /// All links of the namespace, in one dump.
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self.handle.link().get().execute().try_collect().await.map_err(ctx("list links"))?;
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx("list links"))?;
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
     /// The link called `name`, if there is one.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let res: std::result::Result<Vec<LinkMessage>, _> =
-            self.handle.link().get().match_name(name.to_string()).execute().try_collect().await;
+        let res: std::result::Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_collect()
+            .await;
         match res {
             Ok(msgs) => Ok(msgs.first().map(Link::from_message)),
             Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
@@ -141,8 +159,17 @@ impl Netlink {
     /// bridge the lowest MAC of its ports, which changes as ports come and go
     /// and makes every neighbour's ARP entry for the gateway stale.
     pub async fn create_bridge(&self, name: &str, mac: MacAddr, mtu: u32) -> Result<Link> {
-        let msg = LinkBridge::new(name).mtu(mtu).address(mac.octets().to_vec()).up().build();
-        self.handle.link().add(msg).execute().await.map_err(ctx(format!("create bridge {name}")))?;
+        let msg = LinkBridge::new(name)
+            .mtu(mtu)
+            .address(mac.octets().to_vec())
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(ctx(format!("create bridge {name}")))?;
         self.link(name).await?.ok_or_else(|| NetlinkError {
             what: format!("create bridge {name}"),
             source: io::Error::other("the bridge vanished right after creation"),
@@ -150,7 +177,14 @@ impl Netlink {
     }
 
     /// Changes only what is given; an unchanged link is left untouched.
-    pub async fn set_link(&self, index: u32, mtu: Option<u32>, mac: Option<MacAddr>, master: Option<u32>, up: bool) -> Result<()> {
+    pub async fn set_link(
+        &self,
+        index: u32,
+        mtu: Option<u32>,
+        mac: Option<MacAddr>,
+        master: Option<u32>,
+        up: bool,
+    ) -> Result<()> {
         let mut b = LinkUnspec::new_with_index(index);
         if let Some(m) = mtu {
             b = b.mtu(m);
@@ -164,7 +198,12 @@ impl Netlink {
         if up {
             b = b.up();
         }
-        self.handle.link().set(b.build()).execute().await.map_err(ctx(format!("set link #{index}")))
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(ctx(format!("set link #{index}")))
     }
 
     /// Creates a veth pair in one request, the host end up. The peer stays
@@ -189,7 +228,10 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(ctx(format!("create veth {} (peer {})", spec.host_name, spec.peer_name)))
+            .map_err(ctx(format!(
+                "create veth {} (peer {})",
+                spec.host_name, spec.peer_name
+            )))
     }
 
     /// Deletes a link; one that is already gone is not an error.
@@ -232,7 +274,13 @@ impl Netlink {
             .collect())
     }
 
-    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8, link_name: &str) -> Result<()> {
+    pub async fn add_address(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+        link_name: &str,
+    ) -> Result<()> {
         self.handle
             .address()
             .add(index, IpAddr::V4(ip), prefix)
@@ -241,29 +289,60 @@ impl Netlink {
             .map_err(ctx(format!("add address {ip}/{prefix} to {link_name}")))
     }
 
-    pub async fn delete_address(&self, index: u32, ip: Ipv4Addr, prefix: u8, link_name: &str) -> Result<()> {
-        let mut msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(ip, prefix).build();
+    pub async fn delete_address(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+        link_name: &str,
+    ) -> Result<()> {
+        let mut msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(ip, prefix)
+            .build();
         msg.header.index = index;
         self.handle
             .address()
             .del(msg)
             .execute()
             .await
-            .map_err(ctx(format!("delete address {ip}/{prefix} from {link_name}")))
+            .map_err(ctx(format!(
+                "delete address {ip}/{prefix} from {link_name}"
+            )))
     }
 
     /// IPv4 routes of the main table.
     pub async fn routes_v4(&self) -> Result<Vec<Route>> {
         let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs: Vec<RouteMessage> = self.handle.route().get(filter).execute().try_collect().await.map_err(ctx("list routes"))?;
-        Ok(msgs.iter().filter(|m| m.header.table == 254).map(Route::from_message).collect())
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx("list routes"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.table == 254)
+            .map(Route::from_message)
+            .collect())
     }
 
     /// `default via <gateway> dev <oif> onlink`: onlink so it does not depend
     /// on the interface's address being configured first.
     pub async fn add_default_route(&self, gateway: Ipv4Addr, oif: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(oif).onlink().build();
-        self.handle.route().add(msg).execute().await.map_err(ctx(format!("add default route via {gateway}")))
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(oif)
+            .onlink()
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(ctx(format!("add default route via {gateway}")))
     }
 }
 
@@ -278,7 +357,12 @@ pub struct Route {
 
 impl Route {
     fn from_message(m: &RouteMessage) -> Route {
-        let mut r = Route { destination: None, prefix: m.header.destination_prefix_length, gateway: None, oif: None };
+        let mut r = Route {
+            destination: None,
+            prefix: m.header.destination_prefix_length,
+            gateway: None,
+            oif: None,
+        };
         for a in &m.attributes {
             match a {
                 RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.destination = Some(*ip),

@@ -18,13 +18,30 @@ use weft_common::api::{Endpoint, Request, Response, Status, MAX_LINE};
 use weft_common::PortMapping;
 
 #[derive(Debug, Parser)]
-#[command(name = "weftctl", version, about = "Operate weft: namespaces on this host, and the local agent's status")]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Operate weft: namespaces on this host, and the local agent's status"
+)]
 struct Cli {
     /// Output format.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table", env = "WEFT_OUTPUT")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "WEFT_OUTPUT"
+    )]
     output: Output,
     /// The local agent's socket.
-    #[arg(long, global = true, env = "WEFT_AGENT_SOCKET", default_value = "/run/weft/agent.sock", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_AGENT_SOCKET",
+        default_value = "/run/weft/agent.sock",
+        value_name = "PATH"
+    )]
     agent_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -82,13 +99,31 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
-            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
-                return if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS };
+                return if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
             }
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
-            return fail(json_requested, &Failure(format!("{first} (see weftctl --help)"), 2));
+            // clap's message may continue on indented lines (missing arguments); keep them, drop the usage block.
+            let first = rendered
+                .lines()
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim_start_matches("error: ")
+                .to_string();
+            return fail(
+                json_requested,
+                &Failure(format!("{first} (see weftctl --help)"), 2),
+            );
         }
     };
     let json = cli.output == Output::Json;
@@ -102,7 +137,8 @@ fn main() -> ExitCode {
 /// come out as JSON too).
 fn json_in_args() -> bool {
     let args: Vec<String> = std::env::args().collect();
-    args.windows(2).any(|w| (w[0] == "-o" || w[0] == "--output") && w[1] == "json")
+    args.windows(2)
+        .any(|w| (w[0] == "-o" || w[0] == "--output") && w[1] == "json")
         || args.iter().any(|a| a == "-ojson" || a == "--output=json")
         || std::env::var("WEFT_OUTPUT").is_ok_and(|v| v == "json")
 }
@@ -118,7 +154,9 @@ fn fail(json: bool, f: &Failure) -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.output == Output::Json;
-    let agent = Agent { socket: cli.agent_socket };
+    let agent = Agent {
+        socket: cli.agent_socket,
+    };
     match cli.command {
         Command::Ns(NsCommand::Add { name, ip, publish }) => {
             let v = agent.call(&Request::NsAdd { name, ip, publish })?;
@@ -168,8 +206,12 @@ impl Agent {
         let path = self.socket.display();
         let stream = UnixStream::connect(&self.socket).map_err(|e| {
             let hint = match e.kind() {
-                std::io::ErrorKind::PermissionDenied => " (the agent socket is root-only: run weftctl as root)",
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => " (is weft-agent running? --agent-socket sets the path)",
+                std::io::ErrorKind::PermissionDenied => {
+                    " (the agent socket is root-only: run weftctl as root)"
+                }
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    " (is weft-agent running? --agent-socket sets the path)"
+                }
                 _ => "",
             };
             Failure(format!("cannot reach weft-agent at {path}: {e}{hint}"), 1)
@@ -178,23 +220,33 @@ impl Agent {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
         let mut line = serde_json::to_vec(req).map_err(|e| Failure(e.to_string(), 1))?;
         line.push(b'\n');
-        (&stream).write_all(&line).map_err(|e| Failure(format!("send request to weft-agent at {path}: {e}"), 1))?;
+        (&stream)
+            .write_all(&line)
+            .map_err(|e| Failure(format!("send request to weft-agent at {path}: {e}"), 1))?;
         let mut reply = Vec::new();
         let mut rd = BufReader::new(std::io::Read::take(&stream, MAX_LINE as u64 + 1));
-        rd.read_until(b'\n', &mut reply).map_err(|e| Failure(format!("read reply from weft-agent at {path}: {e}"), 1))?;
+        rd.read_until(b'\n', &mut reply)
+            .map_err(|e| Failure(format!("read reply from weft-agent at {path}: {e}"), 1))?;
         if reply.is_empty() {
-            return Err(Failure(format!("weft-agent at {path} closed the connection without answering"), 1));
+            return Err(Failure(
+                format!("weft-agent at {path} closed the connection without answering"),
+                1,
+            ));
         }
         match serde_json::from_slice::<Response>(&reply) {
             Ok(Response::Ok(v)) => Ok(v),
             Ok(Response::Error(e)) => Err(Failure(e, 1)),
-            Err(e) => Err(Failure(format!("unreadable reply from weft-agent at {path}: {e}"), 1)),
+            Err(e) => Err(Failure(
+                format!("unreadable reply from weft-agent at {path}: {e}"),
+                1,
+            )),
         }
     }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Failure> {
-    serde_json::from_value(v.clone()).map_err(|e| Failure(format!("unexpected reply from weft-agent: {e}"), 1))
+    serde_json::from_value(v.clone())
+        .map_err(|e| Failure(format!("unexpected reply from weft-agent: {e}"), 1))
 }
 
 fn print_endpoints(json: bool, eps: &[Endpoint], raw: Option<&Value>) -> Result<(), Failure> {
@@ -208,7 +260,17 @@ fn print_endpoints(json: bool, eps: &[Endpoint], raw: Option<&Value>) -> Result<
         .iter()
         .map(|e| {
             let publish: Vec<String> = e.publish.iter().map(|p| p.to_string()).collect();
-            [e.name.clone(), e.ip.to_string(), e.mac.to_string(), if publish.is_empty() { "-".into() } else { publish.join(",") }, e.netns.clone()]
+            [
+                e.name.clone(),
+                e.ip.to_string(),
+                e.mac.to_string(),
+                if publish.is_empty() {
+                    "-".into()
+                } else {
+                    publish.join(",")
+                },
+                e.netns.clone(),
+            ]
         })
         .collect();
     print_table(["NAME", "IP", "MAC", "PUBLISH", "NETNS"], &rows);
@@ -223,7 +285,11 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -234,7 +300,10 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
 
 fn print_status(s: &Status) {
     println!("node:        {}", s.node);
-    println!("subnet:      {} (gateway {} on {}, mtu {})", s.subnet, s.gateway, s.bridge, s.mtu);
+    println!(
+        "subnet:      {} (gateway {} on {}, mtu {})",
+        s.subnet, s.gateway, s.bridge, s.mtu
+    );
     println!("namespaces:  {}", s.endpoints);
     match (&s.controller.connected, &s.controller.address) {
         (true, Some(a)) => println!("controller:  connected to {a}"),
@@ -244,8 +313,18 @@ fn print_status(s: &Status) {
     if s.peers.is_empty() {
         println!("peers:       none");
     } else {
-        let rows: Vec<[String; 4]> =
-            s.peers.iter().map(|p| [p.name.clone(), p.subnet.clone(), p.public_ip.to_string(), p.mode.clone()]).collect();
+        let rows: Vec<[String; 4]> = s
+            .peers
+            .iter()
+            .map(|p| {
+                [
+                    p.name.clone(),
+                    p.subnet.clone(),
+                    p.public_ip.to_string(),
+                    p.mode.clone(),
+                ]
+            })
+            .collect();
         print_table(["PEER", "SUBNET", "PUBLIC IP", "MODE"], &rows);
     }
 }
@@ -254,8 +333,10 @@ fn print_status(s: &Status) {
 /// `cmd`, so its exit code is the command's own.
 fn exec_in(ep: &Endpoint, cmd: &[String]) -> Result<(), Failure> {
     use nix::sched::{setns, CloneFlags};
-    let ns = std::fs::File::open(&ep.netns).map_err(|e| Failure(format!("open namespace {}: {e}", ep.netns), 1))?;
-    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| Failure(format!("enter namespace {}: {e}", ep.netns), 1))?;
+    let ns = std::fs::File::open(&ep.netns)
+        .map_err(|e| Failure(format!("open namespace {}: {e}", ep.netns), 1))?;
+    setns(&ns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Failure(format!("enter namespace {}: {e}", ep.netns), 1))?;
     let args: Vec<CString> = cmd
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -263,5 +344,13 @@ fn exec_in(ep: &Endpoint, cmd: &[String]) -> Result<(), Failure> {
         .map_err(|_| Failure("command contains a NUL byte".into(), 2))?;
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
     let code = if err == nix::Error::ENOENT { 127 } else { 126 };
-    Err(Failure(format!("cannot run {:?} in namespace {}: {}", cmd[0], ep.name, err.desc()), code))
+    Err(Failure(
+        format!(
+            "cannot run {:?} in namespace {}: {}",
+            cmd[0],
+            ep.name,
+            err.desc()
+        ),
+        code,
+    ))
 }
