@@ -10,6 +10,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 use weft_common::api::{ControllerLink, Endpoint, Status};
+use weft_common::name::{host_veth_name, VETH_PREFIX};
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
 
 use crate::config::Config;
@@ -22,9 +23,6 @@ use crate::sysctl;
 
 /// The bridge every namespace of this host is attached to.
 pub const BRIDGE: &str = "weft0";
-/// Host ends of weft's veth pairs start with this; anything with it that no
-/// endpoint owns is a leftover and gets removed.
-const VETH_PREFIX: &str = "wv";
 /// The namespace end of the veth pair.
 const NS_IFACE: &str = "eth0";
 /// The nftables table (family inet) weft owns.
@@ -81,23 +79,6 @@ pub enum AgentError {
 }
 
 type Result<T> = std::result::Result<T, AgentError>;
-
-/// Name of the host end of an endpoint's veth pair: a hash of the endpoint
-/// name, because a namespace name (up to 63 bytes) does not fit an interface
-/// name (15 bytes).
-pub fn host_veth_name(name: &str) -> String {
-    // FNV-1a: stable across Rust releases, unlike std's DefaultHasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // splitmix64's finalizer: names that differ in one byte differ everywhere.
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    format!("{VETH_PREFIX}{:012x}", h >> 16)
-}
 
 struct Inner {
     store: Store,
@@ -697,18 +678,4 @@ fn published(rec: &EndpointRecord) -> String {
     }
     let list: Vec<String> = rec.publish.iter().map(|p| p.to_string()).collect();
     format!(", publishing {}", list.join(" "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veth_names_fit_and_are_stable() {
-        let n = host_veth_name("a");
-        assert_eq!(n, host_veth_name("a"));
-        assert_ne!(n, host_veth_name("b"));
-        assert!(n.len() <= 15 && n.starts_with(VETH_PREFIX), "{n}");
-        assert_eq!(host_veth_name(&"x".repeat(63)).len(), 14);
-    }
 }

@@ -20,9 +20,6 @@ use thiserror::Error;
 
 use crate::netlink::Netlink;
 
-/// `statfs` magic of the nsfs file system: a bind-mounted namespace.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
-
 #[derive(Debug, Error)]
 pub enum NetnsError {
     /// The namespace file already exists (another tool's namespace, or ours).
@@ -107,13 +104,13 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// Whether `path` is a bind-mounted network namespace.
 pub fn is_netns(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// A namespace this agent has open: its file descriptor and a netlink
 /// handle bound inside it.
 pub struct Namespace {
-    pub path: PathBuf,
     pub fd: OwnedFd,
     pub netlink: Netlink,
 }
@@ -161,11 +158,7 @@ pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
     })
     .await;
     match made {
-        Ok((fd, netlink)) => Ok(Namespace {
-            path: path.to_path_buf(),
-            fd,
-            netlink,
-        }),
+        Ok((fd, netlink)) => Ok(Namespace { fd, netlink }),
         Err(e) => {
             let _ = umount2(path, MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(path);
@@ -200,11 +193,7 @@ pub async fn open(path: &Path) -> Result<Namespace, NetnsError> {
         })
     })
     .await?;
-    Ok(Namespace {
-        path: path.to_path_buf(),
-        fd,
-        netlink,
-    })
+    Ok(Namespace { fd, netlink })
 }
 
 /// Runs `f` on a new OS thread (never a pooled one: `f` may leave the

@@ -45,9 +45,46 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Host ends of weft's veth pairs start with this; the agent removes any
+/// such veth that no namespace owns.
+pub const VETH_PREFIX: &str = "wv";
+
+/// Name of the host end of an endpoint's veth pair: a hash of the endpoint
+/// name, because a namespace name (up to 63 bytes) does not fit an interface
+/// name (15 bytes).
+pub fn host_veth_name(name: &str) -> String {
+    // FNV-1a: stable across Rust releases, unlike std's DefaultHasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64's finalizer: names that differ in one byte differ everywhere.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    format!("{VETH_PREFIX}{:012x}", h >> 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn veth_names_fit_and_are_stable() {
+        let n = host_veth_name("a");
+        assert_eq!(n, "wv".to_string() + &n[2..]);
+        assert_eq!(n, host_veth_name("a"));
+        assert_ne!(n, host_veth_name("b"));
+        assert!(n.len() <= 15 && n.starts_with(VETH_PREFIX), "{n}");
+        assert_eq!(host_veth_name(&"x".repeat(63)).len(), 14);
+        // Neighbouring names differ in most digits, not just the last.
+        let (a, b) = (host_veth_name("web-1"), host_veth_name("web-2"));
+        assert!(
+            a.bytes().zip(b.bytes()).filter(|(x, y)| x != y).count() >= 6,
+            "{a} {b}"
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -73,7 +73,9 @@ pub fn kill_in_namespaces(inodes: &HashSet<u64>) {
     let me = std::process::id() as i32;
     for _round in 0..3 {
         let mut victims = Vec::new();
-        let Ok(rd) = fs::read_dir("/proc") else { return };
+        let Ok(rd) = fs::read_dir("/proc") else {
+            return;
+        };
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
@@ -100,7 +102,10 @@ fn proc_in_namespaces(pid: i32, inodes: &HashSet<u64>) -> bool {
             .ok()
             .and_then(|l| {
                 let s = l.to_string_lossy().into_owned();
-                s.strip_prefix("net:[")?.strip_suffix(']')?.parse::<u64>().ok()
+                s.strip_prefix("net:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
             })
             .is_some_and(|ino| inodes.contains(&ino))
     };
@@ -134,7 +139,9 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);

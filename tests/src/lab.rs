@@ -54,7 +54,10 @@ pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Underlay address of host `i` (1-based): 198.18.0.(10+i).
 pub fn host_ip(i: usize) -> Ipv4Addr {
-    assert!((1..=200).contains(&i), "host index {i} out of range 1..=200");
+    assert!(
+        (1..=200).contains(&i),
+        "host index {i} out of range 1..=200"
+    );
     Ipv4Addr::new(198, 18, 0, 10 + i as u8)
 }
 
@@ -344,7 +347,9 @@ impl Lab {
             .join(format!("{prefix}-u"))
             .exists()
         {
-            bail!("namespace {prefix}-u exists already: is another lab running with prefix {prefix}?");
+            bail!(
+                "namespace {prefix}-u exists already: is another lab running with prefix {prefix}?"
+            );
         }
         fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         if temp {
@@ -378,6 +383,15 @@ impl Lab {
             hosts,
             shared,
         };
+        // Record every name before creating anything, and write the
+        // manifest, so a failure or a kill half-way can be cleaned up.
+        let mut names: Vec<String> = ["u", "r", "i"]
+            .iter()
+            .map(|s| format!("{}-{s}", lab.prefix))
+            .collect();
+        names.extend(lab.hosts.iter().map(|h| h.ns_name.clone()));
+        lab.shared.netns.lock().unwrap().extend(names);
+        lab.write_manifest()?;
         lab.build().context("build the lab network")?;
         Ok(lab)
     }
@@ -385,10 +399,7 @@ impl Lab {
     fn build(&self) -> Result<()> {
         let p = &self.prefix;
         let (u, r, i) = (format!("{p}-u"), format!("{p}-r"), format!("{p}-i"));
-        let mut names = vec![u.clone(), r.clone(), i.clone()];
-        names.extend(self.hosts.iter().map(|h| h.ns_name.clone()));
-        // Record before creating, so a failure half-way is cleaned up.
-        self.shared.netns.lock().unwrap().extend(names.iter().cloned());
+        let names = self.namespaces();
         let add: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
         ip_batch(None, &add)?;
 
@@ -512,8 +523,22 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// One `ping -c 1 -W 1 ip` from namespace `ns`; true if answered.
+    /// Pings `ip` from namespace `ns` until one reply comes, for at most
+    /// 3 s (a probe every 200 ms, so a lost first packet or a slow ARP
+    /// under load does not fail a test); true if answered. To show that
+    /// something does NOT answer, [`Lab::ping_once`] is quicker.
     pub fn ping(&self, ns: impl AsRef<Path>, ip: impl std::fmt::Display) -> bool {
+        let ip = ip.to_string();
+        self.exec(
+            ns,
+            &["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "3", &ip],
+        )
+        .status
+        .success()
+    }
+
+    /// One `ping -c 1 -W 1 ip` from namespace `ns`; true if answered.
+    pub fn ping_once(&self, ns: impl AsRef<Path>, ip: impl std::fmt::Display) -> bool {
         let ip = ip.to_string();
         self.exec(ns, &["ping", "-n", "-q", "-c", "1", "-W", "1", &ip])
             .status
@@ -568,11 +593,12 @@ impl Lab {
     /// Writes the manifest to `<dir>/lab.json` and turns cleanup off: the
     /// lab and its running processes stay after this value (and this
     /// process) is gone. Reattach with [`Lab::attach`]. Processes survive
-    /// the terminal only if the lab was built with `detachable`.
+    /// the terminal only if the lab was built with `detachable`. A lab with
+    /// the default `wt<pid>x<n>` prefix is still swept by the first
+    /// [`Lab::new`] after this process has exited; give a custom
+    /// [`LabOpts::prefix`] to keep it for good.
     pub fn persist(&self) -> Result<PathBuf> {
         let path = self.write_manifest()?;
-        // A persisted lab is no temporary lab: never sweep it.
-        let _ = fs::remove_file(self.dir.join("owner"));
         self.shared.persist.store(true, Ordering::SeqCst);
         Ok(path)
     }
@@ -636,18 +662,43 @@ impl Lab {
         drop(self);
     }
 
-    fn teardown(&self) {
-        let recs: Vec<Arc<Mutex<Slot>>> = self
+    /// Kills every process the lab started; returns one line per process
+    /// saying how it ended.
+    fn kill_all(&self) -> Vec<String> {
+        let recs: Vec<(Option<usize>, String, Arc<Mutex<Slot>>)> = self
             .shared
             .procs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|r| r.slot.clone())
+            .map(|r| (r.host, r.label.clone(), r.slot.clone()))
             .collect();
-        for s in recs {
-            s.lock().unwrap_or_else(|e| e.into_inner()).kill();
+        let mut lines = Vec::new();
+        for (host, label, slot) in recs {
+            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let pid = s.pid();
+            let was_running = s.is_running();
+            let st = s.kill();
+            let how = match (was_running, st) {
+                (true, _) => "was running: killed at teardown".to_string(),
+                (false, Some(st)) => format!("had exited by itself ({})", describe_status(&st)),
+                (false, None) => "had exited".to_string(),
+            };
+            let who = host.map(|h| format!("h{h} ")).unwrap_or_default();
+            lines.push(format!(
+                "{who}{label} pid {}: {how}",
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+            ));
         }
+        lines
+    }
+
+    fn teardown(&self) {
+        self.kill_all();
+        self.remove_rest();
+    }
+
+    fn remove_rest(&self) {
         let netns = self
             .shared
             .netns
@@ -665,8 +716,54 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if !self.shared.persisting() {
-            self.teardown();
+        if self.shared.persisting() {
+            return;
+        }
+        if thread::panicking() {
+            // Stop everything first, so the logs are complete.
+            let ended = self.kill_all();
+            eprintln!("----- weft lab {} processes -----", self.prefix);
+            for l in ended {
+                eprintln!("{l}");
+            }
+            self.dump_logs();
+        }
+        self.teardown();
+    }
+}
+
+impl Lab {
+    /// Prints the tail of every log file of the lab (agents, background
+    /// processes) to stderr; done automatically when a test panics, since
+    /// the files are removed with the lab. If `WEFT_KEEP_LOGS=DIR` is set,
+    /// the log files are also copied to `DIR/<prefix>/`.
+    pub fn dump_logs(&self) {
+        let mut logs = Vec::new();
+        for h in &self.hosts {
+            if let Ok(rd) = fs::read_dir(&h.dir) {
+                logs.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.dir.join("logs")) {
+            logs.extend(rd.flatten().map(|e| e.path()));
+        }
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        let keep = std::env::var_os("WEFT_KEEP_LOGS").map(|d| PathBuf::from(d).join(&self.prefix));
+        for l in logs {
+            eprintln!(
+                "----- {} (last 60 lines) -----\n{}",
+                l.display(),
+                log_tail(&l, 60)
+            );
+            if let Some(k) = &keep {
+                let rel = l.strip_prefix(&self.dir).unwrap_or(&l);
+                let dst = k.join(rel);
+                if let Some(parent) = dst.parent() {
+                    let _ = fs::create_dir_all(parent);
+                }
+                let _ = fs::copy(&l, &dst);
+            }
         }
     }
 }
@@ -715,7 +812,10 @@ fn spawn_logged(
 ) -> Result<Process> {
     let (prog, args) = cmd.split_first().context("empty command")?;
     let log = match host {
-        Some(i) => shared.dir.join(format!("h{i}")).join(format!("{label}.log")),
+        Some(i) => shared
+            .dir
+            .join(format!("h{i}"))
+            .join(format!("{label}.log")),
         None => {
             let d = shared.dir.join("logs");
             fs::create_dir_all(&d)?;
@@ -840,6 +940,31 @@ impl Drop for Process {
     }
 }
 
+/// Whether an agent answers a `status` request on `socket` (one JSON line
+/// each way; any JSON answer counts, even an error). A mere connect is not
+/// enough: the agent may bind its socket before it has finished starting
+/// and still fail.
+fn agent_answers(socket: &Path, deadline: Instant) -> bool {
+    use std::io::{BufRead, BufReader};
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let _ = s.set_read_timeout(Some(left));
+    let _ = s.set_write_timeout(Some(left));
+    let req = serde_json::to_string(&weft_common::api::Request::Status).expect("encode request");
+    if s.write_all(format!("{req}\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    match BufReader::new(s).read_line(&mut line) {
+        Ok(n) if n > 0 => serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+        _ => false,
+    }
+}
+
 /// A running `weft-agent`. Dropping it kills it (unless the lab is
 /// persisted). Derefs to its [`Process`].
 #[derive(Debug)]
@@ -938,9 +1063,9 @@ impl Host {
     }
 
     /// Starts `weft-agent` inside this host's namespace with
-    /// [`Host::agent_args`] plus `extra_args`, and waits until its socket
-    /// accepts connections. Panics (with the log tail) if it does not within
-    /// [`AGENT_START_TIMEOUT`] or exits.
+    /// [`Host::agent_args`] plus `extra_args`, and waits until it answers a
+    /// `status` request on its socket. Panics (with the log tail) if it does
+    /// not within [`AGENT_START_TIMEOUT`] or exits.
     pub fn start_agent(&self, extra_args: &[&str]) -> Agent {
         self.try_start_agent(extra_args)
             .unwrap_or_else(|e| panic!("{e:#}"))
@@ -965,12 +1090,12 @@ impl Host {
         let socket = self.socket();
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
         loop {
-            if UnixStream::connect(&socket).is_ok() {
+            if agent_answers(&socket, deadline) {
                 break;
             }
             if let Some(st) = proc_.wait_timeout(Duration::ZERO) {
                 bail!(
-                    "weft-agent on {} exited ({}) before its socket {} was up; log {}:\n{}",
+                    "weft-agent on {} exited ({}) before answering on {}; log {}:\n{}",
                     self.name,
                     describe_status(&st),
                     socket.display(),
@@ -981,7 +1106,7 @@ impl Host {
             if Instant::now() >= deadline {
                 proc_.kill();
                 bail!(
-                    "weft-agent on {} did not open {} within {AGENT_START_TIMEOUT:?} (killed); log {}:\n{}",
+                    "weft-agent on {} did not answer on {} within {AGENT_START_TIMEOUT:?} (killed); log {}:\n{}",
                     self.name,
                     socket.display(),
                     proc_.log.display(),

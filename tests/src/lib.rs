@@ -47,20 +47,25 @@ pub fn require_root() {
     static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
     let r = CHECK.get_or_init(|| {
         if !nix::unistd::geteuid().is_root() {
-            return Err("the weft test bed needs root (network namespaces, mounts); \
+            return Err(
+                "the weft test bed needs root (network namespaces, mounts); \
                         run the tests as root, e.g. `sudo -E cargo test -p weft-tests`"
-                .into());
+                    .into(),
+            );
         }
         if !std::path::Path::new("/proc/self/ns/net").exists() {
             return Err("this kernel has no network namespaces (/proc/self/ns/net missing)".into());
         }
         // Creating a namespace on a throwaway thread proves it is allowed
         // (no seccomp/container restriction) without touching anything.
-        let unshare = std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET))
-            .join()
-            .map_err(|_| "namespace probe thread panicked".to_string())?;
+        let unshare =
+            std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET))
+                .join()
+                .map_err(|_| "namespace probe thread panicked".to_string())?;
         if let Err(e) = unshare {
-            return Err(format!("cannot create a network namespace: unshare(CLONE_NEWNET): {e}"));
+            return Err(format!(
+                "cannot create a network namespace: unshare(CLONE_NEWNET): {e}"
+            ));
         }
         match std::process::Command::new("ip").arg("-V").output() {
             Ok(o) if o.status.success() => Ok(()),

@@ -82,15 +82,19 @@ pub fn write_net_sysctl(ns: impl AsRef<Path>, key: &str, value: &str) -> Result<
     let value = value.to_string();
     let ns = ns_path(ns);
     let shown = ns.display().to_string();
-    in_netns(&ns, move || std::fs::write(&file, value).with_context(|| format!("write {file}")))?
-        .with_context(|| format!("sysctl in {shown}"))
+    in_netns(&ns, move || {
+        std::fs::write(&file, value).with_context(|| format!("write {file}"))
+    })?
+    .with_context(|| format!("sysctl in {shown}"))
 }
 
 /// Reads a sysctl under `/proc/sys/net/` as seen from namespace `ns`.
 pub fn read_net_sysctl(ns: impl AsRef<Path>, key: &str) -> Result<String> {
     let file = format!("/proc/sys/net/{}", key.trim_start_matches('/'));
-    in_netns(ns, move || std::fs::read_to_string(&file).with_context(|| format!("read {file}")))?
-        .map(|s| s.trim().to_string())
+    in_netns(ns, move || {
+        std::fs::read_to_string(&file).with_context(|| format!("read {file}"))
+    })?
+    .map(|s| s.trim().to_string())
 }
 
 /// Options for [`command_in`].
@@ -211,7 +215,10 @@ fn reader<R: Read + Send + 'static>(r: Option<R>) -> mpsc::Receiver<Vec<u8>> {
 /// Waits for `child` until `deadline`; then kills its process group (or the
 /// child if it leads none) and reaps it. Returns the status and whether the
 /// deadline hit.
-pub(crate) fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<(ExitStatus, bool)> {
+pub(crate) fn wait_deadline(
+    child: &mut Child,
+    deadline: Instant,
+) -> io::Result<(ExitStatus, bool)> {
     let mut nap = Duration::from_millis(1);
     loop {
         if let Some(st) = child.try_wait()? {

@@ -101,8 +101,8 @@ pub fn try_tcp_peer_server(ns: &Path, addr: impl ToSocketAddrs) -> Result<Server
 }
 
 fn udp_server(ns: &Path, addr: SocketAddr, reply_peer: bool) -> Result<Server> {
-    let s = in_netns(ns, move || UdpSocket::bind(addr))?
-        .with_context(|| format!("bind udp {addr}"))?;
+    let s =
+        in_netns(ns, move || UdpSocket::bind(addr))?.with_context(|| format!("bind udp {addr}"))?;
     s.set_read_timeout(Some(Duration::from_millis(50)))?;
     let bound = s.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -167,8 +167,10 @@ pub fn try_tcp_request(ns: impl AsRef<Path>, addr: impl ToSocketAddrs) -> Result
     let addr = one_addr(addr)?;
     let ns = ns.as_ref().to_path_buf();
     let start = Instant::now();
-    let mut s = in_netns(&ns, move || TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))?
-        .with_context(|| format!("connect to {addr}"))?;
+    let mut s = in_netns(&ns, move || {
+        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+    })?
+    .with_context(|| format!("connect to {addr}"))?;
     let deadline = start + REQUEST_TIMEOUT;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];

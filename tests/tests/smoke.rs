@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use weft_tests::{
-    cleanup, tcp_peer_server, tcp_request, udp_echo_server, udp_request, Lab, LabOpts,
-    INTERNET_IP, ROUTER_IP,
+    cleanup, tcp_peer_server, tcp_request, udp_echo_server, udp_request, Lab, LabOpts, INTERNET_IP,
+    ROUTER_IP,
 };
 
 fn netns_exists(name: &str) -> bool {
@@ -57,12 +57,18 @@ fn lab_builds_routes_and_tears_down() {
     // Underlay, router, internet.
     assert!(lab.ping(&h1.netns, ROUTER_IP), "h1 -> router");
     assert!(lab.ping(&h1.netns, "198.18.0.12"), "h1 -> h2");
-    assert!(lab.ping(&h1.netns, INTERNET_IP), "h1 -> internet via router");
+    assert!(
+        lab.ping(&h1.netns, INTERNET_IP),
+        "h1 -> internet via router"
+    );
     assert!(lab.ping("i", "198.18.0.12"), "internet -> h2");
 
     // The internet has no route to the cluster CIDR: egress needs NAT.
     let get = lab.exec("i", &["ip", "-4", "route", "get", "10.244.1.2"]);
-    assert!(!get.status.success(), "internet must not route to the cluster");
+    assert!(
+        !get.status.success(),
+        "internet must not route to the cluster"
+    );
     let out = lab.exec("i", &["ip", "-4", "route", "show", "10.244.0.0/16"]);
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
     // The router forwards; hosts are left to the agent.
@@ -77,7 +83,10 @@ fn lab_builds_routes_and_tears_down() {
     assert!(peer.starts_with("198.18.0.11:"), "peer seen as {peer:?}");
     assert_eq!(srv.hits(), 1);
     let echo = udp_echo_server(lab.internet(), (INTERNET_IP, 0));
-    assert_eq!(udp_request(&lab.host(2).netns, echo.addr(), "hello"), "hello");
+    assert_eq!(
+        udp_request(&lab.host(2).netns, echo.addr(), "hello"),
+        "hello"
+    );
     drop((srv, echo));
 
     // Background processes are killed with the lab.
@@ -135,10 +144,15 @@ fn labs_in_parallel_get_distinct_prefixes() {
 #[test]
 fn stale_lab_of_dead_process_is_swept() {
     // Forge the remains of a lab whose owner died: a namespace and a
-    // directory named after a pid that does not exist, with a process
-    // inside the namespace and a mount under the directory.
-    let pid = dead_pid();
-    let prefix = format!("wt{pid}x0");
+    // directory named after a pid, with a process inside the namespace and
+    // a mount under the directory. The pid belongs to a dummy child that is
+    // alive while we build (so no concurrent sweep takes the remains
+    // early) and is killed before the sweep.
+    let mut owner = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let prefix = format!("wt{}x0", owner.id());
     let ns = format!("{prefix}-h1");
     let st = std::process::Command::new("ip")
         .args(["netns", "add", &ns])
@@ -157,29 +171,57 @@ fn stale_lab_of_dead_process_is_swept() {
         None::<&str>,
     )
     .unwrap();
-    let mut cmd =
-        weft_tests::netns::command_in(&ns, "sleep", Default::default()).unwrap();
+    let mut cmd = weft_tests::netns::command_in(&ns, "sleep", Default::default()).unwrap();
     let mut child = cmd.arg("1000").spawn().unwrap();
+    owner.kill().unwrap();
+    owner.wait().unwrap();
 
-    // Building any lab sweeps it.
+    // Building any lab sweeps it (or a concurrent test process did).
     let lab = Lab::new(LabOpts::hosts(1));
-    assert!(!netns_exists(&ns), "stale namespace {ns} not swept");
-    assert!(!dir.exists(), "stale dir not swept");
-    assert!(mounts_under(&dir).is_empty());
-    // The sleeper was killed (we are its parent, so reap it here).
+    // (A concurrent sweep may still be finishing: allow it a moment.)
+    let gone = || !netns_exists(&ns) && !dir.exists() && mounts_under(&dir).is_empty();
+    assert!(
+        weft_tests::wait_until(std::time::Duration::from_secs(5), gone),
+        "stale lab {prefix} not swept"
+    );
+    // The process inside was killed (we are its parent, so reap it here).
     let status = child.wait().unwrap();
     assert!(!status.success());
     drop(lab);
 }
 
-/// A pid that is not in use (and small enough to look like one).
-fn dead_pid() -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    (300..max)
-        .rev()
-        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
-        .expect("a free pid")
+#[test]
+fn persisted_lab_survives_drop_and_is_destroyed_by_attach() {
+    let opts = LabOpts {
+        detachable: true,
+        ..LabOpts::hosts(1)
+    };
+    let lab = Lab::new(opts);
+    let names = lab.namespaces();
+    let dir = lab.dir.clone();
+    let p = lab.spawn("h1", &["sleep", "1000"]);
+    let pid = p.pid() as i32;
+    let manifest = lab.persist().unwrap();
+    assert!(manifest.is_file());
+    drop(p);
+    drop(lab);
+    // Still there after the Lab value is gone.
+    for n in &names {
+        assert!(netns_exists(n), "{n} removed although persisted");
+    }
+    assert!(cleanup::proc_alive(pid, None), "persisted process killed");
+
+    let again = Lab::attach(&dir).unwrap();
+    assert_eq!(again.namespaces(), names);
+    assert_eq!(again.host(1).ip.to_string(), "198.18.0.11");
+    assert!(again.ping(&again.host(1).netns, INTERNET_IP));
+    drop(again); // attached labs stay persistent too
+    assert!(netns_exists(&names[0]));
+
+    Lab::attach(&dir).unwrap().destroy();
+    assert_gone(&names, &dir);
+    assert!(
+        !cleanup::proc_alive(pid, None),
+        "process {pid} survived destroy"
+    );
 }

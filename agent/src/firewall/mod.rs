@@ -8,36 +8,50 @@
 //! thread. All functions block; call them from `spawn_blocking`.
 //!
 //! Listed by `nft list table inet weft` (cluster 10.244.0.0/16, subnet
-//! 10.244.1.0/24, one forward):
+//! 10.244.1.0/24, bridge weft0; forwards `8080/tcp -> 10.244.1.2:80` and
+//! `192.168.1.10:5353/udp -> 10.244.1.3:53`):
 //!
 //! ```text
 //! table inet weft {
 //!     map publish_ip_addr {
 //!         type ipv4_addr . inet_proto . inet_service : ipv4_addr
+//!         elements = { 192.168.1.10 . udp . 5353 : 10.244.1.3 }
 //!     }
+//!
 //!     map publish_ip_port {
 //!         type ipv4_addr . inet_proto . inet_service : inet_service
+//!         elements = { 192.168.1.10 . udp . 5353 : 53 }
 //!     }
+//!
 //!     map publish_any_addr {
 //!         type inet_proto . inet_service : ipv4_addr
 //!         elements = { tcp . 8080 : 10.244.1.2 }
 //!     }
+//!
 //!     map publish_any_port {
 //!         type inet_proto . inet_service : inet_service
 //!         elements = { tcp . 8080 : 80 }
 //!     }
+//!
 //!     chain prerouting {
 //!         type nat hook prerouting priority dstnat; policy accept;
 //!         fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @publish_ip_addr:ip daddr . meta l4proto . th dport map @publish_ip_port
 //!         meta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @publish_any_addr:meta l4proto . th dport map @publish_any_port
 //!     }
-//!     chain output { type nat hook output priority -100; ... same two rules }
+//!
+//!     chain output {
+//!         type nat hook output priority -100; policy accept;
+//!         fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @publish_ip_addr:ip daddr . meta l4proto . th dport map @publish_ip_port
+//!         meta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @publish_any_addr:meta l4proto . th dport map @publish_any_port
+//!     }
+//!
 //!     chain postrouting {
 //!         type nat hook postrouting priority srcnat; policy accept;
 //!         ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade
 //!         ct status dnat ip saddr 10.244.1.0/24 ip daddr 10.244.1.0/24 masquerade
 //!         ip saddr 127.0.0.0/8 oifname "weft0" masquerade
 //!     }
+//!
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
 //!         ct state established,related accept
@@ -219,6 +233,7 @@ impl Firewall {
 
     /// Forwards currently in the kernel, sorted; none if the table does not
     /// exist.
+    #[allow(dead_code)] // part of the API; the agent does not call it yet
     pub fn list_forwards(&self) -> Result<Vec<PortForward>, FirewallError> {
         self.map_state()
             .map(|s| s.forwards())
@@ -229,6 +244,7 @@ impl Firewall {
     }
 
     /// Whether the table exists.
+    #[allow(dead_code)] // part of the API; the agent does not call it yet
     pub fn exists(&self) -> Result<bool, FirewallError> {
         self.table_exists().map_err(|error| FirewallError::Exists {
             table: self.table.clone(),
@@ -237,6 +253,7 @@ impl Firewall {
     }
 
     /// Deletes the table if it exists (one transaction: add, then delete).
+    #[allow(dead_code)] // part of the API; the agent does not call it yet
     pub fn teardown(&self) -> Result<(), FirewallError> {
         nft::apply(&self.nft, &ruleset::teardown_doc(&self.table)).map_err(|error| {
             FirewallError::Teardown {

@@ -6,6 +6,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -26,13 +27,6 @@ pub struct NetlinkError {
     pub what: String,
     #[source]
     pub source: io::Error,
-}
-
-impl NetlinkError {
-    /// The errno the kernel answered with, if any.
-    pub fn errno(&self) -> Option<i32> {
-        self.source.raw_os_error()
-    }
 }
 
 type Result<T> = std::result::Result<T, NetlinkError>;
@@ -112,6 +106,9 @@ pub struct VethSpec<'a> {
 #[derive(Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    /// The kernel runs one dump at a time per socket and answers EBUSY to a
+    /// second one started meanwhile; dumps queue here instead.
+    dump_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Netlink {
@@ -122,20 +119,32 @@ impl Netlink {
         // Kernel errors then come back with the kernel's own explanation.
         let _ = conn.socket_mut().socket_mut().set_ext_ack(true);
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            dump_lock: Arc::default(),
+        })
     }
 
     /// All links of the namespace, in one dump.
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx("list links"))?;
+        let msgs = self
+            .dump("list links", || self.handle.link().get().execute())
+            .await?;
         Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    /// Runs one dump request, never two at once on this socket. The request
+    /// is built only once the lock is held: rtnetlink sends it at `execute()`.
+    async fn dump<T, S>(
+        &self,
+        what: impl Into<String>,
+        request: impl FnOnce() -> S,
+    ) -> Result<Vec<T>>
+    where
+        S: futures::Stream<Item = std::result::Result<T, rtnetlink::Error>>,
+    {
+        let _one_dump = self.dump_lock.lock().await;
+        request().try_collect().await.map_err(ctx(what))
     }
 
     /// The link called `name`, if there is one.
@@ -253,15 +262,16 @@ impl Netlink {
 
     /// IPv4 addresses on a link, with prefix lengths.
     pub async fn addresses_v4(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx(format!("list addresses of link #{index}")))?;
+        let what = format!("list addresses of link #{index}");
+        let msgs = self
+            .dump(what, || {
+                self.handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute()
+            })
+            .await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.family == AddressFamily::Inet && m.header.index == index)
@@ -315,13 +325,8 @@ impl Netlink {
     pub async fn routes_v4(&self) -> Result<Vec<Route>> {
         let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(filter)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx("list routes"))?;
+            .dump("list routes", || self.handle.route().get(filter).execute())
+            .await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.table == 254)

@@ -16,11 +16,18 @@ use weft_tests::netns::describe_status;
 use weft_tests::{gateway_of, try_tcp_request, Host, Lab, LabOpts, INTERNET_IP};
 
 #[derive(Parser)]
-#[command(name = "weft-lab", version, about = "Simulated weft hosts in network namespaces")]
+#[command(
+    name = "weft-lab",
+    version,
+    about = "Simulated weft hosts in network namespaces"
+)]
 struct Cli {
     /// Lab directory (manifest, per-host state, logs).
     #[arg(long, global = true, default_value = "/tmp/weft-lab/lab")]
     dir: PathBuf,
+    /// Name prefix of the lab's namespaces (default: derived from --dir).
+    #[arg(long, global = true, hide = true)]
+    prefix: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -43,9 +50,20 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Behave like other command line tools under `| head`: die quietly on a
+    // closed pipe instead of panicking in println!.
+    // SAFETY: setting a signal disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Up { hosts, ns_per_host } => up(&cli.dir, hosts.into(), ns_per_host.into()),
+        Cmd::Up { hosts, ns_per_host } => up(
+            &cli.dir,
+            cli.prefix.clone(),
+            hosts.into(),
+            ns_per_host.into(),
+        ),
         Cmd::Status => status(&cli.dir),
         Cmd::Down => down(&cli.dir),
     };
@@ -103,7 +121,7 @@ struct Ep {
     netns: PathBuf,
 }
 
-fn up(dir: &Path, hosts: usize, per_host: usize) -> Result<bool> {
+fn up(dir: &Path, prefix: Option<String>, hosts: usize, per_host: usize) -> Result<bool> {
     let dir = abs(dir)?;
     if dir.join(weft_tests::lab::MANIFEST).exists() {
         bail!(
@@ -115,11 +133,11 @@ fn up(dir: &Path, hosts: usize, per_host: usize) -> Result<bool> {
         hosts,
         subnets: Vec::new(),
         dir: Some(dir.clone()),
-        prefix: Some(prefix_for(&dir)),
+        prefix: Some(prefix.unwrap_or_else(|| prefix_for(&dir))),
         detachable: true,
     })?;
-    // Keep the manifest current, so `down` works even if we die half-way.
-    lab.write_manifest()?;
+    // The manifest is written as the lab is built and again after every
+    // agent start, so `down` works even if we die half-way.
     println!(
         "lab {} in {}: {hosts} host(s), underlay {}, internet {INTERNET_IP}",
         lab.prefix,
@@ -152,7 +170,10 @@ fn up(dir: &Path, hosts: usize, per_host: usize) -> Result<bool> {
     let ok = matrix(&lab, &eps);
     lab.persist()?;
     println!();
-    println!("the lab stays up; agent logs in {}/h*/agent.log", dir.display());
+    println!(
+        "the lab stays up; agent logs in {}/h*/agent.log",
+        dir.display()
+    );
     println!(
         "  enter a namespace: nsenter --net={} bash",
         eps.iter()
@@ -162,10 +183,14 @@ fn up(dir: &Path, hosts: usize, per_host: usize) -> Result<bool> {
             .unwrap_or_else(|| lab.host(1).netns.display().to_string())
     );
     println!(
-        "  weftctl --agent-socket {} ns list",
+        "  {} --agent-socket {} ns list",
+        weft_tests::bin_dir().join("weftctl").display(),
         lab.host(1).socket().display()
     );
-    println!("  weft-lab status --dir {0}; weft-lab down --dir {0}", dir.display());
+    println!(
+        "  weft-lab status --dir {0}; weft-lab down --dir {0}",
+        dir.display()
+    );
     Ok(ok)
 }
 
@@ -205,31 +230,27 @@ fn matrix(lab: &Lab, eps: &[Vec<Ep>]) -> bool {
             continue;
         }
         // Targets: every namespace, the gateway, the internet host.
-        let mut targets: Vec<(String, String)> =
-            v.iter().map(|e| (e.name.clone(), e.ip.to_string())).collect();
+        let mut targets: Vec<(String, String)> = v
+            .iter()
+            .map(|e| (e.name.clone(), e.ip.to_string()))
+            .collect();
         if let Some(g) = gw {
             targets.push(("gateway".into(), g.to_string()));
         }
         targets.push(("internet".into(), INTERNET_IP.to_string()));
-        // All cells at once; each ping waits at most 1 s.
-        let cells: BTreeMap<(usize, usize), bool> = std::thread::scope(|s| {
-            let hs: Vec<_> = v
-                .iter()
-                .enumerate()
-                .flat_map(|(i, src)| {
-                    targets.iter().enumerate().filter(move |&(j, _)| j != i).map(
-                        move |(j, (_, ip))| {
-                            let ns = src.netns.clone();
-                            let ip = ip.clone();
-                            ((i, j), s.spawn(move || lab.ping(&ns, &ip)))
-                        },
-                    )
-                })
-                .collect();
-            hs.into_iter()
-                .map(|(k, h)| (k, h.join().unwrap_or(false)))
-                .collect()
-        });
+        // Each ping waits at most 3 s; run up to PING_WORKERS at a time.
+        let jobs: Vec<((usize, usize), PathBuf, String)> = v
+            .iter()
+            .enumerate()
+            .flat_map(|(i, src)| {
+                targets
+                    .iter()
+                    .enumerate()
+                    .filter(move |&(j, _)| j != i)
+                    .map(move |(j, (_, ip))| ((i, j), src.netns.clone(), ip.clone()))
+            })
+            .collect();
+        let cells = ping_all(jobs);
         let w = targets
             .iter()
             .map(|(n, _)| n.chars().count())
@@ -300,6 +321,30 @@ fn matrix(lab: &Lab, eps: &[Vec<Ep>]) -> bool {
         }
     );
     all_ok
+}
+
+const PING_WORKERS: usize = 16;
+
+/// Runs the pings of `jobs` on a bounded pool of threads.
+fn ping_all(jobs: Vec<((usize, usize), PathBuf, String)>) -> BTreeMap<(usize, usize), bool> {
+    let queue = std::sync::Mutex::new(jobs);
+    let results = std::sync::Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..PING_WORKERS {
+            s.spawn(|| loop {
+                let Some((k, ns, ip)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let ok = weft_tests::netns::exec_in(
+                    &ns,
+                    &["ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "3", &ip],
+                )
+                .is_ok_and(|o| o.status.success());
+                results.lock().unwrap().insert(k, ok);
+            });
+        }
+    });
+    results.into_inner().unwrap()
 }
 
 fn status(dir: &Path) -> Result<bool> {

@@ -1,0 +1,458 @@
+//! End-to-end tests of one host in standalone mode, against the real kernel:
+//! the real `weft-agent` in a simulated host namespace, driven by the real
+//! `weftctl`. Needs root (CI runs it as root; without root it fails).
+
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use weft_common::name::host_veth_name;
+use weft_tests::{
+    gateway_of, host_ip, tcp_peer_server, tcp_request, udp_peer_server, udp_request, Host, Lab,
+    LabOpts, INTERNET_IP,
+};
+
+fn ip_of(ep: &serde_json::Value) -> String {
+    ep["ip"].as_str().expect("endpoint has an ip").to_string()
+}
+
+fn stdout(out: std::process::Output) -> String {
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Everything on a host that weft may change: links, addresses, routes,
+/// nftables, the namespace files and mounts, and the agent's state files.
+fn snapshot(lab: &Lab, h: &Host) -> String {
+    let mut s = String::new();
+    let links = stdout(h.exec(&["ip", "-o", "link", "show"]));
+    // Names only: flags like NO-CARRIER follow carrier timing, not weft.
+    for l in links.lines() {
+        s += l.split(':').nth(1).unwrap_or("").trim();
+        s += "\n";
+    }
+    s += &stdout(h.exec(&["ip", "-o", "-4", "addr", "show"]));
+    s += &stdout(h.exec(&["ip", "-4", "route", "show"]));
+    s += &stdout(h.exec(&["nft", "list", "ruleset"]));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = h.netns_dir.display().to_string();
+    for m in mounts.lines().filter(|l| l.contains(&dir)) {
+        s += m.split(' ').nth(4).unwrap_or("");
+        s += "\n";
+    }
+    for d in [
+        h.netns_dir.clone(),
+        h.state_dir.join("endpoints"),
+        h.state_dir.join("pending"),
+    ] {
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        s += &format!("{}: {names:?}\n", d.display());
+    }
+    let _ = lab;
+    s
+}
+
+#[test]
+fn namespaces_ping_each_other_and_the_gateway() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let _agent = h1.start_agent(&[]);
+    let a = h1.ns_add("a", &[]);
+    let b = h1.ns_add("b", &[]);
+    assert_eq!(ip_of(&a), "10.244.1.2");
+    assert_eq!(ip_of(&b), "10.244.1.3");
+    let gw = gateway_of(&h1.subnet).unwrap();
+    for (from, to) in [
+        ("a", ip_of(&b)),
+        ("b", ip_of(&a)),
+        ("a", gw.to_string()),
+        ("b", gw.to_string()),
+    ] {
+        assert!(lab.ping(h1.endpoint(from), &to), "{from} -> {to}");
+    }
+    // The namespace looks like one made by hand: lo up, eth0 with the
+    // address, MTU of the underlay, default route via the gateway.
+    let addr = stdout(h1.exec_endpoint("a", &["ip", "-o", "-4", "addr", "show"]));
+    assert!(
+        addr.contains("lo ") && addr.contains("127.0.0.1/8"),
+        "{addr}"
+    );
+    assert!(
+        addr.contains("eth0") && addr.contains("10.244.1.2/24"),
+        "{addr}"
+    );
+    let route = stdout(h1.exec_endpoint("a", &["ip", "-4", "route", "show", "default"]));
+    assert!(
+        route.contains(&format!("default via {gw} dev eth0")),
+        "{route}"
+    );
+    let link = stdout(h1.exec_endpoint("a", &["ip", "-o", "link", "show", "eth0"]));
+    assert!(
+        link.contains("mtu 1500") && link.contains(a["mac"].as_str().unwrap()),
+        "{link}"
+    );
+    // The host end is a port of weft0, named as weft names it.
+    let veth = host_veth_name("a");
+    assert_eq!(a["host_veth"], veth.as_str());
+    let port = stdout(h1.exec(&["ip", "-o", "link", "show", &veth]));
+    assert!(port.contains("master weft0"), "{port}");
+    // And `ip netns`-style tools see it: weftctl ns exec runs there.
+    let out = h1.weftctl(&[
+        "ns",
+        "exec",
+        "b",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &ip_of(&a),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let code = h1
+        .weftctl(&["ns", "exec", "b", "--", "sh", "-c", "exit 7"])
+        .status
+        .code();
+    assert_eq!(code, Some(7), "exit code passes through");
+}
+
+#[test]
+fn egress_needs_and_gets_nat() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let mut agent = h1.start_agent(&[]);
+    let a = h1.ns_add("a", &[]);
+    let ns = h1.endpoint("a");
+    let server = tcp_peer_server(lab.internet(), (INTERNET_IP, 0));
+    let seen = tcp_request(&ns, server.addr());
+    assert!(
+        seen.starts_with(&format!("{}:", host_ip(1))),
+        "internet saw {seen}, not the host address"
+    );
+    assert!(!seen.starts_with(&ip_of(&a)));
+    // Without weft's table the internet cannot answer: the NAT is what works.
+    h1.exec(&["nft", "delete", "table", "inet", "weft"]);
+    assert!(
+        !lab.ping_once(&ns, INTERNET_IP),
+        "egress worked without NAT: the test proves nothing"
+    );
+    // A restart restores the table (reconcile) and egress works again.
+    agent.kill();
+    let _agent = h1.start_agent(&[]);
+    assert!(lab.ping(&ns, INTERNET_IP));
+    let seen = tcp_request(&ns, server.addr());
+    assert!(seen.starts_with(&format!("{}:", host_ip(1))), "{seen}");
+}
+
+#[test]
+fn published_ports_answer_from_another_host_the_host_itself_and_neighbours() {
+    let lab = Lab::new(LabOpts::hosts(2));
+    let (h1, h2) = (lab.host(1), lab.host(2));
+    let _agent = h1.start_agent(&[]);
+    let web = h1.ns_add("web", &["--publish", "8080:80", "--publish", "5353:53/udp"]);
+    let pinned = h1.ns_add("pinned", &["--publish", &format!("{}:9090:90", host_ip(1))]);
+    assert_eq!(
+        web["publish"],
+        serde_json::json!(["8080:80/tcp", "5353:53/udp"])
+    );
+    let tcp = tcp_peer_server(h1.endpoint("web"), ("0.0.0.0", 80));
+    let udp = udp_peer_server(h1.endpoint("web"), ("0.0.0.0", 53));
+    let tcp90 = tcp_peer_server(h1.endpoint("pinned"), ("0.0.0.0", 90));
+
+    // From another host: DNAT keeps the client's address.
+    let seen = tcp_request(&h2.netns, (host_ip(1), 8080));
+    assert!(seen.starts_with(&format!("{}:", host_ip(2))), "{seen}");
+    let seen = udp_request(&h2.netns, (host_ip(1), 5353), "q");
+    assert!(seen.starts_with(&format!("{}:", host_ip(2))), "{seen}");
+    let seen = tcp_request(&h2.netns, (host_ip(1), 9090));
+    assert!(seen.starts_with(&format!("{}:", host_ip(2))), "{seen}");
+    assert_eq!(tcp90.hits(), 1);
+    // From the host itself, on its address and on 127.0.0.1.
+    tcp_request(&h1.netns, (host_ip(1), 8080));
+    tcp_request(&h1.netns, ("127.0.0.1", 8080));
+    udp_request(&h1.netns, ("127.0.0.1", 5353), "q");
+    // From a neighbour namespace through the host address (hairpin).
+    // The reply must come back through the host, so the source is the gateway.
+    h1.ns_add("other", &[]);
+    let seen = tcp_request(h1.endpoint("other"), (host_ip(1), 8080));
+    assert!(seen.starts_with("10.244.1.1:"), "{seen}");
+    assert_eq!(tcp.hits(), 4);
+    assert_eq!(udp.hits(), 2);
+    let _ = pinned;
+}
+
+/// Runs `ping -i 0.01` for `count` packets; returns (sent, received).
+fn ping_stats(out: &str) -> (u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {out}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn agent_killed_and_restarted_drops_no_packets() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let mut agent = h1.start_agent(&[]);
+    let a = h1.ns_add("a", &["--publish", "8080:80"]);
+    let b = h1.ns_add("b", &[]);
+    assert!(lab.ping(h1.endpoint("a"), ip_of(&b)));
+    assert!(lab.ping(h1.endpoint("a"), INTERNET_IP));
+    let count = "400";
+    let mut local = lab.spawn(
+        h1.endpoint("a"),
+        &[
+            "ping",
+            "-n",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            count,
+            &ip_of(&b),
+        ],
+    );
+    let mut nat = lab.spawn(
+        h1.endpoint("b"),
+        &[
+            "ping",
+            "-n",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            count,
+            &INTERNET_IP.to_string(),
+        ],
+    );
+    thread::sleep(Duration::from_millis(500));
+    agent.kill();
+    thread::sleep(Duration::from_millis(300));
+    let _agent = h1.start_agent(&[]);
+    for p in [&mut local, &mut nat] {
+        let st = p
+            .wait_timeout(Duration::from_secs(30))
+            .expect("ping finished");
+        let out = p.log_text();
+        let (sent, got) = ping_stats(&out);
+        assert_eq!(sent, 400, "{out}");
+        assert_eq!(got, sent, "lost replies across the restart:\n{out}");
+        assert!(st.success(), "{out}");
+    }
+    let list = h1.weftctl_json(&["ns", "list"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(list[0]["ip"], a["ip"]);
+    assert_eq!(list[0]["publish"], serde_json::json!(["8080:80/tcp"]));
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_and_changes_nothing() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let _agent = h1.start_agent(&[]);
+    let a = h1.ns_add("a", &["--publish", "8080:80"]);
+    std::fs::write(h1.netns_dir.join("foreign"), b"").unwrap();
+    // A host process listening on 9091 in the host namespace.
+    let busy = tcp_peer_server(&h1.netns, ("0.0.0.0", 9091));
+    let before = snapshot(&lab, h1);
+    let long = "x".repeat(64);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["ns", "add", "Bad"], "\"Bad\""),
+        (vec!["ns", "add", "a_b"], "'_'"),
+        (
+            vec!["ns", "add", "--", "-a"],
+            "must start with a letter or digit",
+        ),
+        (vec!["ns", "add", &long], "at most 63"),
+        (vec!["ns", "add", ""], "name is empty"),
+        (vec!["ns", "add", "a/b"], "'/'"),
+        (vec!["ns", "add", ".."], "'.'"),
+        (vec!["ns", "add", "../etc"], "'.'"),
+        (vec!["ns", "add", "a"], "namespace \"a\" already exists"),
+        (vec!["ns", "add", "foreign"], "was not created by weft"),
+        (
+            vec!["ns", "add", "c", "--ip", "10.244.2.5"],
+            "outside this host's subnet 10.244.1.0/24",
+        ),
+        (vec!["ns", "add", "c", "--ip", "10.244.1.1"], "gateway"),
+        (vec!["ns", "add", "c", "--ip", "10.244.1.255"], "broadcast"),
+        (
+            vec!["ns", "add", "c", "--ip", a["ip"].as_str().unwrap()],
+            "already used by namespace \"a\"",
+        ),
+        (
+            vec!["ns", "add", "c", "--publish", "8080:81"],
+            "already published by namespace \"a\"",
+        ),
+        (
+            vec!["ns", "add", "c", "--publish", "9091:80"],
+            "already in use on this host",
+        ),
+        (
+            vec!["ns", "add", "c", "--publish", "198.18.0.99:8081:80"],
+            "not an address of this host",
+        ),
+        (
+            vec![
+                "ns",
+                "add",
+                "c",
+                "--publish",
+                "7000:70",
+                "--publish",
+                "7000:71",
+            ],
+            "given twice",
+        ),
+        (
+            vec!["ns", "add", "c", "--publish", "8080"],
+            "expected [HOSTIP:]HOSTPORT:PORT",
+        ),
+        (vec!["ns", "add", "c", "--publish", "8080:80/icmp"], "icmp"),
+        (vec!["ns", "add", "c", "--publish", "99999:80"], "99999"),
+        (
+            vec!["ns", "del", "nope"],
+            "namespace \"nope\" does not exist",
+        ),
+        (
+            vec!["ns", "show", "nope"],
+            "namespace \"nope\" does not exist",
+        ),
+        (
+            vec!["ns", "exec", "nope", "--", "true"],
+            "namespace \"nope\" does not exist",
+        ),
+    ];
+    for (args, want) in &cases {
+        let (code, stderr, stdout) = h1.weftctl_err(args);
+        assert!(code != 0 && stdout.is_empty(), "{args:?}");
+        assert!(stderr.contains(want), "{args:?}: {stderr:?} lacks {want:?}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {stderr:?}"
+        );
+        let mut json = vec!["-o", "json"];
+        json.extend(args.iter());
+        let (_, _, out) = h1.weftctl_err(&json);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {out:?}: {e}"));
+        assert!(v["error"].as_str().unwrap().contains(want), "{args:?}: {v}");
+    }
+    assert_eq!(
+        snapshot(&lab, h1),
+        before,
+        "a refused request changed the host"
+    );
+    drop(busy);
+    // The agent is still healthy afterwards.
+    let c = h1.ns_add("c", &[]);
+    assert_eq!(ip_of(&c), "10.244.1.3");
+}
+
+#[test]
+fn a_full_subnet_is_refused() {
+    let lab = Lab::new(LabOpts::hosts(1).subnet(1, "10.244.1.0/29"));
+    let h1 = lab.host(1);
+    let _agent = h1.start_agent(&[]);
+    for i in 0..5 {
+        h1.ns_add(&format!("n{i}"), &[]);
+    }
+    let before = snapshot(&lab, h1);
+    let (_, stderr, _) = h1.weftctl_err(&["ns", "add", "n5"]);
+    assert!(stderr.contains("subnet 10.244.1.0/29 is full"), "{stderr}");
+    assert_eq!(snapshot(&lab, h1), before);
+    h1.weftctl_json(&["ns", "del", "n2"]);
+    assert_eq!(ip_of(&h1.ns_add("n5", &[])), "10.244.1.4");
+}
+
+#[test]
+fn a_failure_half_way_through_ns_add_is_rolled_back() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let _agent = h1.start_agent(&[]);
+    h1.ns_add("a", &[]);
+    // 1. The veth cannot be created: its host-side name is taken (by a device
+    //    that is not weft's, so the agent leaves it alone). The namespace was
+    //    already made by then and must go again.
+    let veth = host_veth_name("victim");
+    stdout(h1.exec(&["ip", "link", "add", &veth, "type", "bridge"]));
+    let before = snapshot(&lab, h1);
+    let (_, stderr, _) = h1.weftctl_err(&["ns", "add", "victim"]);
+    assert!(stderr.contains(&format!("create veth {veth}")), "{stderr}");
+    assert_eq!(snapshot(&lab, h1), before, "ns add left pieces behind");
+    stdout(h1.exec(&["ip", "link", "del", &veth]));
+
+    // 2. nftables refuses the port forward (an entry weft does not know of
+    //    holds the key), after namespace and veth exist.
+    stdout(h1.exec(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "weft",
+        "publish_any_addr",
+        "{ tcp . 7777 : 10.244.1.200 }",
+    ]));
+    stdout(h1.exec(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "weft",
+        "publish_any_port",
+        "{ tcp . 7777 : 80 }",
+    ]));
+    let before = snapshot(&lab, h1);
+    let (_, stderr, _) = h1.weftctl_err(&["ns", "add", "victim", "--publish", "7777:80"]);
+    assert!(stderr.contains("7777"), "{stderr}");
+    assert_eq!(snapshot(&lab, h1), before, "ns add left pieces behind");
+    // The address it had taken is free again.
+    let ep = h1.ns_add("victim", &["--ip", "10.244.1.3"]);
+    assert_eq!(ip_of(&ep), "10.244.1.3");
+}
+
+#[test]
+fn ns_del_leaves_nothing_behind() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let _agent = h1.start_agent(&[]);
+    h1.ns_add("keep", &[]);
+    let before = snapshot(&lab, h1);
+    let ep = h1.ns_add(
+        "gone",
+        &["--publish", "8080:80", "--publish", "5353:53/udp"],
+    );
+    let during = snapshot(&lab, h1);
+    assert_ne!(during, before);
+    assert!(
+        during.contains(&host_veth_name("gone")) && during.contains("8080"),
+        "{during}"
+    );
+    let deleted = h1.weftctl_json(&["ns", "del", "gone"]);
+    assert_eq!(deleted["name"], "gone");
+    assert_eq!(snapshot(&lab, h1), before);
+    assert!(!Path::new(ep["netns"].as_str().unwrap()).exists());
+    // The name and the published ports can be used again at once.
+    h1.ns_add("gone", &["--publish", "8080:80"]);
+}
