@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use weft_common::api::{ControllerLink, Endpoint, Status};
-use weft_common::name::{host_veth_name, VETH_PREFIX};
+use weft_common::name::{host_veth_name, is_weft_veth_name};
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
 
 use crate::config::Config;
@@ -27,6 +27,9 @@ pub const BRIDGE: &str = "weft0";
 const NS_IFACE: &str = "eth0";
 /// The nftables table (family inet) weft owns.
 pub const NFT_TABLE: &str = "weft";
+/// Most ports one namespace may publish: bounds the work (and the time the
+/// agent's lock is held) one request can cause.
+pub const MAX_PUBLISH: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -53,6 +56,8 @@ pub enum AgentError {
     },
     #[error("--publish {spec}: {reason}")]
     PortUnavailable { spec: PortMapping, reason: String },
+    #[error("{count} published ports requested; at most {MAX_PUBLISH} per namespace")]
+    TooManyPorts { count: usize },
     #[error("host interface name {veth} of namespace {name:?} collides with namespace {other:?}; pick another name")]
     VethCollision {
         name: String,
@@ -102,10 +107,6 @@ impl Agent {
     pub async fn start(cfg: Config) -> anyhow::Result<Arc<Agent>> {
         let store = Store::open(&cfg.state_dir)?;
         let loaded = store.load()?;
-        let node = NodeState {
-            node: cfg.node_name.clone(),
-            subnet: cfg.subnet,
-        };
         if let Some(old) = &loaded.node {
             if old.subnet != cfg.subnet && !loaded.endpoints.is_empty() {
                 anyhow::bail!(
@@ -113,9 +114,6 @@ impl Agent {
                     cfg.subnet, old.subnet, loaded.endpoints.len(), cfg.state_dir.display(), old.subnet
                 );
             }
-        }
-        if loaded.node.as_ref() != Some(&node) {
-            store.save_node(&node)?;
         }
         let mut ipam = Ipam::new(cfg.subnet);
         for rec in loaded.endpoints.values() {
@@ -128,7 +126,24 @@ impl Agent {
             })?;
         }
         let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
-        let mtu = underlay_mtu(&host, cfg.underlay_iface.as_deref()).await?;
+        // Without a default route (e.g. before DHCP at boot) the MTU cannot
+        // be detected; the one used before then still holds.
+        let mtu = match underlay_mtu(&host, cfg.underlay_iface.as_deref()).await? {
+            Some(m) => m,
+            None => {
+                let m = loaded.node.as_ref().and_then(|n| n.mtu).unwrap_or(1500);
+                warn!("no default route and no --underlay-iface: keeping MTU {m}");
+                m
+            }
+        };
+        let node = NodeState {
+            node: cfg.node_name.clone(),
+            subnet: cfg.subnet,
+            mtu: Some(mtu),
+        };
+        if loaded.node.as_ref() != Some(&node) {
+            store.save_node(&node)?;
+        }
         netns::prepare_netns_dir(&cfg.netns_dir)?;
         let agent = Arc::new(Agent {
             gateway: gateway(cfg.subnet),
@@ -145,10 +160,6 @@ impl Agent {
         });
         agent.reconcile(&loaded.pending).await?;
         Ok(agent)
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
     }
 
     fn netns_path(&self, name: &str) -> PathBuf {
@@ -215,14 +226,8 @@ impl Agent {
 
         for name in pending {
             if !inner.endpoints.contains_key(name) {
-                warn!(
-                    "namespace {name:?} was half-built when the agent stopped; removing its pieces"
-                );
-                self.host.delete_link_by_name(&host_veth_name(name)).await?;
-                let path = self.netns_path(name);
-                if netns::is_netns(&path) {
-                    netns::delete(&path)?;
-                }
+                warn!("namespace {name:?} was half-built when ns add failed or the agent stopped; removing its pieces");
+                self.remove_half_built(name).await?;
             }
             inner.store.clear_pending(name)?;
         }
@@ -235,10 +240,16 @@ impl Agent {
             .map(|l| (l.name.clone(), l))
             .collect();
         let bridge = inner.bridge;
+        // One broken endpoint must not keep the others from being served.
+        let mut broken = 0;
         for rec in inner.endpoints.values() {
-            self.ensure_endpoint(rec, links.get(&rec.host_veth), bridge)
+            if let Err(e) = self
+                .ensure_endpoint(rec, links.get(&rec.host_veth), bridge)
                 .await
-                .map_err(|e| anyhow::anyhow!("restore namespace {:?}: {e}", rec.name))?;
+            {
+                broken += 1;
+                error!("cannot restore namespace {:?}: {e}; the others are served, delete and re-add it to repair", rec.name);
+            }
         }
         let owned: BTreeSet<&str> = inner
             .endpoints
@@ -246,7 +257,7 @@ impl Agent {
             .map(|r| r.host_veth.as_str())
             .collect();
         for link in links.values() {
-            if link.name.starts_with(VETH_PREFIX)
+            if is_weft_veth_name(&link.name)
                 && link.kind.as_deref() == Some("veth")
                 && !owned.contains(link.name.as_str())
             {
@@ -255,12 +266,29 @@ impl Agent {
             }
         }
         info!(
-            "host ready: bridge {BRIDGE} {}/{} mtu {}, {} namespaces",
+            "host ready: bridge {BRIDGE} {}/{} mtu {}, {} namespaces{}",
             self.gateway,
             self.cfg.subnet.prefix(),
             self.mtu,
-            inner.endpoints.len()
+            inner.endpoints.len(),
+            if broken > 0 {
+                format!(", {broken} of them broken (see above)")
+            } else {
+                String::new()
+            }
         );
+        Ok(())
+    }
+
+    /// Removes what a failed or interrupted `ns add` may have left: the veth
+    /// and the namespace mount (only if it is one: the name was refused if
+    /// something else was at that path).
+    async fn remove_half_built(&self, name: &str) -> Result<()> {
+        self.host.delete_link_by_name(&host_veth_name(name)).await?;
+        let path = self.netns_path(name);
+        if netns::is_netns(&path) {
+            netns::delete(&path)?;
+        }
         Ok(())
     }
 
@@ -283,8 +311,9 @@ impl Agent {
                 let mtu = (l.mtu != self.mtu).then_some(self.mtu);
                 let new_mac = (l.mac != Some(mac)).then_some(mac);
                 if mtu.is_some() || new_mac.is_some() || !l.up {
-                    self.host.set_link(l.index, mtu, new_mac, None, true).await?;
-                    info!("corrected bridge {BRIDGE}: mtu {} mac {mac} up (was mtu {} mac {:?} up={})", self.mtu, l.mtu, l.mac, l.up);
+                    self.host.set_link(l.index, BRIDGE, mtu, new_mac, None, true).await?;
+                    let old_mac = l.mac.map_or_else(|| "none".to_string(), |m| m.to_string());
+                    info!("corrected bridge {BRIDGE}: mtu {} mac {mac} up (was mtu {} mac {old_mac} up={})", self.mtu, l.mtu, l.up);
                 }
                 l
             }
@@ -317,6 +346,7 @@ impl Agent {
         bridge: u32,
     ) -> Result<()> {
         let path = self.netns_path(&rec.name);
+        let mut host_link = host_link;
         let ns = if netns::is_netns(&path) {
             netns::open(&path).await?
         } else {
@@ -329,13 +359,18 @@ impl Agent {
                 rec.name,
                 path.display()
             );
+            // A host veth still present leads into the old namespace (kept
+            // alive by some process): it is no longer this endpoint's.
+            if let Some(old) = host_link.take() {
+                self.host.delete_link(old.index, &old.name).await?;
+            }
             ns
         };
         match host_link {
             Some(l) if l.master == Some(bridge) && l.up && l.mtu == self.mtu => {}
             Some(l) => {
                 self.host
-                    .set_link(l.index, Some(self.mtu), None, Some(bridge), true)
+                    .set_link(l.index, &l.name, Some(self.mtu), None, Some(bridge), true)
                     .await?;
                 info!(
                     "corrected {} of namespace {}: port of {BRIDGE}, up, mtu {}",
@@ -377,46 +412,44 @@ impl Agent {
         Ok(())
     }
 
-    /// Inside the namespace: `lo` up, `eth0` up with its address, default
-    /// route via the gateway. Checks first, adds only what is missing.
+    /// Inside the namespace: `lo` up, `eth0` up with its MTU and address,
+    /// default route via the gateway. Checks first, changes only what differs.
     async fn ensure_ns_side(&self, rec: &EndpointRecord, nl: &Netlink) -> Result<()> {
         let links = nl.links().await?;
-        let find = |n: &str| links.iter().find(|l| l.name == n).cloned();
-        let lo = find("lo")
-            .ok_or_else(|| AgentError::Other(format!("namespace {} has no lo", rec.name)))?;
-        let eth = find(NS_IFACE).ok_or_else(|| {
-            AgentError::Other(format!("namespace {} has no {NS_IFACE}", rec.name))
-        })?;
-        let (addrs, routes) = futures::try_join!(nl.addresses_v4(eth.index), nl.routes_v4())?;
+        let find = |n: &str| links.iter().find(|l| l.name == n);
+        let missing =
+            |what: &str| AgentError::Other(format!("namespace {} has no {what}", rec.name));
+        let lo = find("lo").ok_or_else(|| missing("lo"))?;
+        let eth = find(NS_IFACE).ok_or_else(|| missing(NS_IFACE))?;
+        if !lo.up {
+            nl.set_link(lo.index, "lo", None, None, None, true).await?;
+        }
+        if !eth.up || eth.mtu != self.mtu {
+            nl.set_link(
+                eth.index,
+                NS_IFACE,
+                (eth.mtu != self.mtu).then_some(self.mtu),
+                None,
+                None,
+                true,
+            )
+            .await?;
+        }
         let prefix = self.cfg.subnet.prefix();
-        let has_default = routes
+        if !nl
+            .addresses_v4(eth.index)
+            .await?
+            .contains(&(rec.ip, prefix))
+        {
+            nl.add_address(eth.index, rec.ip, prefix, NS_IFACE).await?;
+        }
+        let routes = nl.routes_v4().await?;
+        if !routes
             .iter()
-            .any(|r| r.is_default() && r.gateway == Some(self.gateway) && r.oif == Some(eth.index));
-        let lo_up = async {
-            if !lo.up {
-                nl.set_link(lo.index, None, None, None, true).await?;
-            }
-            Ok::<_, NetlinkError>(())
-        };
-        let eth_up = async {
-            if !eth.up {
-                nl.set_link(eth.index, None, None, None, true).await?;
-            }
-            Ok::<_, NetlinkError>(())
-        };
-        let addr = async {
-            if !addrs.contains(&(rec.ip, prefix)) {
-                nl.add_address(eth.index, rec.ip, prefix, NS_IFACE).await?;
-            }
-            Ok::<_, NetlinkError>(())
-        };
-        let route = async {
-            if !has_default {
-                nl.add_default_route(self.gateway, eth.index).await?;
-            }
-            Ok::<_, NetlinkError>(())
-        };
-        futures::try_join!(lo_up, eth_up, addr, route)?;
+            .any(|r| r.is_default() && r.gateway == Some(self.gateway) && r.oif == Some(eth.index))
+        {
+            nl.replace_default_route(self.gateway, eth.index).await?;
+        }
         Ok(())
     }
 }
@@ -453,22 +486,21 @@ fn probe_port(p: &PortMapping) -> std::result::Result<(), String> {
 }
 
 /// The MTU of the underlay: of `--underlay-iface`, else of the interface
-/// holding the default route, else 1500.
-async fn underlay_mtu(host: &Netlink, iface: Option<&str>) -> anyhow::Result<u32> {
+/// holding the default route; `None` when there is no such interface.
+async fn underlay_mtu(host: &Netlink, iface: Option<&str>) -> anyhow::Result<Option<u32>> {
     if let Some(name) = iface {
         return match host.link(name).await? {
-            Some(l) => Ok(l.mtu),
+            Some(l) => Ok(Some(l.mtu)),
             None => anyhow::bail!("--underlay-iface {name}: no such interface"),
         };
     }
     let routes = host.routes_v4().await?;
     if let Some(oif) = routes.iter().find(|r| r.is_default()).and_then(|r| r.oif) {
         if let Some(l) = host.links().await?.into_iter().find(|l| l.index == oif) {
-            return Ok(l.mtu);
+            return Ok(Some(l.mtu));
         }
     }
-    warn!("no default route and no --underlay-iface: using MTU 1500");
-    Ok(1500)
+    Ok(None)
 }
 
 impl Agent {
@@ -481,9 +513,20 @@ impl Agent {
         publish: Vec<PortMapping>,
     ) -> Result<Endpoint> {
         validate_name(&name)?;
+        if publish.len() > MAX_PUBLISH {
+            return Err(AgentError::TooManyPorts {
+                count: publish.len(),
+            });
+        }
         let mut inner = self.inner.lock().await;
         if inner.endpoints.contains_key(&name) {
             return Err(AgentError::Duplicate(name));
+        }
+        if inner.store.is_pending(&name) {
+            // An earlier ns add of this name could not be undone completely.
+            self.remove_half_built(&name).await?;
+            inner.store.clear_pending(&name)?;
+            info!("removed the leftovers of an earlier failed ns add {name}");
         }
         let path = self.netns_path(&name);
         if path.symlink_metadata().is_ok() {
@@ -536,6 +579,9 @@ impl Agent {
                 inner.endpoints.insert(name, rec);
                 Ok(ep)
             }
+            // Pieces that could not be removed may still hold the address
+            // (an eth0 on the bridge): keep it until they are gone.
+            Err(e @ AgentError::RolledBackBadly { .. }) => Err(e),
             Err(e) => {
                 inner.ipam.release(ip);
                 Err(e)
@@ -566,7 +612,11 @@ impl Agent {
         }
         .await;
         let Err(error) = built else {
-            inner.store.clear_pending(&rec.name)?;
+            // The endpoint is complete and saved; a stale marker is harmless
+            // (the next start sees the saved endpoint and drops the marker).
+            if let Err(e) = inner.store.clear_pending(&rec.name) {
+                warn!("{e}");
+            }
             return Ok(());
         };
         let mut undo = Vec::new();
@@ -586,13 +636,20 @@ impl Agent {
                 undo.push(e.to_string());
             }
         }
-        if let Err(e) = inner.store.clear_pending(&rec.name) {
-            undo.push(e.to_string());
-        }
-        warn!("ns add {} failed and was rolled back: {error}", rec.name);
         if undo.is_empty() {
+            if let Err(e) = inner.store.clear_pending(&rec.name) {
+                warn!("{e}");
+            }
+            warn!("ns add {} failed and was rolled back: {error}", rec.name);
             Err(error)
         } else {
+            // The pending marker stays: the next ns add of this name, or the
+            // next start, removes what is left.
+            error!(
+                "ns add {} failed ({error}) and could not be fully rolled back: {}",
+                rec.name,
+                undo.join("; ")
+            );
             Err(AgentError::RolledBackBadly {
                 error: Box::new(error),
                 undo,

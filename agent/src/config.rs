@@ -1,7 +1,7 @@
 //! Command line, environment (`WEFT_<FLAG>`) and config file, merged in that
 //! order of precedence, then checked.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -83,7 +83,6 @@ pub struct Config {
     pub node_name: String,
     pub subnet: Ipv4Network,
     pub underlay_iface: Option<String>,
-    pub public_ip: Option<Ipv4Addr>,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub netns_dir: PathBuf,
@@ -105,34 +104,40 @@ pub fn resolve(args: Args) -> Result<Config> {
     let metrics = args.metrics_listen.or(file.metrics_listen);
     let direct = args.direct_routing || file.direct_routing.unwrap_or(false);
     // Refuse what this build cannot do rather than silently ignore it.
-    if controller.is_some() || tls_dir.is_some() || direct {
-        bail!("--controller, --tls-dir and --direct-routing need controller mode, which this build of weft-agent does not have yet; run standalone with --subnet CIDR");
+    if controller.is_some()
+        || tls_dir.is_some()
+        || direct
+        || args.public_ip.or(file.public_ip).is_some()
+    {
+        bail!("--controller, --tls-dir, --public-ip and --direct-routing need controller mode, which this build of weft-agent does not have yet; run standalone with --subnet CIDR");
     }
     if let Some(m) = metrics {
         bail!("--metrics-listen {m}: metrics are not available in this build of weft-agent yet");
     }
 
     let node_name = match args.node_name.or(file.node_name) {
-        Some(n) => n,
-        None => hostname()?,
+        Some(n) => {
+            validate_name(&n).context("invalid --node-name")?;
+            n
+        }
+        None => {
+            let h = hostname()?;
+            validate_name(&h).with_context(|| {
+                format!("the hostname {h:?} is not a valid node name; set --node-name")
+            })?;
+            h
+        }
     };
-    validate_name(&node_name).with_context(|| "invalid --node-name".to_string())?;
 
     let Some(subnet) = args.subnet.or(file.subnet) else {
         bail!("--subnet CIDR is required (standalone mode), e.g. --subnet 10.244.1.0/24");
     };
     let subnet = parse_subnet(&subnet)?;
 
-    let public_ip = match args.public_ip.or(file.public_ip) {
-        None => None,
-        Some(IpAddr::V4(ip)) => Some(ip),
-        Some(IpAddr::V6(ip)) => bail!("--public-ip {ip}: only IPv4 is supported"),
-    };
     Ok(Config {
         node_name,
         subnet,
         underlay_iface: args.underlay_iface.or(file.underlay_iface),
-        public_ip,
         state_dir: args
             .state_dir
             .or(file.state_dir)

@@ -56,13 +56,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            eprintln!("weft-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    let _one_agent = lock_netns()?;
     let socket = cfg.socket_path();
     info!(
         "weft-agent {} starting: node {}, subnet {} (standalone)",
@@ -70,6 +70,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         cfg.node_name,
         cfg.subnet
     );
+    netns::warn_if_private_mounts(&cfg.netns_dir);
     let listener = api::bind(&socket)?;
     let agent = match agent::Agent::start(cfg).await {
         Ok(a) => a,
@@ -82,10 +83,25 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
-        _ = api::serve(listener, agent.clone()) => {}
+        _ = api::serve(listener, agent) => {}
         _ = term.recv() => info!("SIGTERM: stopping; namespaces and rules stay in place"),
         _ = int.recv() => info!("SIGINT: stopping; namespaces and rules stay in place"),
     }
-    let _ = std::fs::remove_file(agent.config().socket_path());
+    let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// One agent per network namespace: the bridge and the nft table are per
+/// namespace, while `--state-dir` (locked too) could differ between two
+/// agents. Abstract Unix socket names are scoped to the network namespace
+/// and vanish with the process, so binding one is that lock.
+fn lock_netns() -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"weft-agent")?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            anyhow::anyhow!("another weft-agent is already running in this network namespace")
+        }
+        _ => anyhow::anyhow!("take the one-agent-per-namespace lock: {e}"),
+    })
 }

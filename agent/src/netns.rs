@@ -47,8 +47,9 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> 
 }
 
 /// Makes `dir` a mount point with shared propagation, as `ip netns` does for
-/// `/run/netns`: namespaces bind-mounted under it then stay visible to every
-/// mount namespace (e.g. the agent under systemd's `ProtectSystem`).
+/// `/run/netns`: namespaces bind-mounted under it then propagate to the mount
+/// namespaces that share it (e.g. a container given the directory with
+/// bidirectional mount propagation).
 pub fn prepare_netns_dir(dir: &Path) -> Result<(), NetnsError> {
     std::fs::create_dir_all(dir).map_err(|e| NetnsError::Io {
         what: "create",
@@ -77,6 +78,23 @@ pub fn prepare_netns_dir(dir: &Path) -> Result<(), NetnsError> {
             )
             .map_err(io_err("bind-mount netns dir", dir))?;
             shared().map_err(io_err("make netns dir shared", dir))
+        }
+    }
+}
+
+/// The agent's bind mounts keep namespaces alive only where they are seen:
+/// in a private mount namespace (systemd's ProtectSystem, a container without
+/// bidirectional propagation) they are invisible to the host and die with
+/// the agent. Warns when the agent is not in the host's mount namespace.
+pub fn warn_if_private_mounts(dir: &Path) {
+    let own = std::fs::read_link("/proc/self/ns/mnt");
+    let init = std::fs::read_link("/proc/1/ns/mnt");
+    if let (Ok(own), Ok(init)) = (own, init) {
+        if own != init {
+            tracing::warn!(
+                "weft-agent runs in its own mount namespace: namespaces under {} are seen by the host only if that directory is shared with it (bidirectional mount propagation)",
+                dir.display()
+            );
         }
     }
 }

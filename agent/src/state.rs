@@ -23,7 +23,8 @@ use ipnetwork::Ipv4Network;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use weft_common::{MacAddr, PortMapping};
+use weft_common::name::host_veth_name;
+use weft_common::{validate_name, MacAddr, PortMapping};
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -48,6 +49,10 @@ type Result<T> = std::result::Result<T, StateError>;
 pub struct NodeState {
     pub node: String,
     pub subnet: Ipv4Network,
+    /// MTU of the bridge and veths, kept for starts where it cannot be
+    /// detected (no default route yet).
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 /// One endpoint as persisted.
@@ -120,15 +125,31 @@ impl Store {
             };
             let bytes = fs::read(&path).map_err(io_err("read", &path))?;
             let rec: EndpointRecord = decode(&path, &bytes)?;
-            if rec.name != name {
-                return Err(StateError::Corrupt {
-                    path,
-                    reason: format!("it describes {:?}", rec.name),
-                });
+            let reason = if rec.name != name {
+                Some(format!("it describes {:?}", rec.name))
+            } else if let Err(e) = validate_name(&rec.name) {
+                Some(e.to_string())
+            } else if rec.host_veth != host_veth_name(&rec.name) {
+                Some(format!(
+                    "host_veth {:?} is not weft's name for it",
+                    rec.host_veth
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(StateError::Corrupt { path, reason });
             }
             loaded.endpoints.insert(rec.name.clone(), rec);
         }
-        loaded.pending = self.list("pending")?.into_iter().map(|(n, _)| n).collect();
+        for (name, path) in self.list("pending")? {
+            // A marker is only ever created for a valid name; anything else
+            // is not ours to act on.
+            match validate_name(&name) {
+                Ok(()) => loaded.pending.push(name),
+                Err(_) => tracing::warn!("ignoring {}: not a namespace name", path.display()),
+            }
+        }
         Ok(loaded)
     }
 
@@ -148,7 +169,7 @@ impl Store {
     }
 
     pub fn save_node(&self, node: &NodeState) -> Result<()> {
-        write_atomic(&self.dir.join("node.json"), &to_json(node), true)
+        write_atomic(&self.dir.join("node.json"), &to_json(node))
     }
 
     pub fn save_endpoint(&self, rec: &EndpointRecord) -> Result<()> {
@@ -158,12 +179,15 @@ impl Store {
                 .join("endpoints")
                 .join(format!("{}.json", rec.name)),
             &to_json(rec),
-            true,
         )
     }
 
     pub fn remove_endpoint(&self, name: &str) -> Result<()> {
         remove_if_exists(&self.dir.join("endpoints").join(format!("{name}.json")))
+    }
+
+    pub fn is_pending(&self, name: &str) -> bool {
+        self.dir.join("pending").join(name).exists()
     }
 
     pub fn mark_pending(&self, name: &str) -> Result<()> {
@@ -196,9 +220,10 @@ fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
-/// Replaces `path` with `bytes` so that a reader (or a crash) sees either the
-/// old or the new content, never a mix.
-fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+/// Replaces `path` with `bytes` so that a reader, a crash or a power loss
+/// (the data is synced before the rename) sees either the old or the new
+/// content, never a mix.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -212,9 +237,7 @@ fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
     f.write_all(bytes).map_err(io_err("write", &tmp))?;
-    if durable {
-        f.sync_data().map_err(io_err("sync", &tmp))?;
-    }
+    f.sync_data().map_err(io_err("sync", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("rename into place", path))
 }
 
@@ -236,13 +259,14 @@ mod tests {
         let node = NodeState {
             node: "h1".into(),
             subnet: "10.244.1.0/24".parse().unwrap(),
+            mtu: Some(1450),
         };
         store.save_node(&node).unwrap();
         let rec = EndpointRecord {
             name: "a".into(),
             ip: "10.244.1.2".parse().unwrap(),
             mac: "0a:58:0a:f4:01:02".parse().unwrap(),
-            host_veth: "wv0123".into(),
+            host_veth: host_veth_name("a"),
             publish: vec!["8080:80".parse().unwrap()],
         };
         store.save_endpoint(&rec).unwrap();

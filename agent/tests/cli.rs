@@ -68,9 +68,9 @@ fn bad_values_are_named_in_one_line() {
                 "--node-name",
                 "h1",
                 "--public-ip",
-                "::1",
+                "198.18.0.1",
             ],
-            "only IPv4",
+            "controller mode",
         ),
         (
             &[

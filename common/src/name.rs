@@ -49,6 +49,15 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 /// such veth that no namespace owns.
 pub const VETH_PREFIX: &str = "wv";
 
+/// Whether `name` has exactly the shape [`host_veth_name`] gives.
+pub fn is_weft_veth_name(name: &str) -> bool {
+    name.len() == VETH_PREFIX.len() + 12
+        && name.starts_with(VETH_PREFIX)
+        && name[VETH_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Name of the host end of an endpoint's veth pair: a hash of the endpoint
 /// name, because a namespace name (up to 63 bytes) does not fit an interface
 /// name (15 bytes).
@@ -78,6 +87,16 @@ mod tests {
         assert_ne!(n, host_veth_name("b"));
         assert!(n.len() <= 15 && n.starts_with(VETH_PREFIX), "{n}");
         assert_eq!(host_veth_name(&"x".repeat(63)).len(), 14);
+        assert!(is_weft_veth_name(&n));
+        for other in [
+            "wv",
+            "wvlan0",
+            "wv0123456789abc",
+            "wv0123456789aB",
+            "xv0123456789ab",
+        ] {
+            assert!(!is_weft_veth_name(other), "{other}");
+        }
         // Neighbouring names differ in most digits, not just the last.
         let (a, b) = (host_veth_name("web-1"), host_veth_name("web-2"));
         assert!(

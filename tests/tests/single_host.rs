@@ -456,3 +456,87 @@ fn ns_del_leaves_nothing_behind() {
     // The name and the published ports can be used again at once.
     h1.ns_add("gone", &["--publish", "8080:80"]);
 }
+
+#[test]
+fn restart_recreates_what_was_removed_by_hand() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let mut agent = h1.start_agent(&[]);
+    let a = h1.ns_add("a", &[]);
+    let b = h1.ns_add("b", &[]);
+    let c = h1.ns_add("c", &[]);
+    // A process keeps b's namespace alive after its mount is gone, as after
+    // a careless `ip netns del b` with something still running inside.
+    let holder = lab.spawn(h1.endpoint("b"), &["sleep", "60"]);
+    agent.kill();
+    stdout(h1.exec(&["ip", "link", "del", &host_veth_name("a")]));
+    nix::mount::umount2(&h1.endpoint("b"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(h1.endpoint("b")).unwrap();
+    stdout(h1.exec_endpoint("c", &["ip", "route", "del", "default"]));
+    stdout(h1.exec_endpoint("c", &["ip", "link", "set", "lo", "down"]));
+
+    let _agent = h1.start_agent(&[]);
+    for (from, to) in [("a", &b), ("b", &c), ("c", &a)] {
+        assert!(
+            lab.ping(h1.endpoint(from), ip_of(to)),
+            "{from} -> {}",
+            ip_of(to)
+        );
+    }
+    assert!(
+        lab.ping(h1.endpoint("c"), INTERNET_IP),
+        "c's default route is back"
+    );
+    assert!(
+        lab.ping(h1.endpoint("c"), "127.0.0.1"),
+        "c's lo is up again"
+    );
+    // The old namespace of b is cut off: its veth was not b's any more.
+    let old_b = format!("/proc/{}/ns/net", holder.pid());
+    assert!(!lab.ping_once(&old_b, ip_of(&a)));
+    let log = std::fs::read_to_string(h1.agent_log()).unwrap();
+    assert!(log.contains("re-created namespace b"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "re-created veth {} of namespace a",
+            host_veth_name("a")
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn one_agent_per_host_namespace() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let _agent = h1.start_agent(&[]);
+    // Same namespace, other directories: the bridge and table are shared, so it must refuse.
+    let other = lab.dir.join("second");
+    let (s, r, n) = (other.join("state"), other.join("run"), other.join("netns"));
+    let mut cmd = weft_tests::netns::command_in(
+        &h1.netns,
+        weft_tests::bin_path("weft-agent"),
+        Default::default(),
+    )
+    .unwrap();
+    cmd.args(["--subnet", &h1.subnet, "--node-name", "h1"]);
+    cmd.args([
+        "--state-dir",
+        s.to_str().unwrap(),
+        "--run-dir",
+        r.to_str().unwrap(),
+        "--netns-dir",
+        n.to_str().unwrap(),
+    ]);
+    let out = weft_tests::netns::run_with_timeout(&mut cmd, Duration::from_secs(10)).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another weft-agent is already running in this network namespace"),
+        "{err}"
+    );
+    assert!(
+        h1.weftctl(&["status"]).status.success(),
+        "the first agent is unaffected"
+    );
+}

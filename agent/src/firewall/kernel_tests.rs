@@ -174,6 +174,11 @@ ct state established,related accept
 ip saddr 10.244.0.0/16 accept
 ip daddr 10.244.0.0/16 accept
 }
+chain input {
+type filter hook input priority filter; policy accept;
+iifname \"weft0\" ip daddr 127.0.0.0/8 ct state established,related accept
+iifname \"weft0\" ip daddr 127.0.0.0/8 drop
+}
 }";
 
 #[test]

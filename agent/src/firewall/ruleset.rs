@@ -151,6 +151,7 @@ pub(super) fn sync_doc(
             PRIO_SRCNAT,
         ),
         ("forward", NfChainType::Filter, NfHook::Forward, PRIO_FILTER),
+        ("input", NfChainType::Filter, NfHook::Input, PRIO_FILTER),
     ];
     for (name, ty, hook, prio) in chains {
         batch.add(NfListObject::Chain(Chain {
@@ -243,6 +244,30 @@ pub(super) fn sync_doc(
         "forward",
         vec![matches(ip("daddr"), Operator::EQ, cluster), accept()],
     ));
+    // route_localnet on the bridge (for ports published on 127.0.0.1) would
+    // also let a namespace reach the host's loopback-only services with a
+    // crafted packet (the CVE-2020-8558 class): only replies may come in.
+    let to_loopback = || {
+        [
+            matches(meta(MetaKey::Iifname), Operator::EQ, string(&spec.bridge)),
+            matches(
+                ip("daddr"),
+                Operator::EQ,
+                prefix_of(Ipv4Addr::new(127, 0, 0, 0), 8),
+            ),
+        ]
+    };
+    let mut replies = to_loopback().to_vec();
+    replies.push(matches(
+        ct("state"),
+        Operator::IN,
+        Expression::List(vec![string("established"), string("related")]),
+    ));
+    replies.push(accept());
+    batch.add(rule(table, "input", replies));
+    let mut others = to_loopback().to_vec();
+    others.push(Statement::Drop(None));
+    batch.add(rule(table, "input", others));
 
     batch.add_all(element_cmds(table, forwards, ElemOp::Add));
     batch.to_nftables()
@@ -714,6 +739,7 @@ mod tests {
             ("output", "nat", -100),
             ("postrouting", "nat", 100),
             ("forward", "filter", 0),
+            ("input", "filter", 0),
         ]
         .map(|(n, t, p)| (n.to_owned(), t.to_owned(), p));
         assert_eq!(chains, expect);

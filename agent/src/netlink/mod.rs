@@ -15,7 +15,6 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use thiserror::Error;
 use weft_common::MacAddr;
@@ -115,9 +114,7 @@ impl Netlink {
     /// Opens a socket in the calling thread's namespace. Must run inside a
     /// tokio runtime context (the connection task is spawned on it).
     pub fn connect() -> io::Result<Netlink> {
-        let (mut conn, handle, _) = rtnetlink::new_connection()?;
-        // Kernel errors then come back with the kernel's own explanation.
-        let _ = conn.socket_mut().socket_mut().set_ext_ack(true);
+        let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         Ok(Netlink {
             handle,
@@ -186,9 +183,11 @@ impl Netlink {
     }
 
     /// Changes only what is given; an unchanged link is left untouched.
+    /// `name` is for the error message.
     pub async fn set_link(
         &self,
         index: u32,
+        name: &str,
         mtu: Option<u32>,
         mac: Option<MacAddr>,
         master: Option<u32>,
@@ -212,7 +211,7 @@ impl Netlink {
             .set(b.build())
             .execute()
             .await
-            .map_err(ctx(format!("set link #{index}")))
+            .map_err(ctx(format!("set link {name}")))
     }
 
     /// Creates a veth pair in one request, the host end up. The peer stays
@@ -306,11 +305,10 @@ impl Netlink {
         prefix: u8,
         link_name: &str,
     ) -> Result<()> {
-        let mut msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
+        let msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
             .address(ip, prefix)
             .build();
-        msg.header.index = index;
         self.handle
             .address()
             .del(msg)
@@ -334,9 +332,10 @@ impl Netlink {
             .collect())
     }
 
-    /// `default via <gateway> dev <oif> onlink`: onlink so it does not depend
-    /// on the interface's address being configured first.
-    pub async fn add_default_route(&self, gateway: Ipv4Addr, oif: u32) -> Result<()> {
+    /// `default via <gateway> dev <oif> onlink`, replacing any other default
+    /// route; onlink so it does not depend on the interface's address being
+    /// configured first.
+    pub async fn replace_default_route(&self, gateway: Ipv4Addr, oif: u32) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(oif)
@@ -345,6 +344,7 @@ impl Netlink {
         self.handle
             .route()
             .add(msg)
+            .replace()
             .execute()
             .await
             .map_err(ctx(format!("add default route via {gateway}")))
@@ -354,7 +354,6 @@ impl Netlink {
 /// The parts of an IPv4 route the agent looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub destination: Option<Ipv4Addr>,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
     pub oif: Option<u32>,
@@ -363,14 +362,12 @@ pub struct Route {
 impl Route {
     fn from_message(m: &RouteMessage) -> Route {
         let mut r = Route {
-            destination: None,
             prefix: m.header.destination_prefix_length,
             gateway: None,
             oif: None,
         };
         for a in &m.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.destination = Some(*ip),
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
                 RouteAttribute::Oif(i) => r.oif = Some(*i),
                 _ => {}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
-use weft_common::api::{Endpoint, Request, Response, Status, MAX_LINE};
+use weft_common::api::{Endpoint, Request, Response, Status};
 use weft_common::PortMapping;
 
 #[derive(Debug, Parser)]
@@ -90,6 +90,9 @@ enum NsCommand {
     },
 }
 
+/// Longest reply weftctl reads from the agent.
+const MAX_REPLY: u64 = 256 << 20;
+
 /// A failure to report: one sentence, and the exit code.
 struct Failure(String, u8);
 
@@ -160,7 +163,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Ns(NsCommand::Add { name, ip, publish }) => {
             let v = agent.call(&Request::NsAdd { name, ip, publish })?;
-            print_endpoints(json, &[decode::<Endpoint>(&v)?], Some(&v))
+            print_endpoints(json, &[decode::<Endpoint>(&v)?], &v)
         }
         Command::Ns(NsCommand::Del { name }) => {
             let v = agent.call(&Request::NsDel { name: name.clone() })?;
@@ -173,11 +176,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Ns(NsCommand::List) => {
             let v = agent.call(&Request::NsList)?;
-            print_endpoints(json, &decode::<Vec<Endpoint>>(&v)?, Some(&v))
+            print_endpoints(json, &decode::<Vec<Endpoint>>(&v)?, &v)
         }
         Command::Ns(NsCommand::Show { name }) => {
             let v = agent.call(&Request::NsShow { name })?;
-            print_endpoints(json, &[decode::<Endpoint>(&v)?], Some(&v))
+            print_endpoints(json, &[decode::<Endpoint>(&v)?], &v)
         }
         Command::Ns(NsCommand::Exec { name, cmd }) => {
             let v = agent.call(&Request::NsShow { name })?;
@@ -224,7 +227,9 @@ impl Agent {
             .write_all(&line)
             .map_err(|e| Failure(format!("send request to weft-agent at {path}: {e}"), 1))?;
         let mut reply = Vec::new();
-        let mut rd = BufReader::new(std::io::Read::take(&stream, MAX_LINE as u64 + 1));
+        // Replies grow with the number of namespaces: bounded far above any
+        // real listing, so only a runaway peer hits it.
+        let mut rd = BufReader::new(std::io::Read::take(&stream, MAX_REPLY));
         rd.read_until(b'\n', &mut reply)
             .map_err(|e| Failure(format!("read reply from weft-agent at {path}: {e}"), 1))?;
         if reply.is_empty() {
@@ -249,11 +254,9 @@ fn decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Failure> {
         .map_err(|e| Failure(format!("unexpected reply from weft-agent: {e}"), 1))
 }
 
-fn print_endpoints(json: bool, eps: &[Endpoint], raw: Option<&Value>) -> Result<(), Failure> {
+fn print_endpoints(json: bool, eps: &[Endpoint], raw: &Value) -> Result<(), Failure> {
     if json {
-        if let Some(v) = raw {
-            println!("{v}");
-        }
+        println!("{raw}");
         return Ok(());
     }
     let rows: Vec<[String; 5]> = eps
