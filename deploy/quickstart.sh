@@ -27,6 +27,6 @@ cat <<EOT
 The lab keeps running. Try:
   target/release/weft-lab status --dir $dir
   target/release/weftctl --agent-socket $dir/h1/run/agent.sock ns list
-  target/release/weftctl --agent-socket $dir/h1/run/agent.sock ns exec ns1 -- ping -c 1 203.0.113.2
+  target/release/weftctl --agent-socket $dir/h1/run/agent.sock ns exec h1-n1 -- ping -c 1 203.0.113.2
 Remove it with: sudo $0 down
 EOT

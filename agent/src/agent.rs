@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::sync::Mutex;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use weft_common::api::{ControllerLink, Endpoint, Status};
 use weft_common::name::{host_veth_name, is_weft_veth_name};
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
@@ -30,6 +30,9 @@ pub const NFT_TABLE: &str = "weft";
 /// Most ports one namespace may publish: bounds the work (and the time the
 /// agent's lock is held) one request can cause.
 pub const MAX_PUBLISH: usize = 256;
+/// A Linux bridge numbers its ports 1–1023 (BR_MAX_PORTS is 1024, port 0
+/// reserved); the kernel answers "Exchange full" past that.
+pub const MAX_ENDPOINTS: usize = 1023;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -56,6 +59,10 @@ pub enum AgentError {
     },
     #[error("--publish {spec}: {reason}")]
     PortUnavailable { spec: PortMapping, reason: String },
+    #[error(
+        "this host already has {MAX_ENDPOINTS} namespaces, the most one Linux bridge can hold"
+    )]
+    BridgeFull,
     #[error("{count} published ports requested; at most {MAX_PUBLISH} per namespace")]
     TooManyPorts { count: usize },
     #[error("host interface name {veth} of namespace {name:?} collides with namespace {other:?}; pick another name")]
@@ -409,6 +416,12 @@ impl Agent {
                 peer_mac: rec.mac,
             })
             .await?;
+        // A bridge port needs no addresses of its own (see netns::create).
+        sysctl::set(
+            &format!("net.ipv6.conf.{}.disable_ipv6", rec.host_veth),
+            "1",
+        )
+        .map_err(|e| AgentError::Other(e.to_string()))?;
         Ok(())
     }
 
@@ -522,6 +535,9 @@ impl Agent {
         if inner.endpoints.contains_key(&name) {
             return Err(AgentError::Duplicate(name));
         }
+        if inner.endpoints.len() >= MAX_ENDPOINTS {
+            return Err(AgentError::BridgeFull);
+        }
         if inner.store.is_pending(&name) {
             // An earlier ns add of this name could not be undone completely.
             self.remove_half_built(&name).await?;
@@ -596,21 +612,28 @@ impl Agent {
         let mut made_veth = false;
         let mut made_fw = false;
         let forwards = forwards_of(rec);
+        let mut phases = Phases::start();
         let built: Result<()> = async {
             let ns = netns::create(&path).await?;
             made_ns = true;
+            phases.mark("namespace");
             self.create_veth(rec, &ns, inner.bridge).await?;
             made_veth = true;
+            phases.mark("veth");
             self.ensure_ns_side(rec, &ns.netlink).await?;
+            phases.mark("inside");
             if !forwards.is_empty() {
                 let f = forwards.clone();
                 self.firewall(move |fw| fw.add_forwards(&f)).await?;
                 made_fw = true;
+                phases.mark("nft");
             }
             inner.store.save_endpoint(rec)?;
+            phases.mark("state");
             Ok(())
         }
         .await;
+        debug!("ns add {}: {phases}", rec.name);
         let Err(error) = built else {
             // The endpoint is complete and saved; a stale marker is harmless
             // (the next start sees the saved endpoint and drops the marker).
@@ -735,4 +758,36 @@ fn published(rec: &EndpointRecord) -> String {
     }
     let list: Vec<String> = rec.publish.iter().map(|p| p.to_string()).collect();
     format!(", publishing {}", list.join(" "))
+}
+
+/// Time spent in each step of an operation, for debug logs.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((what, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: std::time::Duration = self.done.iter().map(|(_, d)| *d).sum();
+        write!(f, "{:.2} ms", total.as_secs_f64() * 1e3)?;
+        for (what, d) in &self.done {
+            write!(f, ", {what} {:.2}", d.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
 }

@@ -153,6 +153,17 @@ pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
     let made = on_fresh_thread(path, move |rt| -> Result<(OwnedFd, Netlink), NetnsError> {
         unshare(CloneFlags::CLONE_NEWNET)
             .map_err(io_err("unshare network namespace for", &owned))?;
+        // weft routes IPv4 only. With IPv6 on, every new eth0 sends DAD, MLD
+        // and router solicitations that the bridge floods to every port: work
+        // that grows with the number of namespaces. Devices created in this
+        // namespace from now on (eth0) get none; lo keeps ::1.
+        crate::sysctl::set("net.ipv6.conf.default.disable_ipv6", "1").map_err(|e| {
+            NetnsError::Io {
+                what: "disable IPv6 on new devices in",
+                path: owned.clone(),
+                source: e,
+            }
+        })?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &owned,

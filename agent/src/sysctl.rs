@@ -6,10 +6,24 @@ use std::path::PathBuf;
 
 use tracing::info;
 
+fn path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Sets `/proc/sys/<key>` to `value` without reading or logging (for per-
+/// device settings on hot paths). A kernel without IPv6 has no
+/// `net.ipv6` keys; setting one there is not an error.
+pub fn set(key: &str, value: &str) -> io::Result<()> {
+    match std::fs::write(path(key), value) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && key.starts_with("net.ipv6.") => Ok(()),
+        r => r.map_err(|e| io::Error::new(e.kind(), format!("set sysctl {key}={value}: {e}"))),
+    }
+}
+
 /// Sets `/proc/sys/<key>` (dotted form, e.g. `net.ipv4.ip_forward`) to
 /// `value` unless it already has it, and logs the change.
 pub fn ensure(key: &str, value: &str, why: &str) -> io::Result<()> {
-    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+    let path = path(key);
     let current = std::fs::read_to_string(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("read sysctl {key}: {e}")))?;
     if current.trim() == value {

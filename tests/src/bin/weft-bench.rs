@@ -44,6 +44,10 @@ enum Cmd {
         /// Where the raw samples (JSON) go.
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
+        /// Pause between samples, so the kernel's asynchronous cleanup of the
+        /// namespaces just deleted does not land on the next measurement.
+        #[arg(long, default_value_t = 100)]
+        settle_ms: u64,
         /// A smoke run: counts 1,10 and 5 samples.
         #[arg(long)]
         quick: bool,
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
             counts,
             samples,
             out,
+            settle_ms,
             quick,
         } => {
             let (counts, samples) = if quick {
@@ -72,7 +77,7 @@ fn main() -> Result<()> {
             } else {
                 (counts, samples)
             };
-            attach(&counts, samples, &out)
+            attach(&counts, samples, Duration::from_millis(settle_ms), &out)
         }
     }
 }
@@ -215,7 +220,7 @@ impl<'a> Cni<'a> {
     }
 }
 
-fn attach(counts: &[usize], samples: usize, out: &Path) -> Result<()> {
+fn attach(counts: &[usize], samples: usize, settle: Duration, out: &Path) -> Result<()> {
     require_root();
     if !Path::new(CNI_DIR).join("bridge").exists() {
         bail!("{CNI_DIR}/bridge not found: install containernetworking-plugins (deploy/install-deps.sh)");
@@ -241,6 +246,7 @@ fn attach(counts: &[usize], samples: usize, out: &Path) -> Result<()> {
         }
         let mut s = [(); 4].map(|_| Vec::with_capacity(samples));
         for i in 0..samples {
+            std::thread::sleep(settle);
             let name = format!("bench{i}");
             // Interleaved, alternating who goes first.
             if i % 2 == 0 {
