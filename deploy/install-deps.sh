@@ -12,6 +12,7 @@ pkgs=(
   protobuf-compiler    # protoc, needed to build etcd-client
   etcd-server          # real etcd for controller tests
   containernetworking-plugins  # CNI bridge/host-local, the benchmark's reference
+  iptables             # the CNI bridge plugin's ipMasq uses it (weft-bench)
 )
 missing=()
 for p in "${pkgs[@]}"; do
