@@ -6,10 +6,12 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ipnetwork::Ipv4Network;
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 use weft_common::api::{ControllerLink, Endpoint, Status};
+use weft_common::cluster::NetworkConfig;
 use weft_common::name::{host_veth_name, is_weft_veth_name};
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
 
@@ -18,7 +20,7 @@ use crate::firewall::{Firewall, FirewallError, FirewallSpec, PortForward};
 use crate::ipam::{gateway, Ipam, IpamError};
 use crate::netlink::{Link, Netlink, NetlinkError, VethSpec};
 use crate::netns::{self, NetnsError};
-use crate::state::{EndpointRecord, NodeState, StateError, Store};
+use crate::state::{EndpointRecord, Loaded, NodeState, StateError, Store};
 use crate::sysctl;
 
 /// The bridge every namespace of this host is attached to.
@@ -99,8 +101,36 @@ struct Inner {
     bridge: u32,
 }
 
+/// What the agent serves: from `--subnet`, or as a controller assigned it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub subnet: Ipv4Network,
+    /// The cluster's config (cluster mode); `None` standalone.
+    pub cluster: Option<NetworkConfig>,
+    pub vtep_mac: Option<MacAddr>,
+}
+
+impl Plan {
+    /// Bytes the overlay takes off the underlay MTU (VXLAN over IPv4).
+    fn overhead(&self) -> u32 {
+        if self.cluster.is_some() {
+            50
+        } else {
+            0
+        }
+    }
+
+    /// Traffic to this range stays inside the cluster (not masqueraded).
+    fn cluster_cidr(&self) -> Ipv4Network {
+        self.cluster.as_ref().map(|c| c.cidr).unwrap_or(self.subnet)
+    }
+}
+
 pub struct Agent {
     cfg: Config,
+    plan: Plan,
+    /// The controller link (cluster mode), for `status`.
+    pub link: std::sync::OnceLock<Arc<crate::control::Link>>,
     gateway: Ipv4Addr,
     mtu: u32,
     host: Netlink,
@@ -111,18 +141,21 @@ pub struct Agent {
 impl Agent {
     /// Loads the state, then brings the kernel in line with it without
     /// disturbing anything that already works.
-    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Agent>> {
-        let store = Store::open(&cfg.state_dir)?;
-        let loaded = store.load()?;
+    pub async fn start(
+        cfg: Config,
+        plan: Plan,
+        store: Store,
+        loaded: Loaded,
+    ) -> anyhow::Result<Arc<Agent>> {
         if let Some(old) = &loaded.node {
-            if old.subnet != cfg.subnet && !loaded.endpoints.is_empty() {
+            if old.subnet != plan.subnet && !loaded.endpoints.is_empty() {
                 anyhow::bail!(
-                    "--subnet {} differs from the subnet {} that this host's {} namespaces use (state in {}); delete them first or keep --subnet {}",
-                    cfg.subnet, old.subnet, loaded.endpoints.len(), cfg.state_dir.display(), old.subnet
+                    "subnet {} differs from the subnet {} that this host's {} namespaces use (state in {}); delete them first or keep {}",
+                    plan.subnet, old.subnet, loaded.endpoints.len(), cfg.state_dir.display(), old.subnet
                 );
             }
         }
-        let mut ipam = Ipam::new(cfg.subnet);
+        let mut ipam = Ipam::new(plan.subnet);
         for rec in loaded.endpoints.values() {
             ipam.insert(rec.ip, &rec.name).map_err(|e| {
                 anyhow::anyhow!(
@@ -135,25 +168,37 @@ impl Agent {
         let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
         // Without a default route (e.g. before DHCP at boot) the MTU cannot
         // be detected; the one used before then still holds.
-        let mtu = match underlay_mtu(&host, cfg.underlay_iface.as_deref()).await? {
-            Some(m) => m,
-            None => {
-                let m = loaded.node.as_ref().and_then(|n| n.mtu).unwrap_or(1500);
+        let mtu = match (
+            plan.cluster.as_ref().and_then(|c| c.mtu),
+            underlay_mtu(&host, cfg.underlay_iface.as_deref()).await?,
+        ) {
+            (Some(fixed), _) => fixed,
+            (None, Some(m)) => m - plan.overhead(),
+            (None, None) => {
+                let m = loaded
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.mtu)
+                    .unwrap_or(1500 - plan.overhead());
                 warn!("no default route and no --underlay-iface: keeping MTU {m}");
                 m
             }
         };
         let node = NodeState {
             node: cfg.node_name.clone(),
-            subnet: cfg.subnet,
+            subnet: plan.subnet,
             mtu: Some(mtu),
+            vtep_mac: plan.vtep_mac,
+            cluster: plan.cluster.clone(),
         };
         if loaded.node.as_ref() != Some(&node) {
             store.save_node(&node)?;
         }
         netns::prepare_netns_dir(&cfg.netns_dir)?;
         let agent = Arc::new(Agent {
-            gateway: gateway(cfg.subnet),
+            gateway: gateway(plan.subnet),
+            plan,
+            link: std::sync::OnceLock::new(),
             mtu,
             host,
             fw: Arc::new(Firewall::new(NFT_TABLE)),
@@ -187,8 +232,8 @@ impl Agent {
     fn firewall_spec(&self) -> FirewallSpec {
         // Standalone, the cluster is this host's subnet.
         FirewallSpec {
-            cluster_cidr: self.cfg.subnet,
-            subnet: self.cfg.subnet,
+            cluster_cidr: self.plan.cluster_cidr(),
+            subnet: self.plan.subnet,
             bridge: BRIDGE.to_string(),
         }
     }
@@ -275,7 +320,7 @@ impl Agent {
         info!(
             "host ready: bridge {BRIDGE} {}/{} mtu {}, {} namespaces{}",
             self.gateway,
-            self.cfg.subnet.prefix(),
+            self.plan.subnet.prefix(),
             self.mtu,
             inner.endpoints.len(),
             if broken > 0 {
@@ -325,7 +370,7 @@ impl Agent {
                 l
             }
         };
-        let prefix = self.cfg.subnet.prefix();
+        let prefix = self.plan.subnet.prefix();
         let addrs = self.host.addresses_v4(link.index).await?;
         for (ip, len) in &addrs {
             if (*ip, *len) != (self.gateway, prefix) {
@@ -448,7 +493,7 @@ impl Agent {
             )
             .await?;
         }
-        let prefix = self.cfg.subnet.prefix();
+        let prefix = self.plan.subnet.prefix();
         if !nl
             .addresses_v4(eth.index)
             .await?
@@ -496,6 +541,37 @@ fn probe_port(p: &PortMapping) -> std::result::Result<(), String> {
         Some(libc::EADDRNOTAVAIL) => format!("{} is not an address of this host", addr.ip()),
         _ => format!("cannot use host port {addr}/{}: {e}", p.proto),
     })
+}
+
+/// This host's address on the underlay: the first IPv4 address of
+/// `--underlay-iface`, else of the interface holding the default route.
+pub async fn underlay_address(iface: Option<&str>) -> anyhow::Result<Ipv4Addr> {
+    let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
+    let link = match iface {
+        Some(name) => host
+            .link(name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("--underlay-iface {name}: no such interface"))?,
+        None => {
+            let routes = host.routes_v4().await?;
+            let oif = routes
+                .iter()
+                .find(|r| r.is_default())
+                .and_then(|r| r.oif)
+                .ok_or_else(|| anyhow::anyhow!("no default route to find this host's public address: set --public-ip or --underlay-iface"))?;
+            host.links()
+                .await?
+                .into_iter()
+                .find(|l| l.index == oif)
+                .ok_or_else(|| anyhow::anyhow!("the default route's interface {oif} vanished"))?
+        }
+    };
+    host.addresses_v4(link.index)
+        .await?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .find(|ip| !ip.is_loopback() && !ip.is_link_local())
+        .ok_or_else(|| anyhow::anyhow!("interface {} has no IPv4 address to use as this host's public address: set --public-ip", link.name))
 }
 
 /// The MTU of the underlay: of `--underlay-iface`, else of the interface
@@ -587,7 +663,7 @@ impl Agent {
             Ok(()) => {
                 info!(
                     "added namespace {name}: {ip}/{} on {BRIDGE} via {}{}",
-                    self.cfg.subnet.prefix(),
+                    self.plan.subnet.prefix(),
                     rec.host_veth,
                     published(&rec)
                 );
@@ -738,16 +814,22 @@ impl Agent {
         let inner = self.inner.lock().await;
         Status {
             node: self.cfg.node_name.clone(),
-            subnet: self.cfg.subnet.to_string(),
+            subnet: self.plan.subnet.to_string(),
             gateway: self.gateway,
             bridge: BRIDGE.to_string(),
             mtu: self.mtu,
             endpoints: inner.endpoints.len(),
-            controller: ControllerLink {
-                connected: false,
-                address: None,
+            controller: match self.link.get() {
+                Some(l) => l.controller_link(),
+                None => ControllerLink {
+                    connected: false,
+                    address: None,
+                },
             },
-            peers: Vec::new(),
+            peers: match self.link.get() {
+                Some(l) => l.peers(),
+                None => Vec::new(),
+            },
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Command line, environment (`WEFT_<FLAG>`) and config file, merged in that
 //! order of precedence, then checked.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -81,7 +81,12 @@ struct FileConfig {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
     pub node_name: String,
-    pub subnet: Ipv4Network,
+    /// `--subnet` (standalone mode).
+    pub subnet: Option<Ipv4Network>,
+    /// `--controller` addresses (cluster mode); empty when standalone.
+    pub controllers: Vec<String>,
+    pub tls_dir: PathBuf,
+    pub public_ip: Option<Ipv4Addr>,
     pub underlay_iface: Option<String>,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -99,22 +104,34 @@ pub fn resolve(args: Args) -> Result<Config> {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
     };
-    let controller = args.controller.or(file.controller);
+    let controllers = args.controller.or(file.controller).unwrap_or_default();
     let tls_dir = args.tls_dir.or(file.tls_dir);
     let metrics = args.metrics_listen.or(file.metrics_listen);
     let direct = args.direct_routing || file.direct_routing.unwrap_or(false);
+    let public_ip = args.public_ip.or(file.public_ip);
     // Refuse what this build cannot do rather than silently ignore it.
-    if controller.is_some()
-        || tls_dir.is_some()
-        || direct
-        || args.public_ip.or(file.public_ip).is_some()
-    {
-        bail!("--controller, --tls-dir, --public-ip and --direct-routing need controller mode, which this build of weft-agent does not have yet; run standalone with --subnet CIDR");
+    if direct {
+        bail!("--direct-routing is not available in this build of weft-agent yet");
     }
     if let Some(m) = metrics {
         bail!("--metrics-listen {m}: metrics are not available in this build of weft-agent yet");
     }
-
+    let public_ip = match public_ip {
+        None => None,
+        Some(IpAddr::V4(ip))
+            if !ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast() =>
+        {
+            Some(ip)
+        }
+        Some(ip) => {
+            bail!("--public-ip {ip}: expected this host's IPv4 unicast address on the underlay")
+        }
+    };
+    for c in &controllers {
+        if weft_common::client::split_host_port(c).is_none() {
+            bail!("--controller {c:?}: expected HOST:PORT, e.g. 198.18.0.2:7470");
+        }
+    }
     let node_name = match args.node_name.or(file.node_name) {
         Some(n) => {
             validate_name(&n).context("invalid --node-name")?;
@@ -129,14 +146,26 @@ pub fn resolve(args: Args) -> Result<Config> {
         }
     };
 
-    let Some(subnet) = args.subnet.or(file.subnet) else {
-        bail!("--subnet CIDR is required (standalone mode), e.g. --subnet 10.244.1.0/24");
+    let subnet = match (args.subnet.or(file.subnet), controllers.is_empty()) {
+        (Some(_), false) => bail!(
+            "--subnet and --controller exclude each other: with a controller, the subnet comes from the cluster"
+        ),
+        (None, true) => bail!(
+            "either --controller HOST:PORT (cluster mode) or --subnet CIDR (standalone) is required"
+        ),
+        (Some(s), true) => Some(parse_subnet(&s)?),
+        (None, false) => None,
     };
-    let subnet = parse_subnet(&subnet)?;
+    if controllers.is_empty() && (tls_dir.is_some() || public_ip.is_some()) {
+        bail!("--tls-dir and --public-ip only apply with --controller");
+    }
 
     Ok(Config {
         node_name,
         subnet,
+        tls_dir: tls_dir.unwrap_or_else(|| "/etc/weft/tls".into()),
+        public_ip,
+        controllers,
         underlay_iface: args.underlay_iface.or(file.underlay_iface),
         state_dir: args
             .state_dir
@@ -224,7 +253,7 @@ mod tests {
         };
         let c = resolve(args).unwrap();
         assert_eq!(
-            (c.node_name.as_str(), c.subnet.to_string().as_str()),
+            (c.node_name.as_str(), c.subnet.unwrap().to_string().as_str()),
             ("h7", "10.244.7.0/24")
         );
         assert_eq!(c.state_dir, PathBuf::from("/y"));

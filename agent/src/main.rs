@@ -3,6 +3,7 @@
 mod agent;
 mod api;
 mod config;
+mod control;
 mod firewall;
 mod ipam;
 mod netlink;
@@ -11,6 +12,9 @@ mod state;
 mod sysctl;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
 
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
@@ -64,21 +68,93 @@ fn main() -> ExitCode {
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let _one_agent = lock_netns()?;
     let socket = cfg.socket_path();
-    info!(
-        "weft-agent {} starting: node {}, subnet {} (standalone)",
-        env!("CARGO_PKG_VERSION"),
-        cfg.node_name,
-        cfg.subnet
-    );
     netns::warn_if_private_mounts(&cfg.netns_dir);
+    let store = state::Store::open(&cfg.state_dir)?;
+    let loaded = store.load()?;
+    let saved_vtep = loaded.node.as_ref().and_then(|n| n.vtep_mac);
+    let (plan, link) = match cfg.subnet {
+        Some(subnet) => {
+            info!(
+                "weft-agent {} starting: node {}, subnet {subnet} (standalone)",
+                env!("CARGO_PKG_VERSION"),
+                cfg.node_name,
+            );
+            let plan = agent::Plan {
+                subnet,
+                cluster: None,
+                vtep_mac: saved_vtep,
+            };
+            (plan, None)
+        }
+        None => {
+            let tls = weft_common::tls::client_config(&cfg.tls_dir)
+                .with_context(|| format!("--tls-dir {}", cfg.tls_dir.display()))?;
+            let vtep_mac = saved_vtep.unwrap_or_else(weft_common::MacAddr::random_local);
+            let public_ip = match cfg.public_ip {
+                Some(ip) => ip,
+                None => agent::underlay_address(cfg.underlay_iface.as_deref()).await?,
+            };
+            let link = Arc::new(control::Link::new(
+                cfg.controllers.clone(),
+                tls,
+                cfg.node_name.clone(),
+                public_ip,
+                vtep_mac,
+                cfg.state_dir.clone(),
+                store.load_peers()?,
+            )?);
+            info!(
+                "weft-agent {} starting: node {}, public ip {public_ip}, controllers {}",
+                env!("CARGO_PKG_VERSION"),
+                cfg.node_name,
+                cfg.controllers.join(",")
+            );
+            let saved = loaded
+                .node
+                .as_ref()
+                .filter(|n| n.node == cfg.node_name)
+                .and_then(|n| n.cluster.clone().map(|c| (n.subnet, c)));
+            // Spread hosts over the controllers; failover goes round from there.
+            let mut next = weft_common::name::host_veth_name(&cfg.node_name)
+                .bytes()
+                .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize))
+                % cfg.controllers.len();
+            let (subnet, cluster, first) = match saved {
+                Some((subnet, cluster)) => {
+                    info!("serving the saved subnet {subnet} while connecting to a controller");
+                    (subnet, cluster, None)
+                }
+                None => {
+                    let want = loaded.node.as_ref().map(|n| n.subnet);
+                    info!("waiting for a controller to assign this host's subnet");
+                    let s = link.until_assigned(&mut next, want).await;
+                    info!("controller {} assigned subnet {}", s.controller, s.subnet);
+                    (s.subnet, s.config.clone(), Some(s))
+                }
+            };
+            let plan = agent::Plan {
+                subnet,
+                cluster: Some(cluster),
+                vtep_mac: Some(vtep_mac),
+            };
+            (plan, Some((link, first, next)))
+        }
+    };
     let listener = api::bind(&socket)?;
-    let agent = match agent::Agent::start(cfg).await {
+    let serving = plan.subnet;
+    let agent = match agent::Agent::start(cfg, plan, store, loaded).await {
         Ok(a) => a,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
             return Err(e);
         }
     };
+    let link = link.map(|(link, first, next)| {
+        let _ = agent.link.set(link.clone());
+        let l = link.clone();
+        tokio::spawn(async move { l.run(serving, first, next).await });
+        link
+    });
     info!("listening on {}", socket.display());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -86,6 +162,9 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         _ = api::serve(listener, agent) => {}
         _ = term.recv() => info!("SIGTERM: stopping; namespaces and rules stay in place"),
         _ = int.recv() => info!("SIGINT: stopping; namespaces and rules stay in place"),
+    }
+    if let Some(l) = link {
+        l.close().await;
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())

@@ -23,6 +23,7 @@ use ipnetwork::Ipv4Network;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use weft_common::cluster::{HostRecord, NetworkConfig};
 use weft_common::name::host_veth_name;
 use weft_common::{validate_name, MacAddr, PortMapping};
 
@@ -53,6 +54,21 @@ pub struct NodeState {
     /// detected (no default route yet).
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// The VXLAN device's MAC: generated once, never changed.
+    #[serde(default)]
+    pub vtep_mac: Option<MacAddr>,
+    /// The cluster's network config as last assigned by a controller (cluster
+    /// mode), so a restart without a controller serves as before.
+    #[serde(default)]
+    pub cluster: Option<NetworkConfig>,
+}
+
+/// The peer set as last received from a controller (`peers.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersState {
+    pub revision: i64,
+    pub peers: Vec<HostRecord>,
 }
 
 /// One endpoint as persisted.
@@ -168,6 +184,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The peer set saved by [`save_peers`], if any.
+    pub fn load_peers(&self) -> Result<Option<PeersState>> {
+        let path = self.dir.join("peers.json");
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(decode(&path, &bytes)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
     pub fn save_node(&self, node: &NodeState) -> Result<()> {
         write_atomic(&self.dir.join("node.json"), &to_json(node))
     }
@@ -198,6 +224,11 @@ impl Store {
     pub fn clear_pending(&self, name: &str) -> Result<()> {
         remove_if_exists(&self.dir.join("pending").join(name))
     }
+}
+
+/// Saves the peer set (the caller holds the directory's [`Store`]).
+pub fn save_peers(dir: &Path, peers: &PeersState) -> Result<()> {
+    write_atomic(&dir.join("peers.json"), &to_json(peers))
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -260,6 +291,8 @@ mod tests {
             node: "h1".into(),
             subnet: "10.244.1.0/24".parse().unwrap(),
             mtu: Some(1450),
+            vtep_mac: None,
+            cluster: None,
         };
         store.save_node(&node).unwrap();
         let rec = EndpointRecord {

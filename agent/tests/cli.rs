@@ -50,7 +50,10 @@ fn check_config_prints_the_resolved_config_and_changes_nothing() {
 #[test]
 fn bad_values_are_named_in_one_line() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--node-name", "h1"], "--subnet CIDR is required"),
+        (
+            &["--node-name", "h1"],
+            "or --subnet CIDR (standalone) is required",
+        ),
         (
             &["--subnet", "10.244.1.7/24", "--node-name", "h1"],
             "did you mean 10.244.1.0/24",
@@ -70,7 +73,7 @@ fn bad_values_are_named_in_one_line() {
                 "--public-ip",
                 "198.18.0.1",
             ],
-            "controller mode",
+            "only apply with --controller",
         ),
         (
             &[
@@ -81,7 +84,34 @@ fn bad_values_are_named_in_one_line() {
                 "--controller",
                 "c:7470",
             ],
-            "controller mode",
+            "exclude each other",
+        ),
+        (&["--node-name", "h1"], "either --controller"),
+        (
+            &["--node-name", "h1", "--controller", "nohost"],
+            "--controller \"nohost\"",
+        ),
+        (&["--node-name", "h1", "--controller", "c:0"], "HOST:PORT"),
+        (
+            &[
+                "--node-name",
+                "h1",
+                "--controller",
+                "c:7470",
+                "--public-ip",
+                "::1",
+            ],
+            "--public-ip ::1",
+        ),
+        (
+            &[
+                "--node-name",
+                "h1",
+                "--controller",
+                "c:7470",
+                "--direct-routing",
+            ],
+            "--direct-routing",
         ),
     ];
     for (args, want) in cases {

@@ -2,9 +2,13 @@
 //! and validation of the values operators type (names, `--publish` specs).
 
 pub mod api;
+pub mod client;
+pub mod cluster;
 pub mod mac;
 pub mod name;
 pub mod publish;
+pub mod tls;
+pub mod wire;
 
 pub use mac::MacAddr;
 pub use name::{validate_name, NameError};

@@ -20,6 +20,14 @@ impl MacAddr {
         MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
     }
 
+    /// A random locally administered unicast MAC (for a VTEP, generated
+    /// once per host and persisted).
+    pub fn random_local() -> Self {
+        let mut b: [u8; 6] = rand::random();
+        b[0] = (b[0] & 0xfe) | 0x02;
+        MacAddr(b)
+    }
+
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }

@@ -96,6 +96,17 @@ pub struct LabOpts {
     /// Start processes in their own session, so they survive this process
     /// and its terminal; needed before [`Lab::persist`].
     pub detachable: bool,
+    /// Cluster mode: with `controllers > 0` the lab also runs etcd and that
+    /// many controllers in a control namespace (`<prefix>-c`), creates the
+    /// PKI and the cluster config, and agents register with the
+    /// controllers instead of getting `--subnet`.
+    pub controllers: usize,
+    /// `--lease-ttl` of the controllers (seconds); default theirs (24 h).
+    pub lease_ttl: Option<u64>,
+    /// `weftctl cluster init --cidr`; default [`CLUSTER_CIDR`].
+    pub cluster_cidr: Option<String>,
+    /// `weftctl cluster init --subnet-len`; default 24.
+    pub subnet_len: Option<u8>,
 }
 
 impl Default for LabOpts {
@@ -106,6 +117,10 @@ impl Default for LabOpts {
             dir: None,
             prefix: None,
             detachable: false,
+            controllers: 0,
+            lease_ttl: None,
+            cluster_cidr: None,
+            subnet_len: None,
         }
     }
 }
@@ -115,6 +130,16 @@ impl LabOpts {
     pub fn hosts(n: usize) -> Self {
         LabOpts {
             hosts: n,
+            ..Default::default()
+        }
+    }
+
+    /// A cluster lab: `hosts` hosts whose agents register with
+    /// `controllers` controllers (and etcd) in the control namespace.
+    pub fn cluster(hosts: usize, controllers: usize) -> Self {
+        LabOpts {
+            hosts,
+            controllers,
             ..Default::default()
         }
     }
@@ -189,7 +214,7 @@ struct ProcRec {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     prefix: String,
     dir: PathBuf,
     netns: Mutex<Vec<String>>,
@@ -197,6 +222,7 @@ struct Shared {
     persist: AtomicBool,
     detachable: bool,
     counter: AtomicU32,
+    pub(crate) cluster: Mutex<Option<crate::cluster::ClusterInfo>>,
 }
 
 impl Shared {
@@ -229,6 +255,9 @@ pub struct Manifest {
     pub netns: Vec<String>,
     pub hosts: Vec<ManifestHost>,
     pub procs: Vec<ManifestProc>,
+    /// Cluster mode: controller addresses and PKI.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterInfo>,
 }
 
 /// A host in the [`Manifest`].
@@ -263,7 +292,9 @@ pub struct Lab {
     /// The lab directory (per-host state, run and netns dirs, logs).
     pub dir: PathBuf,
     hosts: Vec<Host>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+    /// Long-running processes of the lab itself (etcd, controllers), by label.
+    pub(crate) held: Mutex<std::collections::BTreeMap<String, Process>>,
 }
 
 /// One simulated host: a network namespace with `eth0` on the underlay.
@@ -365,6 +396,7 @@ impl Lab {
             persist: AtomicBool::new(false),
             detachable: opts.detachable,
             counter: AtomicU32::new(0),
+            cluster: Mutex::new(None),
         });
         let hosts = (1..=opts.hosts)
             .map(|i| {
@@ -382,10 +414,15 @@ impl Lab {
             dir,
             hosts,
             shared,
+            held: Mutex::new(Default::default()),
         };
         // Record every name before creating anything, and write the
         // manifest, so a failure or a kill half-way can be cleaned up.
-        let mut names: Vec<String> = ["u", "r", "i"]
+        let mut short = vec!["u", "r", "i"];
+        if opts.controllers > 0 {
+            short.push("c");
+        }
+        let mut names: Vec<String> = short
             .iter()
             .map(|s| format!("{}-{s}", lab.prefix))
             .collect();
@@ -393,6 +430,10 @@ impl Lab {
         lab.shared.netns.lock().unwrap().extend(names);
         lab.write_manifest()?;
         lab.build().context("build the lab network")?;
+        if opts.controllers > 0 {
+            lab.build_cluster(&opts)
+                .context("start the lab's cluster")?;
+        }
         Ok(lab)
     }
 
@@ -587,6 +628,7 @@ impl Lab {
                 })
                 .collect(),
             procs,
+            cluster: self.shared.cluster.lock().unwrap().clone(),
         }
     }
 
@@ -633,6 +675,7 @@ impl Lab {
             persist: AtomicBool::new(true),
             detachable: true,
             counter: AtomicU32::new(0),
+            cluster: Mutex::new(m.cluster.clone()),
         });
         for p in &m.procs {
             shared.register(p.host, &p.label, Slot::Foreign(p.pid, p.start));
@@ -652,6 +695,7 @@ impl Lab {
             dir: m.dir,
             hosts,
             shared,
+            held: Mutex::new(Default::default()),
         })
     }
 
@@ -768,7 +812,7 @@ impl Lab {
     }
 }
 
-fn ip_batch(ns: Option<&str>, script: &str) -> Result<()> {
+pub(crate) fn ip_batch(ns: Option<&str>, script: &str) -> Result<()> {
     use std::process::Command;
     let mut cmd = Command::new("ip");
     if let Some(ns) = ns {
@@ -802,7 +846,7 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn spawn_logged(
+pub(crate) fn spawn_logged(
     shared: &Arc<Shared>,
     host: Option<usize>,
     label: &str,
@@ -990,6 +1034,39 @@ impl std::ops::DerefMut for Agent {
 }
 
 impl Agent {
+    /// Waits until the agent answers a `status` request on its socket;
+    /// kills it and returns an error with its log tail if it exits first or
+    /// does not answer within `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if agent_answers(&self.socket, deadline) {
+                return Ok(());
+            }
+            if let Some(st) = self.proc_.wait_timeout(Duration::ZERO) {
+                bail!(
+                    "weft-agent on {} exited ({}) before answering on {}; log {}:\n{}",
+                    self.host,
+                    describe_status(&st),
+                    self.socket.display(),
+                    self.proc_.log.display(),
+                    log_tail(&self.proc_.log, 30)
+                );
+            }
+            if Instant::now() >= deadline {
+                self.proc_.kill();
+                bail!(
+                    "weft-agent on {} did not answer on {} within {timeout:?} (killed); log {}:\n{}",
+                    self.host,
+                    self.socket.display(),
+                    self.proc_.log.display(),
+                    log_tail(&self.proc_.log, 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL and reap, like a crash.
     pub fn kill(&mut self) {
         self.proc_.kill();
@@ -1048,9 +1125,17 @@ impl Host {
     /// `--node-name`, `--state-dir`, `--run-dir`, `--netns-dir`.
     pub fn agent_args(&self) -> Vec<String> {
         let p = |p: &Path| p.display().to_string();
-        vec![
-            "--subnet".into(),
-            self.subnet.clone(),
+        let mode = match &*self.shared.cluster.lock().unwrap() {
+            Some(c) => vec![
+                "--controller".into(),
+                c.controllers.join(","),
+                "--tls-dir".into(),
+                p(&c.pki.join(&self.name)),
+            ],
+            None => vec!["--subnet".into(), self.subnet.clone()],
+        };
+        let mut args: Vec<String> = mode;
+        args.extend([
             "--node-name".into(),
             self.name.clone(),
             "--state-dir".into(),
@@ -1059,7 +1144,8 @@ impl Host {
             p(&self.run_dir),
             "--netns-dir".into(),
             p(&self.netns_dir),
-        ]
+        ]);
+        args
     }
 
     /// Starts `weft-agent` inside this host's namespace with
@@ -1073,13 +1159,21 @@ impl Host {
 
     /// Like [`Host::start_agent`] but returns an error instead of panicking.
     pub fn try_start_agent(&self, extra_args: &[&str]) -> Result<Agent> {
+        let mut a = self.spawn_agent(extra_args)?;
+        a.wait_ready(AGENT_START_TIMEOUT)?;
+        Ok(a)
+    }
+
+    /// Starts `weft-agent` like [`Host::start_agent`] without waiting for it
+    /// (to start many at once); see [`Agent::wait_ready`].
+    pub fn spawn_agent(&self, extra_args: &[&str]) -> Result<Agent> {
         let bin = bin_path("weft-agent");
         let bin = bin.to_string_lossy();
         let args = self.agent_args();
         let mut cmd: Vec<&str> = vec![&bin];
         cmd.extend(args.iter().map(String::as_str));
         cmd.extend_from_slice(extra_args);
-        let mut proc_ = spawn_logged(
+        let proc_ = spawn_logged(
             &self.shared,
             Some(self.index),
             "agent",
@@ -1087,38 +1181,10 @@ impl Host {
             &cmd,
             &[],
         )?;
-        let socket = self.socket();
-        let deadline = Instant::now() + AGENT_START_TIMEOUT;
-        loop {
-            if agent_answers(&socket, deadline) {
-                break;
-            }
-            if let Some(st) = proc_.wait_timeout(Duration::ZERO) {
-                bail!(
-                    "weft-agent on {} exited ({}) before answering on {}; log {}:\n{}",
-                    self.name,
-                    describe_status(&st),
-                    socket.display(),
-                    proc_.log.display(),
-                    log_tail(&proc_.log, 30)
-                );
-            }
-            if Instant::now() >= deadline {
-                proc_.kill();
-                bail!(
-                    "weft-agent on {} did not answer on {} within {AGENT_START_TIMEOUT:?} (killed); log {}:\n{}",
-                    self.name,
-                    socket.display(),
-                    proc_.log.display(),
-                    log_tail(&proc_.log, 30)
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
         Ok(Agent {
             proc_,
             host: self.name.clone(),
-            socket,
+            socket: self.socket(),
         })
     }
 

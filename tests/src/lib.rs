@@ -22,6 +22,7 @@
 //! Build them first with `cargo build --workspace --bins`.
 
 pub mod cleanup;
+pub mod cluster;
 pub mod lab;
 pub mod netns;
 pub mod sock;

@@ -6,22 +6,26 @@
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ipnetwork::Ipv4Network;
 use serde_json::Value;
 use weft_common::api::{Endpoint, Request, Response, Status};
+use weft_common::cluster::{HostRecord, NetworkConfig, SubnetRecord};
 use weft_common::PortMapping;
+use weft_controller::pki::{self, Role};
+use weft_controller::store::{Store, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "weftctl",
     version,
-    about = "Operate weft: namespaces on this host, and the local agent's status"
+    about = "Operate weft: the cluster (certificates, network, hosts, subnets), namespaces on this host, and the local agent's status"
 )]
 struct Cli {
     /// Output format.
@@ -43,6 +47,25 @@ struct Cli {
         value_name = "PATH"
     )]
     agent_socket: PathBuf,
+    /// etcd client URLs, comma-separated (cluster, host and subnet commands).
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ',',
+        value_name = "URL[,…]"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of weft's keys in etcd.
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_ETCD_PREFIX",
+        default_value = "/weft",
+        value_name = "PREFIX"
+    )]
+    etcd_prefix: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +83,94 @@ enum Command {
     Ns(NsCommand),
     /// The local agent: node, subnet, controller link, peers.
     Status,
+    /// The cluster CA and node certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// The cluster's network config in etcd.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Hosts registered in etcd.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Host subnets: who holds which, reservations.
+    #[command(subcommand)]
+    Subnet(SubnetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA: DIR/ca.pem and DIR/ca-key.pem (never overwrites).
+    Init {
+        #[arg(long, value_name = "PKI")]
+        dir: PathBuf,
+    },
+    /// Issue a node certificate signed by the CA: DIR/NAME/{ca.pem,cert.pem,key.pem}.
+    Issue {
+        #[arg(long, value_name = "PKI")]
+        dir: PathBuf,
+        /// The node name (agents must register under this name).
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: Role,
+        /// An address the certificate is valid for (controllers: every address agents dial); may be repeated.
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// Replace an existing certificate for NAME.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Write the network config (cidr and subnet-len cannot change while hosts hold subnets).
+    Init {
+        /// The cluster CIDR all host subnets come from, e.g. 10.244.0.0/16.
+        #[arg(long)]
+        cidr: Ipv4Network,
+        /// Prefix length of each host's subnet.
+        #[arg(long, default_value_t = weft_common::cluster::DEFAULT_SUBNET_LEN)]
+        subnet_len: u8,
+        /// VXLAN network identifier.
+        #[arg(long, default_value_t = weft_common::cluster::DEFAULT_VNI)]
+        vni: u32,
+        /// VXLAN UDP port.
+        #[arg(long, default_value_t = weft_common::cluster::DEFAULT_PORT)]
+        port: u16,
+        /// Overlay MTU [default: each host's underlay MTU − 50].
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// Show the network config.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// List registered hosts.
+    #[command(alias = "ls")]
+    List,
+    /// Show one host.
+    Show { name: String },
+    /// Remove a host: frees its subnet (a reservation stays) and drops it from every agent's peers.
+    #[command(alias = "del")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubnetCommand {
+    /// List held and reserved subnets.
+    #[command(alias = "ls")]
+    List,
+    /// Keep a subnet out of allocation, or pin it to a host with --host.
+    Reserve {
+        cidr: Ipv4Network,
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+    },
+    /// Free a reservation.
+    Release { cidr: Ipv4Network },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,7 +271,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let agent = Agent {
         socket: cli.agent_socket,
     };
+    let etcd = Etcd {
+        endpoints: cli.etcd_endpoints,
+        prefix: cli.etcd_prefix,
+    };
     match cli.command {
+        Command::Certs(c) => certs(json, c),
+        Command::Cluster(c) => etcd.run(|s| cluster(json, s, c)),
+        Command::Host(c) => etcd.run(|s| host(json, s, c)),
+        Command::Subnet(c) => etcd.run(|s| subnet(json, s, c)),
         Command::Ns(NsCommand::Add { name, ip, publish }) => {
             let v = agent.call(&Request::NsAdd { name, ip, publish })?;
             print_endpoints(json, &[decode::<Endpoint>(&v)?], &v)
@@ -356,4 +475,321 @@ fn exec_in(ep: &Endpoint, cmd: &[String]) -> Result<(), Failure> {
         ),
         code,
     ))
+}
+
+fn certs(json: bool, c: CertsCommand) -> Result<(), Failure> {
+    match c {
+        CertsCommand::Init { dir } => {
+            pki::init_ca(&dir).map_err(|e| Failure(format!("{e:#}"), 1))?;
+            let ca = dir.join("ca.pem");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ca": ca, "ca_key": dir.join("ca-key.pem")})
+                );
+            } else {
+                println!(
+                    "created cluster CA {} (key {}, keep it offline)",
+                    ca.display(),
+                    dir.join("ca-key.pem").display()
+                );
+            }
+            Ok(())
+        }
+        CertsCommand::Issue {
+            dir,
+            name,
+            role,
+            ip,
+            force,
+        } => {
+            let out = pki::issue(&dir, &name, role, &ip, force)
+                .map_err(|e| Failure(format!("{e:#}"), 1))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": name, "role": role.as_str(), "dir": out,
+                        "ips": ip.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                    })
+                );
+            } else {
+                println!(
+                    "issued {role} certificate for {name} in {} (ca.pem, cert.pem, key.pem)",
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// etcd access for the cluster, host and subnet commands.
+struct Etcd {
+    endpoints: Vec<String>,
+    prefix: String,
+}
+
+impl Etcd {
+    fn run<F, Fut>(&self, f: F) -> Result<(), Failure>
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Failure>>,
+    {
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(Failure(
+                    format!("--etcd-endpoints {e:?}: expected a URL like http://127.0.0.1:2379"),
+                    2,
+                ));
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            return Err(Failure(
+                format!(
+                    "--etcd-prefix {:?}: expected an absolute key prefix like /weft",
+                    self.prefix
+                ),
+                2,
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure(format!("start runtime: {e}"), 1))?;
+        let eps = self.endpoints.join(",");
+        rt.block_on(async {
+            let store = Store::connect(&self.endpoints, &self.prefix, Duration::from_secs(5))
+                .await
+                .map_err(|e| {
+                    Failure(
+                        format!("cannot reach etcd at {eps}: {}", etcd_reason(&e)),
+                        1,
+                    )
+                })?;
+            f(store).await
+        })
+    }
+}
+
+fn etcd_reason(e: &StoreError) -> String {
+    let s = e.to_string();
+    s.strip_prefix("etcd: ").unwrap_or(&s).to_string()
+}
+
+fn store_err(e: StoreError) -> Failure {
+    match e {
+        StoreError::Etcd(_) => Failure(format!("etcd request failed: {}", etcd_reason(&e)), 1),
+        e => Failure(e.to_string(), 1),
+    }
+}
+
+async fn cluster(json: bool, store: Store, c: ClusterCommand) -> Result<(), Failure> {
+    match c {
+        ClusterCommand::Init {
+            cidr,
+            subnet_len,
+            vni,
+            port,
+            mtu,
+        } => {
+            let cfg = NetworkConfig {
+                cidr,
+                subnet_len,
+                vni,
+                port,
+                mtu,
+            };
+            cfg.validate().map_err(|e| Failure(e.to_string(), 2))?;
+            let old = store.init_config(&cfg).await.map_err(store_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&cfg).expect("config serializes")
+                );
+            } else {
+                match old {
+                    Some(o) if o == cfg => println!("cluster config unchanged"),
+                    Some(_) => {
+                        println!("updated cluster config; agents apply it when they next register")
+                    }
+                    None => println!("initialised cluster"),
+                }
+                print_config(&cfg, None);
+            }
+            Ok(())
+        }
+        ClusterCommand::Show => {
+            let cfg = store.require_config().await.map_err(store_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&cfg).expect("config serializes")
+                );
+            } else {
+                let held = store.subnets().await.map_err(store_err)?.len();
+                print_config(&cfg, Some(held));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_config(cfg: &NetworkConfig, held: Option<usize>) {
+    println!("cidr:        {}", cfg.cidr);
+    match held {
+        Some(h) => println!(
+            "subnet-len:  {} ({} subnets, {h} held or reserved)",
+            cfg.subnet_len,
+            cfg.subnet_count()
+        ),
+        None => println!(
+            "subnet-len:  {} ({} subnets)",
+            cfg.subnet_len,
+            cfg.subnet_count()
+        ),
+    }
+    println!("vni:         {}", cfg.vni);
+    println!("port:        {}", cfg.port);
+    match cfg.mtu {
+        Some(m) => println!("mtu:         {m}"),
+        None => println!("mtu:         derived (each host's underlay MTU - 50)"),
+    }
+}
+
+fn print_hosts(json: bool, hosts: &[HostRecord]) {
+    if json {
+        println!("{}", serde_json::to_string(hosts).expect("hosts serialize"));
+        return;
+    }
+    let now = weft_controller::store::now();
+    let rows: Vec<[String; 5]> = hosts
+        .iter()
+        .map(|h| {
+            [
+                h.name.clone(),
+                h.subnet.to_string(),
+                h.public_ip.to_string(),
+                h.vtep_mac.to_string(),
+                ago(now.saturating_sub(h.last_seen)),
+            ]
+        })
+        .collect();
+    print_table(
+        ["NAME", "SUBNET", "PUBLIC IP", "VTEP MAC", "REGISTERED"],
+        &rows,
+    );
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        7200..=172_799 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+async fn host(json: bool, store: Store, c: HostCommand) -> Result<(), Failure> {
+    match c {
+        HostCommand::List => {
+            let (_, hosts) = store.hosts().await.map_err(store_err)?;
+            let list: Vec<HostRecord> = hosts.into_values().collect();
+            print_hosts(json, &list);
+            Ok(())
+        }
+        HostCommand::Show { name } => {
+            weft_common::validate_name(&name).map_err(|e| Failure(e.to_string(), 2))?;
+            let h = store
+                .host(&name)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| Failure(format!("no host named {name:?}"), 1))?;
+            if json {
+                println!("{}", serde_json::to_string(&h).expect("host serializes"));
+            } else {
+                println!("name:        {}", h.name);
+                println!("subnet:      {}", h.subnet);
+                println!("public ip:   {}", h.public_ip);
+                println!("vtep mac:    {}", h.vtep_mac);
+                println!(
+                    "registered:  {}",
+                    ago(weft_controller::store::now().saturating_sub(h.last_seen))
+                );
+            }
+            Ok(())
+        }
+        HostCommand::Rm { name } => {
+            weft_common::validate_name(&name).map_err(|e| Failure(e.to_string(), 2))?;
+            let h = store.remove_host(&name).await.map_err(store_err)?;
+            if json {
+                println!("{}", serde_json::to_string(&h).expect("host serializes"));
+            } else {
+                println!(
+                    "removed host {name}; subnet {} is free unless reserved (an agent still running there registers again)",
+                    h.subnet
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn subnet_json(net: Ipv4Network, rec: &SubnetRecord) -> Value {
+    serde_json::json!({"subnet": net.to_string(), "host": rec.host, "reserved": rec.reserved})
+}
+
+async fn subnet(json: bool, store: Store, c: SubnetCommand) -> Result<(), Failure> {
+    match c {
+        SubnetCommand::List => {
+            let subnets = store.subnets().await.map_err(store_err)?;
+            if json {
+                let v: Vec<Value> = subnets
+                    .iter()
+                    .map(|(n, (r, _))| subnet_json(*n, r))
+                    .collect();
+                println!("{}", Value::Array(v));
+            } else {
+                let rows: Vec<[String; 3]> = subnets
+                    .iter()
+                    .map(|(n, (r, _))| {
+                        [
+                            n.to_string(),
+                            r.host.clone().unwrap_or_else(|| "-".into()),
+                            if r.reserved { "yes" } else { "no" }.into(),
+                        ]
+                    })
+                    .collect();
+                print_table(["SUBNET", "HOST", "RESERVED"], &rows);
+            }
+            Ok(())
+        }
+        SubnetCommand::Reserve { cidr, host } => {
+            let rec = store
+                .reserve(cidr, host.as_deref())
+                .await
+                .map_err(store_err)?;
+            if json {
+                println!("{}", subnet_json(cidr, &rec));
+            } else {
+                match &rec.host {
+                    Some(h) => println!("reserved subnet {cidr} for host {h}"),
+                    None => println!("reserved subnet {cidr}: it will not be allocated"),
+                }
+            }
+            Ok(())
+        }
+        SubnetCommand::Release { cidr } => {
+            store.release(cidr).await.map_err(store_err)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"subnet": cidr.to_string(), "host": null, "reserved": false})
+                );
+            } else {
+                println!("released subnet {cidr}: it can be allocated again");
+            }
+            Ok(())
+        }
+    }
 }

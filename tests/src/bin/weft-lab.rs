@@ -135,6 +135,7 @@ fn up(dir: &Path, prefix: Option<String>, hosts: usize, per_host: usize) -> Resu
         dir: Some(dir.clone()),
         prefix: Some(prefix.unwrap_or_else(|| prefix_for(&dir))),
         detachable: true,
+        ..Default::default()
     })?;
     // The manifest is written as the lab is built and again after every
     // agent start, so `down` works even if we die half-way.

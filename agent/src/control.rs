@@ -1,0 +1,307 @@
+//! The agent's link to the controllers (cluster mode).
+//!
+//! The agent registers with one of the `--controller` addresses, receives
+//! its subnet, then a peer snapshot and deltas. When the session breaks it
+//! tries the next controller, backing off up to [`MAX_BACKOFF`] once all have
+//! failed. Nothing on this host changes while no controller is reachable
+//! (fail static): the endpoints keep working and the last peer set stays.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use tracing::{debug, error, info, warn};
+use weft_common::api::{ControllerLink, Peer};
+use weft_common::client::{ClientError, Session};
+use weft_common::cluster::HostRecord;
+use weft_common::wire::{AgentMsg, ControllerMsg, PeerChange};
+use weft_common::MacAddr;
+
+use crate::state::{save_peers, PeersState};
+
+pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct LinkState {
+    connected: bool,
+    address: Option<String>,
+    revision: i64,
+    peers: BTreeMap<String, HostRecord>,
+}
+
+pub struct Link {
+    controllers: Vec<String>,
+    tls: quinn::ClientConfig,
+    endpoint: quinn::Endpoint,
+    node: String,
+    public_ip: Ipv4Addr,
+    vtep_mac: MacAddr,
+    state_dir: PathBuf,
+    st: Mutex<LinkState>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// Doubles up to `MAX_BACKOFF`, with ±20 % jitter so that a fleet that lost
+/// its controllers together does not come back in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = 0.8 + rand::random::<f64>() * 0.4;
+    d.mul_f64(f)
+}
+
+impl Link {
+    pub fn new(
+        controllers: Vec<String>,
+        tls: quinn::ClientConfig,
+        node: String,
+        public_ip: Ipv4Addr,
+        vtep_mac: MacAddr,
+        state_dir: PathBuf,
+        saved: Option<PeersState>,
+    ) -> std::io::Result<Link> {
+        let mut st = LinkState::default();
+        if let Some(p) = saved {
+            st.revision = p.revision;
+            st.peers = p.peers.into_iter().map(|h| (h.name.clone(), h)).collect();
+        }
+        Ok(Link {
+            controllers,
+            tls,
+            endpoint: weft_common::client::endpoint()?,
+            node,
+            public_ip,
+            vtep_mac,
+            state_dir,
+            st: Mutex::new(st),
+            stopping: Default::default(),
+        })
+    }
+
+    fn register_msg(&self, serving: Option<Ipv4Network>) -> AgentMsg {
+        AgentMsg::Register {
+            node: self.node.clone(),
+            public_ip: self.public_ip,
+            vtep_mac: self.vtep_mac,
+            subnet: serving,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Tries each controller once, starting at `*next`; on success `*next`
+    /// points at the one that answered.
+    async fn connect_round(
+        &self,
+        next: &mut usize,
+        serving: Option<Ipv4Network>,
+    ) -> Result<Session, Vec<ClientError>> {
+        let reg = self.register_msg(serving);
+        let mut errors = Vec::new();
+        for i in 0..self.controllers.len() {
+            let idx = (*next + i) % self.controllers.len();
+            let addr = &self.controllers[idx];
+            self.st.lock().expect("link state").address = Some(addr.clone());
+            match Session::open(&self.endpoint, addr, self.tls.clone(), &reg).await {
+                Ok(s) => {
+                    *next = idx;
+                    return Ok(s);
+                }
+                Err(e) => {
+                    match &e {
+                        ClientError::Refused(..) => error!("{e}"),
+                        _ => warn!("{e}"),
+                    }
+                    errors.push(e);
+                }
+            }
+        }
+        *next = (*next + 1) % self.controllers.len();
+        Err(errors)
+    }
+
+    /// Blocks until some controller assigns a subnet (first start of a host
+    /// without saved state: there is nothing to serve before that).
+    pub async fn until_assigned(&self, next: &mut usize, want: Option<Ipv4Network>) -> Session {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.connect_round(next, want).await {
+                Ok(s) => return s,
+                Err(_) => {
+                    let d = jitter(backoff);
+                    warn!("no controller assigned a subnet yet; retrying in {d:.1?}");
+                    tokio::time::sleep(d).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Runs the link forever: sessions, failover, backoff.
+    pub async fn run(&self, serving: Ipv4Network, mut first: Option<Session>, mut next: usize) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let session = match first.take() {
+                Some(s) => Ok(s),
+                None => self.connect_round(&mut next, Some(serving)).await,
+            };
+            match session {
+                Ok(s) if s.subnet != serving => {
+                    error!(
+                        "controller {} assigned subnet {} but this host serves {}; not following it (run `weftctl host rm {}` and `weftctl subnet reserve {} --host {}` to give this host its subnet back)",
+                        s.controller, s.subnet, serving, self.node, serving, self.node
+                    );
+                    s.conn.close(0u32.into(), b"subnet mismatch");
+                    backoff = MAX_BACKOFF;
+                }
+                Ok(s) => {
+                    backoff = MIN_BACKOFF;
+                    let addr = s.controller.clone();
+                    info!("connected to controller {addr}: subnet {}", s.subnet);
+                    self.set_connected(true, &addr);
+                    let why = self.session(s).await;
+                    self.set_connected(false, &addr);
+                    if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    warn!("lost controller {addr}: {why}; trying the next one");
+                    next = (next + 1) % self.controllers.len();
+                    continue;
+                }
+                Err(_) => {}
+            }
+            let d = jitter(backoff);
+            warn!(
+                "no controller reachable; keeping the data plane as it is and retrying in {d:.1?}"
+            );
+            tokio::time::sleep(d).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Closes any session politely (the controller then stops keeping this
+    /// host's lease alive at once instead of after the idle timeout).
+    pub async fn close(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.endpoint.close(0u32.into(), b"agent stopping");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+
+    fn set_connected(&self, up: bool, addr: &str) {
+        let mut st = self.st.lock().expect("link state");
+        st.connected = up;
+        st.address = Some(addr.to_string());
+    }
+
+    /// One registered session: apply what arrives, send heartbeats. Returns
+    /// why it ended.
+    async fn session(&self, mut s: Session) -> String {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                m = s.next() => match m {
+                    Ok(Some(msg)) => {
+                        if let Err(why) = self.apply(msg) {
+                            s.conn.close(1u32.into(), why.as_bytes());
+                            return why;
+                        }
+                    }
+                    Ok(None) => return "the controller closed the session".into(),
+                    Err(e) => return e.to_string(),
+                },
+                _ = beat.tick() => {
+                    if let Err(e) = s.heartbeat().await {
+                        return e.to_string();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one message to the peer set and saves it.
+    fn apply(&self, msg: ControllerMsg) -> Result<(), String> {
+        let mut st = self.st.lock().expect("link state");
+        match msg {
+            ControllerMsg::Snapshot { revision, peers } => {
+                let before = st.peers.len();
+                st.peers = peers
+                    .into_iter()
+                    .filter(|h| h.name != self.node)
+                    .map(|h| (h.name.clone(), h))
+                    .collect();
+                st.revision = revision;
+                info!(
+                    "peer snapshot at revision {revision}: {} peers (had {before})",
+                    st.peers.len()
+                );
+            }
+            ControllerMsg::Delta { revision, changes } => {
+                if revision <= st.revision {
+                    debug!(
+                        "ignoring delta at revision {revision} (have {})",
+                        st.revision
+                    );
+                    return Ok(());
+                }
+                for c in changes {
+                    match c {
+                        PeerChange::Upsert { host } if host.name != self.node => {
+                            info!(
+                                "peer {} at {} with subnet {} (revision {revision})",
+                                host.name, host.public_ip, host.subnet
+                            );
+                            st.peers.insert(host.name.clone(), host);
+                        }
+                        PeerChange::Upsert { .. } => {}
+                        PeerChange::Remove { name } => {
+                            if st.peers.remove(&name).is_some() {
+                                info!("peer {name} left (revision {revision})");
+                            }
+                        }
+                    }
+                }
+                st.revision = revision;
+            }
+            ControllerMsg::Error { message } => {
+                return Err(format!("controller error: {message}"));
+            }
+            ControllerMsg::Assigned { .. } => {
+                return Err("out-of-order frame: a second assignment".into());
+            }
+        }
+        let saved = PeersState {
+            revision: st.revision,
+            peers: st.peers.values().cloned().collect(),
+        };
+        drop(st);
+        if let Err(e) = save_peers(&self.state_dir, &saved) {
+            warn!("save peer set: {e}");
+        }
+        Ok(())
+    }
+
+    pub fn controller_link(&self) -> ControllerLink {
+        let st = self.st.lock().expect("link state");
+        ControllerLink {
+            connected: st.connected,
+            address: st.address.clone(),
+        }
+    }
+
+    pub fn peers(&self) -> Vec<Peer> {
+        let st = self.st.lock().expect("link state");
+        st.peers
+            .values()
+            .map(|h| Peer {
+                name: h.name.clone(),
+                subnet: h.subnet.to_string(),
+                public_ip: h.public_ip,
+                mode: "vxlan".into(),
+            })
+            .collect()
+    }
+}

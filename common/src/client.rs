@@ -1,0 +1,174 @@
+//! The agent's side of a controller session, shared by `weft-agent` and the
+//! in-process agents of `weft-bench`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+
+use crate::cluster::NetworkConfig;
+use crate::wire::{self, AgentMsg, ControllerMsg, FrameError, FrameReader};
+
+/// How long connecting and registering may take before the attempt counts
+/// as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("controller address {0:?} is not HOST:PORT")]
+    Address(String),
+    #[error("resolve {0}: {1}")]
+    Resolve(String, String),
+    #[error("connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("controller {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("controller {0} refused: {1}")]
+    Refused(String, String),
+    #[error("controller {0} broke the protocol: {1}")]
+    Protocol(String, String),
+    #[error("controller {0}: {1}")]
+    Frame(String, FrameError),
+}
+
+/// A registered session.
+pub struct Session {
+    /// The controller address as configured (HOST:PORT).
+    pub controller: String,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: FrameReader<quinn::RecvStream>,
+    pub subnet: Ipv4Network,
+    pub config: NetworkConfig,
+}
+
+/// `HOST:PORT` → (host, port), `None` if it is not of that form.
+pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then_some((host, port))
+}
+
+/// Splits `HOST:PORT` (or `[v6]:PORT`) into the TLS server name and the
+/// socket addresses it resolves to.
+pub async fn resolve(addr: &str) -> Result<(String, Vec<SocketAddr>), ClientError> {
+    let (host, _) = split_host_port(addr).ok_or_else(|| ClientError::Address(addr.to_string()))?;
+    let name = host.to_string();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ClientError::Resolve(addr.to_string(), e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Resolve(
+            addr.to_string(),
+            "no addresses".to_string(),
+        ));
+    }
+    Ok((name, addrs))
+}
+
+impl Session {
+    /// Connects to one controller, registers and waits for the assignment.
+    pub async fn open(
+        endpoint: &quinn::Endpoint,
+        controller: &str,
+        tls: quinn::ClientConfig,
+        register: &AgentMsg,
+    ) -> Result<Session, ClientError> {
+        let (name, addrs) = resolve(controller).await?;
+        let c = controller.to_string();
+        let connecting = endpoint
+            .connect_with(tls, addrs[0], &name)
+            .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout(c.clone(), CONNECT_TIMEOUT))?
+            .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+        let steps = async {
+            let (mut send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+            wire::write(&mut send, register)
+                .await
+                .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+            let mut recv = FrameReader::new(recv, wire::MAX_CONTROLLER_FRAME);
+            match recv.read::<ControllerMsg>().await {
+                Ok(Some(ControllerMsg::Assigned { subnet, config })) => {
+                    Ok((send, recv, subnet, config))
+                }
+                Ok(Some(ControllerMsg::Error { message })) => {
+                    Err(ClientError::Refused(c.clone(), message))
+                }
+                Ok(Some(other)) => Err(ClientError::Protocol(
+                    c.clone(),
+                    format!("expected assigned, got {}", kind(&other)),
+                )),
+                Ok(None) => Err(ClientError::Protocol(
+                    c.clone(),
+                    "closed the stream before assigning a subnet".into(),
+                )),
+                Err(FrameError::Io(e)) => {
+                    Err(ClientError::Connect(c.clone(), conn_reason(&conn, e)))
+                }
+                Err(e) => Err(ClientError::Frame(c.clone(), e)),
+            }
+        };
+        let (send, recv, subnet, config) =
+            tokio::time::timeout(REGISTER_TIMEOUT, steps)
+                .await
+                .map_err(|_| ClientError::Timeout(c.clone(), REGISTER_TIMEOUT))??;
+        Ok(Session {
+            controller: c,
+            conn,
+            send,
+            recv,
+            subnet,
+            config,
+        })
+    }
+
+    /// The next message from the controller; `Ok(None)` when it closed.
+    pub async fn next(&mut self) -> Result<Option<ControllerMsg>, ClientError> {
+        self.recv
+            .read::<ControllerMsg>()
+            .await
+            .map_err(|e| match e {
+                FrameError::Io(io) => {
+                    ClientError::Connect(self.controller.clone(), conn_reason(&self.conn, io))
+                }
+                e => ClientError::Frame(self.controller.clone(), e),
+            })
+    }
+
+    pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
+        wire::write(&mut self.send, &AgentMsg::Heartbeat {})
+            .await
+            .map_err(|e| ClientError::Connect(self.controller.clone(), e.to_string()))
+    }
+}
+
+/// Why a read failed: the connection's close reason says more than the
+/// stream error (e.g. "the peer's certificate was refused").
+fn conn_reason(conn: &quinn::Connection, e: std::io::Error) -> String {
+    match conn.close_reason() {
+        Some(r) => r.to_string(),
+        None => e.to_string(),
+    }
+}
+
+pub fn kind(m: &ControllerMsg) -> &'static str {
+    match m {
+        ControllerMsg::Assigned { .. } => "assigned",
+        ControllerMsg::Snapshot { .. } => "snapshot",
+        ControllerMsg::Delta { .. } => "delta",
+        ControllerMsg::Error { .. } => "error",
+    }
+}
+
+/// A client endpoint on an ephemeral UDP port.
+pub fn endpoint() -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+}

@@ -1,0 +1,356 @@
+//! The agent ⇄ controller protocol: JSON messages in length-prefixed frames
+//! on one bidirectional QUIC stream per session.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of
+//! JSON. Each direction has a hard size limit; a frame that is empty,
+//! oversized or not a valid message ends the session (never the process).
+//!
+//! Session: agent → `register`; controller → `assigned` (or `error`), then
+//! `snapshot` with the etcd revision it reflects, then `delta`s with higher
+//! revisions. The agent sends `heartbeat`s; anything else from it after
+//! `register` is out of order.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::cluster::{HostRecord, NetworkConfig};
+use crate::MacAddr;
+
+/// Largest frame an agent may send (a registration is ~200 bytes).
+pub const MAX_AGENT_FRAME: usize = 64 << 10;
+/// Largest frame a controller may send: a snapshot of 100,000 peers fits.
+pub const MAX_CONTROLLER_FRAME: usize = 64 << 20;
+/// ALPN protocol id of this protocol version.
+pub const ALPN: &[u8] = b"weft/1";
+
+/// Agent → controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMsg {
+    Register {
+        node: String,
+        public_ip: Ipv4Addr,
+        vtep_mac: MacAddr,
+        /// The subnet this host already serves, if any: the controller gives
+        /// it back when it is still free.
+        #[serde(default)]
+        subnet: Option<Ipv4Network>,
+        /// The agent's version, for the controller's log.
+        #[serde(default)]
+        version: String,
+    },
+    Heartbeat {},
+}
+
+/// Controller → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControllerMsg {
+    Assigned {
+        subnet: Ipv4Network,
+        config: NetworkConfig,
+    },
+    /// Every host of the cluster (the agent's own record included) as of
+    /// etcd revision `revision`.
+    Snapshot {
+        revision: i64,
+        peers: Vec<HostRecord>,
+    },
+    Delta {
+        revision: i64,
+        changes: Vec<PeerChange>,
+    },
+    /// The controller refuses or ends the session; `message` says why.
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerChange {
+    /// A host joined or its tunnel endpoint changed.
+    Upsert { host: HostRecord },
+    /// A host left (lease ended or `weftctl host rm`).
+    Remove { name: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes one message as a frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).expect("wire messages serialize");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Incremental frame decoder over a byte buffer: feed bytes with
+/// [`Decoder::push`], take whole frames with [`Decoder::next_frame`]. The
+/// length is checked before any body byte is buffered, so an oversized frame
+/// costs no memory.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl Decoder {
+    pub fn new(max: usize) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame's body, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(len) = self.pending_len()? else {
+            return Ok(None);
+        };
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let body = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(body))
+    }
+
+    /// The announced length of the frame at the head of the buffer, checked.
+    fn pending_len(&self) -> Result<Option<usize>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        Ok(Some(len))
+    }
+
+    /// How many more bytes the frame at the head needs (at least 1).
+    fn wanted(&self) -> Result<usize, FrameError> {
+        Ok(match self.pending_len()? {
+            None => 4 - self.buf.len(),
+            Some(len) => (4 + len).saturating_sub(self.buf.len()).max(1),
+        })
+    }
+}
+
+/// Decodes one message from a frame body.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Reads frames from a stream, never buffering more than the limit allows.
+pub struct FrameReader<R> {
+    inner: R,
+    dec: Decoder,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        FrameReader {
+            inner,
+            dec: Decoder::new(max),
+        }
+    }
+
+    /// The next message; `Ok(None)` at a clean end of stream.
+    pub async fn read<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        loop {
+            if let Some(body) = self.dec.next_frame()? {
+                return decode(&body).map(Some);
+            }
+            let want = self.dec.wanted()?.min(1 << 20);
+            let mut chunk = vec![0u8; want];
+            let n = self.inner.read(&mut chunk).await?;
+            if n == 0 {
+                return if self.dec.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+            self.dec.push(&chunk[..n]);
+        }
+    }
+}
+
+/// Writes one message as a frame.
+pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+    w.write_all(&encode(msg)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn host(i: u8) -> HostRecord {
+        HostRecord {
+            name: format!("h{i}"),
+            public_ip: Ipv4Addr::new(198, 18, 0, i),
+            vtep_mac: MacAddr::from_ipv4(Ipv4Addr::new(10, 0, 0, i)),
+            subnet: Ipv4Network::new(Ipv4Addr::new(10, 244, i, 0), 24).unwrap(),
+            last_seen: 1,
+        }
+    }
+
+    #[test]
+    fn wire_form_is_stable() {
+        let reg = AgentMsg::Register {
+            node: "h1".into(),
+            public_ip: Ipv4Addr::new(198, 18, 0, 11),
+            vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
+            subnet: None,
+            version: "0.1.0".into(),
+        };
+        let j = serde_json::to_string(&reg).unwrap();
+        assert_eq!(
+            j,
+            r#"{"type":"register","node":"h1","public_ip":"198.18.0.11","vtep_mac":"0a:58:0a:f4:01:00","subnet":null,"version":"0.1.0"}"#
+        );
+        let d = ControllerMsg::Delta {
+            revision: 7,
+            changes: vec![PeerChange::Remove { name: "h2".into() }],
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"type":"delta","revision":7,"changes":[{"op":"remove","name":"h2"}]}"#
+        );
+        assert!(decode::<AgentMsg>(br#"{"type":"heartbeat","x":1}"#).is_err());
+        assert!(decode::<AgentMsg>(br#"{"type":"assigned"}"#).is_err());
+    }
+
+    #[test]
+    fn limits_are_enforced_before_buffering() {
+        let mut d = Decoder::new(16);
+        d.push(&1000u32.to_be_bytes());
+        assert!(matches!(
+            d.next_frame(),
+            Err(FrameError::TooLarge { len: 1000, max: 16 })
+        ));
+        let mut d = Decoder::new(16);
+        d.push(&[0, 0, 0, 0]);
+        assert!(matches!(d.next_frame(), Err(FrameError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn reader_round_trips_and_reports_truncation() {
+        let msgs = vec![
+            ControllerMsg::Snapshot {
+                revision: 3,
+                peers: vec![host(1), host(2)],
+            },
+            ControllerMsg::Delta {
+                revision: 4,
+                changes: vec![PeerChange::Upsert { host: host(3) }],
+            },
+        ];
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            bytes.extend(encode(m));
+        }
+        let mut r = FrameReader::new(&bytes[..], MAX_CONTROLLER_FRAME);
+        for m in &msgs {
+            assert_eq!(r.read::<ControllerMsg>().await.unwrap().as_ref(), Some(m));
+        }
+        assert!(r.read::<ControllerMsg>().await.unwrap().is_none());
+        let cut = &bytes[..bytes.len() - 3];
+        let mut r = FrameReader::new(cut, MAX_CONTROLLER_FRAME);
+        r.read::<ControllerMsg>().await.unwrap();
+        assert!(matches!(
+            r.read::<ControllerMsg>().await,
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    fn arb_agent_msg() -> impl Strategy<Value = AgentMsg> {
+        prop_oneof![
+            Just(AgentMsg::Heartbeat {}),
+            (
+                "[a-z][a-z0-9-]{0,20}",
+                any::<u32>(),
+                any::<[u8; 6]>(),
+                any::<Option<u8>>()
+            )
+                .prop_map(|(node, ip, mac, net)| AgentMsg::Register {
+                    node,
+                    public_ip: Ipv4Addr::from(ip),
+                    vtep_mac: MacAddr(mac),
+                    subnet: net
+                        .map(|n| Ipv4Network::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap()),
+                    version: "x".into(),
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes, fed in arbitrary chunks: the decoder never
+        /// panics, never returns a frame over the limit, and stops at the
+        /// first error.
+        #[test]
+        fn decoder_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..600), cuts in proptest::collection::vec(0usize..600, 0..8)) {
+            let mut d = Decoder::new(128);
+            let mut cuts = cuts;
+            cuts.push(bytes.len());
+            cuts.sort();
+            let mut at = 0;
+            'outer: for c in cuts {
+                let c = c.min(bytes.len());
+                d.push(&bytes[at..c.max(at)]);
+                at = c.max(at);
+                loop {
+                    match d.next_frame() {
+                        Ok(Some(f)) => {
+                            prop_assert!(!f.is_empty() && f.len() <= 128);
+                            let _ = decode::<AgentMsg>(&f);
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'outer,
+                    }
+                }
+            }
+        }
+
+        /// Any sequence of messages, encoded and split anywhere, decodes to
+        /// the same sequence.
+        #[test]
+        fn frames_round_trip_across_any_split(msgs in proptest::collection::vec(arb_agent_msg(), 1..6), split in 0usize..2000) {
+            let mut bytes = Vec::new();
+            for m in &msgs { bytes.extend(encode(m)); }
+            let split = split.min(bytes.len());
+            let mut d = Decoder::new(MAX_AGENT_FRAME);
+            d.push(&bytes[..split]);
+            let mut got = Vec::new();
+            while let Some(f) = d.next_frame().unwrap() { got.push(decode::<AgentMsg>(&f).unwrap()); }
+            d.push(&bytes[split..]);
+            while let Some(f) = d.next_frame().unwrap() { got.push(decode::<AgentMsg>(&f).unwrap()); }
+            prop_assert_eq!(got, msgs);
+        }
+    }
+}

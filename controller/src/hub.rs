@@ -1,0 +1,243 @@
+//! The controller's view of the host registry and the fan-out of its
+//! changes to connected agents.
+//!
+//! One task watches `<prefix>/hosts/` and keeps an in-memory copy with the
+//! etcd revision it reflects. Each change becomes a `delta` frame, encoded
+//! once and broadcast as shared bytes to every session. A session starts from
+//! a snapshot of the copy and then forwards the deltas newer than it. When
+//! the watch breaks (etcd outage, compaction) the task lists the hosts again,
+//! sends the difference as one delta and watches from the new revision, so
+//! agents never miss a change and never need to reconnect for it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchOptions};
+use tokio::sync::{broadcast, RwLock};
+use tracing::{debug, info, warn};
+use weft_common::cluster::HostRecord;
+use weft_common::wire::{self, ControllerMsg, PeerChange};
+
+use crate::store::Store;
+
+/// Deltas buffered per session before a slow session is resynced with a
+/// snapshot instead.
+const FANOUT_BUFFER: usize = 4096;
+
+/// A delta, ready to write.
+#[derive(Debug)]
+pub struct Frame {
+    pub revision: i64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+struct View {
+    revision: i64,
+    hosts: BTreeMap<String, HostRecord>,
+    /// Whether the view has been loaded from etcd at least once.
+    ready: bool,
+}
+
+pub struct Hub {
+    view: RwLock<View>,
+    tx: broadcast::Sender<Arc<Frame>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        let (tx, _) = broadcast::channel(FANOUT_BUFFER);
+        Hub {
+            view: RwLock::new(View::default()),
+            tx,
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A snapshot frame (every host) and a receiver for the deltas after it.
+    /// Waits until the view has been loaded once.
+    pub async fn subscribe(&self) -> (i64, Vec<u8>, broadcast::Receiver<Arc<Frame>>) {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let v = self.view.read().await;
+                if v.ready {
+                    let rx = self.tx.subscribe();
+                    let msg = ControllerMsg::Snapshot {
+                        revision: v.revision,
+                        peers: v.hosts.values().cloned().collect(),
+                    };
+                    return (v.revision, wire::encode(&msg), rx);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub async fn host(&self, name: &str) -> Option<HostRecord> {
+        self.view.read().await.hosts.get(name).cloned()
+    }
+
+    pub async fn len(&self) -> usize {
+        self.view.read().await.hosts.len()
+    }
+
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+
+    /// Applies changes at `revision` to the view and broadcasts them.
+    async fn apply(&self, revision: i64, changes: Vec<PeerChange>) {
+        let mut v = self.view.write().await;
+        let mut effective = Vec::new();
+        for c in changes {
+            match c {
+                PeerChange::Upsert { host } => {
+                    let same = v
+                        .hosts
+                        .get(&host.name)
+                        .is_some_and(|o| o.same_tunnel(&host));
+                    v.hosts.insert(host.name.clone(), host.clone());
+                    if !same {
+                        effective.push(PeerChange::Upsert { host });
+                    }
+                }
+                PeerChange::Remove { name } => {
+                    if v.hosts.remove(&name).is_some() {
+                        effective.push(PeerChange::Remove { name });
+                    }
+                }
+            }
+        }
+        v.revision = v.revision.max(revision);
+        let was_ready = v.ready;
+        v.ready = true;
+        if !effective.is_empty() {
+            for c in &effective {
+                match c {
+                    PeerChange::Upsert { host } => info!(
+                        "peer update: host {} subnet {} at {} (revision {revision})",
+                        host.name, host.subnet, host.public_ip
+                    ),
+                    PeerChange::Remove { name } => {
+                        info!("peer update: host {name} left (revision {revision})")
+                    }
+                }
+            }
+            let msg = ControllerMsg::Delta {
+                revision,
+                changes: effective,
+            };
+            let frame = Arc::new(Frame {
+                revision,
+                bytes: wire::encode(&msg),
+            });
+            // No receivers is fine: nobody is connected.
+            let _ = self.tx.send(frame);
+        }
+        drop(v);
+        if !was_ready {
+            self.ready.notify_waiters();
+        }
+    }
+
+    /// Replaces the view with a full listing, broadcasting the difference.
+    async fn resync(&self, revision: i64, hosts: BTreeMap<String, HostRecord>) {
+        let old = self.view.read().await.hosts.clone();
+        let mut changes = Vec::new();
+        for name in old.keys() {
+            if !hosts.contains_key(name) {
+                changes.push(PeerChange::Remove { name: name.clone() });
+            }
+        }
+        for (name, h) in hosts {
+            if old.get(&name).is_none_or(|o| !o.same_tunnel(&h)) {
+                changes.push(PeerChange::Upsert { host: h });
+            } else {
+                // Refresh last_seen without a broadcast.
+                self.view.write().await.hosts.insert(name, h);
+            }
+        }
+        self.apply(revision, changes).await;
+    }
+
+    /// Watches the hosts prefix forever. Never exits on etcd errors: backs
+    /// off and starts over with a fresh listing.
+    pub async fn run(self: Arc<Self>, store: Store) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.watch_once(&store).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    warn!("host watch: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn watch_once(&self, store: &Store) -> anyhow::Result<()> {
+        let (rev, hosts) = store.hosts().await?;
+        let n = hosts.len();
+        self.resync(rev, hosts).await;
+        debug!("host list loaded: {n} hosts at revision {rev}");
+        let mut client = store.client();
+        let prefix = store.hosts_prefix();
+        let mut stream = client
+            .watch(
+                prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1)
+                        .with_progress_notify(),
+                ),
+            )
+            .await?;
+        loop {
+            let Some(resp) = stream.message().await? else {
+                anyhow::bail!("watch stream ended");
+            };
+            if resp.canceled() || resp.compact_revision() > 0 {
+                info!(
+                    "host watch cancelled (compacted at {}: {}); listing again",
+                    resp.compact_revision(),
+                    resp.cancel_reason()
+                );
+                return Ok(());
+            }
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let mut changes = Vec::new();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key());
+                let Some(name) = key.strip_prefix(prefix.as_str()) else {
+                    continue;
+                };
+                match ev.event_type() {
+                    EventType::Put => match serde_json::from_slice::<HostRecord>(kv.value()) {
+                        Ok(h) if h.name == name && h.validate().is_ok() => {
+                            changes.push(PeerChange::Upsert { host: h })
+                        }
+                        _ => warn!("ignoring unreadable host record at {key}"),
+                    },
+                    EventType::Delete => changes.push(PeerChange::Remove {
+                        name: name.to_string(),
+                    }),
+                }
+            }
+            if !changes.is_empty() {
+                self.apply(rev, changes).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! weft-controller: subnet allocation and the host registry in etcd, and the
+//! QUIC control channel to agents. `weftctl` shares the etcd code.
+
+pub mod hub;
+pub mod pki;
+pub mod server;
+pub mod store;

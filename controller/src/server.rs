@@ -1,0 +1,281 @@
+//! The QUIC control channel: one session per agent connection.
+//!
+//! TLS (in `weft_common::tls`) refuses any client without a certificate from
+//! the cluster CA before a byte of the protocol is read. A session then
+//! expects exactly one `register` within [`REGISTER_WAIT`], answers with
+//! `assigned`, keeps the host's etcd lease alive, sends a snapshot and
+//! forwards deltas. Anything unexpected ends that session with a logged
+//! reason; nothing a client does can end the process.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, info, warn};
+use weft_common::tls;
+use weft_common::wire::{self, AgentMsg, ControllerMsg, FrameReader};
+
+use crate::hub::Hub;
+use crate::store::{Registration, Store};
+
+/// How long a new connection may take to open its stream and register.
+pub const REGISTER_WAIT: Duration = Duration::from_secs(10);
+/// An agent that sends nothing (not even a heartbeat) for this long is gone.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Application close codes on the QUIC connection.
+const CLOSE_OK: u32 = 0;
+const CLOSE_PROTOCOL: u32 = 1;
+const CLOSE_REFUSED: u32 = 2;
+
+pub struct Controller {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    /// Lease TTL for host keys, seconds.
+    pub lease_ttl: i64,
+    /// Connected, registered agents.
+    pub sessions: AtomicUsize,
+}
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    info!("refused connection from {remote}: {e}");
+                    return;
+                }
+            };
+            handle(conn, remote, ctl).await;
+        });
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The agent closed its side.
+    Closed,
+    /// The agent broke the protocol.
+    Protocol(String),
+    /// We refused it (told it why in an `error` frame).
+    Refused(String),
+}
+
+async fn handle(conn: quinn::Connection, remote: SocketAddr, ctl: Arc<Controller>) {
+    let cert = tls::peer_name(&conn).unwrap_or_else(|| "?".into());
+    let mut node = None;
+    let end = session(&conn, &cert, &ctl, &mut node).await;
+    let who = match &node {
+        Some(n) => format!("host {n} ({remote})"),
+        None => format!("{remote} (certificate {cert})"),
+    };
+    match end {
+        End::Closed => {
+            info!("session with {who} closed");
+            conn.close(CLOSE_OK.into(), b"bye");
+        }
+        End::Protocol(why) => {
+            warn!("ended session with {who}: {why}");
+            conn.close(CLOSE_PROTOCOL.into(), why.as_bytes());
+        }
+        End::Refused(why) => {
+            warn!("refused {who}: {why}");
+            // Let the error frame reach the agent before closing.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            conn.close(CLOSE_REFUSED.into(), why.as_bytes());
+        }
+    }
+}
+
+async fn refuse(send: &mut quinn::SendStream, why: String) -> End {
+    let _ = wire::write(
+        send,
+        &ControllerMsg::Error {
+            message: why.clone(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+    End::Refused(why)
+}
+
+async fn session(
+    conn: &quinn::Connection,
+    cert: &str,
+    ctl: &Controller,
+    node_out: &mut Option<String>,
+) -> End {
+    let (mut send, recv) = match tokio::time::timeout(REGISTER_WAIT, conn.accept_bi()).await {
+        Err(_) => return End::Protocol(format!("opened no stream within {REGISTER_WAIT:?}")),
+        Ok(Err(e)) => return End::Protocol(format!("connection lost before registering: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    let mut reader = FrameReader::new(recv, wire::MAX_AGENT_FRAME);
+    let first = match tokio::time::timeout(REGISTER_WAIT, reader.read::<AgentMsg>()).await {
+        Err(_) => return End::Protocol(format!("sent no registration within {REGISTER_WAIT:?}")),
+        Ok(Err(e)) => return End::Protocol(format!("bad first frame: {e}")),
+        Ok(Ok(None)) => return End::Protocol("closed the stream before registering".into()),
+        Ok(Ok(Some(m))) => m,
+    };
+    let AgentMsg::Register {
+        node,
+        public_ip,
+        vtep_mac,
+        subnet,
+        version,
+    } = first
+    else {
+        return End::Protocol("out-of-order frame: heartbeat before register".into());
+    };
+    if let Err(e) = weft_common::validate_name(&node) {
+        return refuse(&mut send, format!("invalid node name: {e}")).await;
+    }
+    // A certificate names one host: a stolen agent certificate cannot claim
+    // another host's subnet.
+    if cert != node {
+        return refuse(
+            &mut send,
+            format!("node name {node:?} does not match the certificate's name {cert:?}"),
+        )
+        .await;
+    }
+    *node_out = Some(node.clone());
+    let reg = Registration {
+        node: node.clone(),
+        public_ip,
+        vtep_mac,
+        want: subnet,
+    };
+    let registered = match ctl.store.register(&reg, ctl.lease_ttl).await {
+        Ok(r) => r,
+        Err(e) => return refuse(&mut send, format!("cannot register host {node}: {e}")).await,
+    };
+    info!(
+        "host {node} registered (agent {version}): subnet {}{} public ip {public_ip} vtep {vtep_mac}",
+        registered.record.subnet,
+        if registered.allocated { " (new)" } else { "" },
+    );
+    let assigned = ControllerMsg::Assigned {
+        subnet: registered.record.subnet,
+        config: registered.config.clone(),
+    };
+    if let Err(e) = wire::write(&mut send, &assigned).await {
+        return End::Protocol(format!("write assignment: {e}"));
+    }
+    ctl.sessions.fetch_add(1, Ordering::Relaxed);
+    let end = stream(&mut send, &mut reader, ctl, registered.lease).await;
+    ctl.sessions.fetch_sub(1, Ordering::Relaxed);
+    match end {
+        End::Refused(why) => refuse(&mut send, why).await,
+        other => other,
+    }
+}
+
+/// Snapshot, then deltas, while reading heartbeats and keeping the lease.
+async fn stream(
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader<quinn::RecvStream>,
+    ctl: &Controller,
+    lease: i64,
+) -> End {
+    let keepalive = keep_alive(ctl.store.clone(), lease, ctl.lease_ttl);
+    tokio::pin!(keepalive);
+    let (mut rev, snapshot, mut rx) = ctl.hub.subscribe().await;
+    if let Err(e) = send.write_all(&snapshot).await {
+        return End::Protocol(format!("write snapshot: {e}"));
+    }
+    debug!("snapshot at revision {rev} sent");
+    loop {
+        tokio::select! {
+            f = rx.recv() => match f {
+                Ok(f) => {
+                    if f.revision > rev {
+                        if let Err(e) = send.write_all(&f.bytes).await {
+                            return End::Protocol(format!("write delta: {e}"));
+                        }
+                        rev = f.revision;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!("session fell {n} deltas behind; sending a fresh snapshot");
+                    let (r, snap, new_rx) = ctl.hub.subscribe().await;
+                    rx = new_rx;
+                    rev = r;
+                    if let Err(e) = send.write_all(&snap).await {
+                        return End::Protocol(format!("write snapshot: {e}"));
+                    }
+                }
+                Err(RecvError::Closed) => return End::Protocol("controller shutting down".into()),
+            },
+            m = tokio::time::timeout(SILENCE_LIMIT, reader.read::<AgentMsg>()) => match m {
+                Err(_) => return End::Protocol(format!("silent for {SILENCE_LIMIT:?}")),
+                Ok(Ok(Some(AgentMsg::Heartbeat {}))) => {}
+                Ok(Ok(Some(AgentMsg::Register { .. }))) => {
+                    return End::Protocol("out-of-order frame: register on a registered session".into())
+                }
+                Ok(Ok(None)) => return End::Closed,
+                Ok(Err(weft_common::wire::FrameError::Io(e))) => {
+                    return match conn_closed_by_peer(&e) {
+                        true => End::Closed,
+                        false => End::Protocol(format!("connection lost: {e}")),
+                    }
+                }
+                Ok(Err(e)) => return End::Protocol(e.to_string()),
+            },
+            why = &mut keepalive => return End::Refused(why),
+        }
+    }
+}
+
+/// Whether a read failed because the agent closed the connection itself.
+fn conn_closed_by_peer(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<quinn::ReadError>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_))
+            )
+        })
+}
+
+/// Keeps `lease` alive; returns only when the lease no longer exists (it
+/// expired or the host was removed). etcd errors are retried with backoff.
+async fn keep_alive(store: Store, lease: i64, ttl: i64) -> String {
+    let interval = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).clamp(300, 60_000));
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut client = store.client();
+        match client.lease_keep_alive(lease).await {
+            Ok((mut keeper, mut stream)) => loop {
+                if let Err(e) = keeper.keep_alive().await {
+                    warn!("lease {lease:x} keep-alive: {e}");
+                    break;
+                }
+                match stream.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        backoff = Duration::from_millis(200);
+                        tokio::time::sleep(interval).await;
+                    }
+                    Ok(Some(_)) => {
+                        return "this host's record is gone (its lease ended or `weftctl host rm` removed it); register again".into()
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!("lease {lease:x} keep-alive: {e}");
+                        break;
+                    }
+                }
+            },
+            Err(e) => warn!("lease {lease:x} keep-alive: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

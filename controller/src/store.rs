@@ -1,0 +1,601 @@
+//! The cluster state in etcd: network config, subnet allocation, host
+//! records, leases. Only controllers and `weftctl` talk to etcd, and only
+//! through this module.
+//!
+//! Keys (prefix default `/weft`):
+//! - `<prefix>/config`: [`NetworkConfig`]
+//! - `<prefix>/subnets/<a.b.c.d-len>`: [`SubnetRecord`]
+//! - `<prefix>/hosts/<name>`: [`HostRecord`]
+//!
+//! A host's record and its (non-reserved) subnet key share one etcd lease;
+//! when the lease ends both vanish in one revision and the subnet is free.
+//! Every write that could race is an etcd transaction guarded by the exact
+//! version or revision it was decided on, and retried when the guard fails.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+};
+use ipnetwork::Ipv4Network;
+use tracing::{debug, info};
+use weft_common::cluster::{parse_subnet_key, subnet_key, HostRecord, NetworkConfig, SubnetRecord};
+use weft_common::{validate_name, MacAddr};
+
+pub const DEFAULT_PREFIX: &str = "/weft";
+/// A registration gives up after this many lost races (each one means
+/// another host got a subnet, so this bounds a pathological storm only).
+const MAX_ATTEMPTS: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("the cluster is not initialised: run `weftctl cluster init --cidr CIDR`")]
+    NotInitialised,
+    #[error("no free subnet left in {cidr}: all {count} /{len} subnets are held or reserved")]
+    Exhausted {
+        cidr: Ipv4Network,
+        len: u8,
+        count: u64,
+    },
+    #[error("no host named {0:?}")]
+    NoHost(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("etcd key {key} holds a value weft cannot read: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("gave up after {0} lost allocation races")]
+    TooManyRaces(u32),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What an agent asks for when it registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub node: String,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    /// The subnet the host already serves, if any.
+    pub want: Option<Ipv4Network>,
+}
+
+/// A successful registration.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub record: HostRecord,
+    pub config: NetworkConfig,
+    /// The etcd lease the host's keys hang on.
+    pub lease: i64,
+    /// Whether this registration allocated a new subnet.
+    pub allocated: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn parse<T: for<'de> serde::Deserialize<'de>>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+impl Store {
+    /// Connects to etcd. `timeout` bounds each request, so an unreachable
+    /// etcd gives an error instead of a hang.
+    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Store> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(opts)).await?;
+        Ok(Store {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn c(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+    pub fn hosts_prefix(&self) -> String {
+        format!("{}/hosts/", self.prefix)
+    }
+    pub fn host_key(&self, name: &str) -> String {
+        format!("{}/hosts/{name}", self.prefix)
+    }
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+    pub fn subnet_key(&self, net: Ipv4Network) -> String {
+        format!("{}/subnets/{}", self.prefix, subnet_key(net))
+    }
+
+    async fn get_one(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut r = self.c().get(key, None).await?;
+        Ok(r.take_kvs().into_iter().next())
+    }
+
+    pub async fn config(&self) -> Result<Option<NetworkConfig>> {
+        match self.get_one(&self.config_key()).await? {
+            Some(kv) => Ok(Some(parse(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn require_config(&self) -> Result<NetworkConfig> {
+        self.config().await?.ok_or(StoreError::NotInitialised)
+    }
+
+    /// Writes the network config. Changing `cidr` or `subnet_len` is refused
+    /// while any subnet is held or reserved; the check and the write are one
+    /// transaction.
+    pub async fn init_config(&self, cfg: &NetworkConfig) -> Result<Option<NetworkConfig>> {
+        cfg.validate()
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
+        let key = self.config_key();
+        for _ in 0..MAX_ATTEMPTS {
+            let old = self.get_one(&key).await?;
+            let (old_cfg, guard) = match &old {
+                Some(kv) => (
+                    Some(parse::<NetworkConfig>(kv)?),
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                ),
+                None => (None, Compare::version(key.as_str(), CompareOp::Equal, 0)),
+            };
+            let mut when = vec![guard];
+            let layout_changes = old_cfg
+                .as_ref()
+                .is_some_and(|o| o.cidr != cfg.cidr || o.subnet_len != cfg.subnet_len);
+            if layout_changes {
+                when.push(
+                    Compare::version(self.subnets_prefix(), CompareOp::Equal, 0).with_prefix(),
+                );
+                when.push(Compare::version(self.hosts_prefix(), CompareOp::Equal, 0).with_prefix());
+            }
+            let txn = Txn::new()
+                .when(when)
+                .and_then([TxnOp::put(key.as_str(), json(cfg), None)]);
+            if self.c().txn(txn).await?.succeeded() {
+                return Ok(old_cfg);
+            }
+            if layout_changes {
+                let held = self.subnets().await?.len();
+                if held > 0 || !self.hosts().await?.1.is_empty() {
+                    let o = old_cfg.expect("layout change implies an old config");
+                    return Err(StoreError::Refused(format!(
+                        "cannot change cidr/subnet-len from {} /{} to {} /{}: {held} subnets are held or reserved (remove the hosts and reservations first)",
+                        o.cidr, o.subnet_len, cfg.cidr, cfg.subnet_len
+                    )));
+                }
+            }
+        }
+        Err(StoreError::TooManyRaces(MAX_ATTEMPTS))
+    }
+
+    /// Every host record, with the revision the list reflects.
+    pub async fn hosts(&self) -> Result<(i64, BTreeMap<String, HostRecord>)> {
+        let mut r = self
+            .c()
+            .get(self.hosts_prefix(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        let mut out = BTreeMap::new();
+        for kv in r.take_kvs() {
+            // One bad record must not hide every other host.
+            match parse::<HostRecord>(&kv) {
+                Ok(rec) => {
+                    out.insert(rec.name.clone(), rec);
+                }
+                Err(e) => tracing::warn!("skipping host record: {e}"),
+            }
+        }
+        Ok((rev, out))
+    }
+
+    pub async fn host(&self, name: &str) -> Result<Option<HostRecord>> {
+        match self.get_one(&self.host_key(name)).await? {
+            Some(kv) => Ok(Some(parse(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every subnet key: held or reserved.
+    pub async fn subnets(&self) -> Result<BTreeMap<Ipv4Network, (SubnetRecord, KeyValue)>> {
+        let mut r = self
+            .c()
+            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut out = BTreeMap::new();
+        let p = self.subnets_prefix();
+        for kv in r.take_kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let net = key
+                .strip_prefix(&p)
+                .and_then(parse_subnet_key)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: "not a subnet key".into(),
+                })?;
+            out.insert(net, (parse(&kv)?, kv));
+        }
+        Ok(out)
+    }
+
+    /// Gives `reg.node` its subnet: the one its host record holds, else the
+    /// one reserved for it, else the one it asks for if free, else a free
+    /// one at random. Allocation is one transaction that creates the subnet
+    /// key only if it does not exist, so two controllers can never hand one
+    /// subnet to two hosts; a lost race is retried with a fresh view.
+    pub async fn register(&self, reg: &Registration, ttl: i64) -> Result<Registered> {
+        validate_name(&reg.node).map_err(|e| StoreError::Refused(e.to_string()))?;
+        let cfg = self.require_config().await?;
+        let host_key = self.host_key(&reg.node);
+        let mut spare_lease: Option<i64> = None;
+        let result = async {
+            for attempt in 0..MAX_ATTEMPTS {
+                if attempt > 0 {
+                    debug!(node = %reg.node, attempt, "allocation race lost, retrying");
+                }
+                let existing = self.get_one(&host_key).await?;
+                if let Some(kv) = existing {
+                    let old: HostRecord = parse(&kv)?;
+                    if let Some(r) = self.renew(reg, &cfg, &kv, old, ttl).await? {
+                        return Ok(r);
+                    }
+                    continue;
+                }
+                let subnets = self.subnets().await?;
+                let lease = match spare_lease {
+                    Some(l) => l,
+                    None => {
+                        let l = self.c().lease_grant(ttl, None).await?.id();
+                        spare_lease = Some(l);
+                        l
+                    }
+                };
+                let pinned = subnets.iter().find(|(net, (rec, _))| {
+                    rec.reserved && rec.host.as_deref() == Some(reg.node.as_str()) && cfg.is_host_subnet(**net)
+                });
+                let record = |subnet| HostRecord {
+                    name: reg.node.clone(),
+                    public_ip: reg.public_ip,
+                    vtep_mac: reg.vtep_mac,
+                    subnet,
+                    last_seen: now(),
+                };
+                let put_host = |rec: &HostRecord| {
+                    TxnOp::put(host_key.as_str(), json(rec), Some(PutOptions::new().with_lease(lease)))
+                };
+                let txn = if let Some((net, (_, kv))) = pinned {
+                    let rec = record(*net);
+                    let t = Txn::new()
+                        .when([
+                            Compare::version(host_key.as_str(), CompareOp::Equal, 0),
+                            Compare::mod_revision(kv.key(), CompareOp::Equal, kv.mod_revision()),
+                        ])
+                        .and_then([put_host(&rec)]);
+                    (t, rec)
+                } else {
+                    let used: HashSet<Ipv4Network> = subnets.keys().copied().collect();
+                    let net = pick_free(&cfg, &used, reg.want).ok_or(StoreError::Exhausted {
+                        cidr: cfg.cidr,
+                        len: cfg.subnet_len,
+                        count: cfg.subnet_count(),
+                    })?;
+                    let rec = record(net);
+                    let skey = self.subnet_key(net);
+                    let srec = SubnetRecord {
+                        host: Some(reg.node.clone()),
+                        reserved: false,
+                    };
+                    let t = Txn::new()
+                        .when([
+                            Compare::version(host_key.as_str(), CompareOp::Equal, 0),
+                            Compare::version(skey.as_str(), CompareOp::Equal, 0),
+                        ])
+                        .and_then([
+                            TxnOp::put(skey.as_str(), json(&srec), Some(PutOptions::new().with_lease(lease))),
+                            put_host(&rec),
+                        ]);
+                    (t, rec)
+                };
+                let (txn, rec) = txn;
+                if self.c().txn(txn).await?.succeeded() {
+                    spare_lease = None;
+                    info!(node = %reg.node, subnet = %rec.subnet, public_ip = %rec.public_ip, "allocated subnet {} to host {}", rec.subnet, reg.node);
+                    return Ok(Registered {
+                        record: rec,
+                        config: cfg.clone(),
+                        lease,
+                        allocated: true,
+                    });
+                }
+            }
+            Err(StoreError::TooManyRaces(MAX_ATTEMPTS))
+        }
+        .await;
+        if let Some(l) = spare_lease {
+            let _ = self.c().lease_revoke(l).await;
+        }
+        result
+    }
+
+    /// Re-registration of a known host: same subnet, refreshed record, same
+    /// lease. `None` when the record changed under us (retry).
+    async fn renew(
+        &self,
+        reg: &Registration,
+        cfg: &NetworkConfig,
+        kv: &KeyValue,
+        old: HostRecord,
+        ttl: i64,
+    ) -> Result<Option<Registered>> {
+        let host_key = self.host_key(&reg.node);
+        let mut lease = kv.lease();
+        if lease == 0 {
+            lease = self.c().lease_grant(ttl, None).await?.id();
+        }
+        let rec = HostRecord {
+            public_ip: reg.public_ip,
+            vtep_mac: reg.vtep_mac,
+            last_seen: now(),
+            ..old.clone()
+        };
+        let skey = self.subnet_key(old.subnet);
+        let mut ops = vec![TxnOp::put(
+            host_key.as_str(),
+            json(&rec),
+            Some(PutOptions::new().with_lease(lease)),
+        )];
+        let mut when = vec![Compare::mod_revision(
+            host_key.as_str(),
+            CompareOp::Equal,
+            kv.mod_revision(),
+        )];
+        // The subnet key must still name this host; re-attach it to the
+        // lease unless it is a (leaseless) reservation.
+        match self.get_one(&skey).await? {
+            Some(skv) => {
+                let srec: SubnetRecord = parse(&skv)?;
+                if srec.host.as_deref() != Some(reg.node.as_str()) {
+                    // Inconsistent (hand-edited etcd): drop the record and
+                    // allocate afresh.
+                    let t = Txn::new()
+                        .when(when)
+                        .and_then([TxnOp::delete(host_key.as_str(), None)]);
+                    self.c().txn(t).await?;
+                    return Ok(None);
+                }
+                when.push(Compare::mod_revision(
+                    skey.as_str(),
+                    CompareOp::Equal,
+                    skv.mod_revision(),
+                ));
+                if !srec.reserved && skv.lease() != lease {
+                    ops.push(TxnOp::put(
+                        skey.as_str(),
+                        json(&srec),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ));
+                }
+            }
+            None => {
+                when.push(Compare::version(skey.as_str(), CompareOp::Equal, 0));
+                let srec = SubnetRecord {
+                    host: Some(reg.node.clone()),
+                    reserved: false,
+                };
+                ops.push(TxnOp::put(
+                    skey.as_str(),
+                    json(&srec),
+                    Some(PutOptions::new().with_lease(lease)),
+                ));
+            }
+        }
+        if !cfg.is_host_subnet(old.subnet) {
+            return Err(StoreError::Refused(format!(
+                "host {} holds {}, which is not a /{} of the cluster cidr {}",
+                reg.node, old.subnet, cfg.subnet_len, cfg.cidr
+            )));
+        }
+        let t = Txn::new().when(when).and_then(ops);
+        if !self.c().txn(t).await?.succeeded() {
+            return Ok(None);
+        }
+        if !rec.same_tunnel(&old) {
+            info!(node = %reg.node, "host {} re-registered with a new tunnel endpoint: {} {}", reg.node, rec.public_ip, rec.vtep_mac);
+        }
+        Ok(Some(Registered {
+            record: rec,
+            config: cfg.clone(),
+            lease,
+            allocated: false,
+        }))
+    }
+
+    /// Removes a host: its record and its subnet (a reservation stays).
+    pub async fn remove_host(&self, name: &str) -> Result<HostRecord> {
+        let key = self.host_key(name);
+        let kv = self
+            .get_one(&key)
+            .await?
+            .ok_or_else(|| StoreError::NoHost(name.to_string()))?;
+        let rec: HostRecord = parse(&kv)?;
+        let skey = self.subnet_key(rec.subnet);
+        let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+        if let Some(skv) = self.get_one(&skey).await? {
+            let srec: SubnetRecord = parse(&skv)?;
+            if !srec.reserved && srec.host.as_deref() == Some(name) {
+                ops.push(TxnOp::delete(skey.as_str(), None));
+            }
+        }
+        self.c().txn(Txn::new().and_then(ops)).await?;
+        if kv.lease() != 0 {
+            // Nothing else hangs on a host's lease; revoking it stops any
+            // controller's keep-alive for it at once.
+            let _ = self.c().lease_revoke(kv.lease()).await;
+        }
+        Ok(rec)
+    }
+
+    /// Keeps `net` out of allocation, optionally pinned to `host`.
+    pub async fn reserve(&self, net: Ipv4Network, host: Option<&str>) -> Result<SubnetRecord> {
+        let cfg = self.require_config().await?;
+        if let Some(h) = host {
+            validate_name(h).map_err(|e| StoreError::Refused(e.to_string()))?;
+        }
+        check_subnet(&cfg, net)?;
+        let key = self.subnet_key(net);
+        let rec = SubnetRecord {
+            host: host.map(str::to_string),
+            reserved: true,
+        };
+        let t = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), json(&rec), None)]);
+        if self.c().txn(t).await?.succeeded() {
+            return Ok(rec);
+        }
+        let cur: SubnetRecord = match self.get_one(&key).await? {
+            Some(kv) => parse(&kv)?,
+            None => {
+                return Err(StoreError::Refused(format!(
+                    "subnet {net} changed while reserving it; try again"
+                )))
+            }
+        };
+        if cur == rec {
+            return Ok(rec);
+        }
+        Err(StoreError::Refused(match (cur.reserved, cur.host) {
+            (true, Some(h)) => format!("subnet {net} is already reserved for host {h}"),
+            (true, None) => format!("subnet {net} is already reserved"),
+            (false, Some(h)) => format!(
+                "subnet {net} is held by host {h}; remove it first with `weftctl host rm {h}`"
+            ),
+            (false, None) => format!("subnet {net} is in use"),
+        }))
+    }
+
+    /// Frees a reservation.
+    pub async fn release(&self, net: Ipv4Network) -> Result<SubnetRecord> {
+        let cfg = self.require_config().await?;
+        check_subnet(&cfg, net)?;
+        let key = self.subnet_key(net);
+        let kv = self.get_one(&key).await?.ok_or_else(|| {
+            StoreError::Refused(format!("subnet {net} is neither reserved nor held"))
+        })?;
+        let rec: SubnetRecord = parse(&kv)?;
+        if !rec.reserved {
+            let h = rec.host.unwrap_or_default();
+            return Err(StoreError::Refused(format!(
+                "subnet {net} is not reserved but held by host {h}; use `weftctl host rm {h}` to free it"
+            )));
+        }
+        if let Some(h) = &rec.host {
+            if self.host(h).await?.is_some_and(|r| r.subnet == net) {
+                return Err(StoreError::Refused(format!(
+                    "subnet {net} is reserved for host {h}, which is using it; use `weftctl host rm {h}` first"
+                )));
+            }
+        }
+        let t = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        if !self.c().txn(t).await?.succeeded() {
+            return Err(StoreError::Refused(format!(
+                "subnet {net} changed while releasing it; try again"
+            )));
+        }
+        Ok(rec)
+    }
+}
+
+fn check_subnet(cfg: &NetworkConfig, net: Ipv4Network) -> Result<()> {
+    if !cfg.is_host_subnet(net) {
+        return Err(StoreError::Refused(format!(
+            "{net} is not a /{} subnet of the cluster cidr {}",
+            cfg.subnet_len, cfg.cidr
+        )));
+    }
+    Ok(())
+}
+
+/// The wanted subnet if it is valid and free, else a free one starting at a
+/// random place (so concurrent allocators rarely collide).
+pub fn pick_free(
+    cfg: &NetworkConfig,
+    used: &HashSet<Ipv4Network>,
+    want: Option<Ipv4Network>,
+) -> Option<Ipv4Network> {
+    if let Some(w) = want {
+        if cfg.is_host_subnet(w) && !used.contains(&w) {
+            return Some(w);
+        }
+    }
+    let n = cfg.subnet_count();
+    if used.len() as u64 >= n {
+        return None;
+    }
+    let start = rand::random_range(0..n);
+    (0..n)
+        .map(|i| (start + i) % n)
+        .filter_map(|i| cfg.nth_subnet(i))
+        .find(|s| !used.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// pick_free never returns a used subnet or one outside the cidr, and
+        /// finds one whenever one is free.
+        #[test]
+        fn pick_free_is_sound(len in 17u8..22, used_idx in proptest::collection::hash_set(0u64..32, 0..32), want in proptest::option::of(0u64..40)) {
+            let cfg = NetworkConfig { subnet_len: len, ..NetworkConfig::new("10.244.0.0/16".parse().unwrap()) };
+            let used: HashSet<Ipv4Network> = used_idx.iter().filter_map(|i| cfg.nth_subnet(*i)).collect();
+            let want = want.and_then(|i| cfg.nth_subnet(i));
+            match pick_free(&cfg, &used, want) {
+                Some(s) => {
+                    prop_assert!(cfg.is_host_subnet(s));
+                    prop_assert!(!used.contains(&s));
+                    if let Some(w) = want { if !used.contains(&w) { prop_assert_eq!(s, w); } }
+                }
+                None => prop_assert_eq!(used.len() as u64, cfg.subnet_count()),
+            }
+        }
+    }
+}

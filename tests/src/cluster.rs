@@ -1,0 +1,350 @@
+//! Cluster mode of the test bed: etcd (the Debian `etcd-server` package) and
+//! controllers in a control namespace `<prefix>-c` on the underlay, a PKI in
+//! `<lab dir>/pki`, and the cluster config written with `weftctl`.
+//!
+//! ```text
+//!   <prefix>-c eth0 198.18.0.2 (etcd :2379), 198.18.0.3 (c1 :7470), 198.18.0.4 (c2 :7470), …
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Output;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::bin_path;
+use crate::lab::{ip_batch, log_tail, spawn_logged, Lab, LabOpts, Process, CLUSTER_CIDR};
+use crate::netns::{self, command_in, describe_status, SpawnOpts};
+
+/// Address of etcd in the control namespace.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// How long etcd and a controller may take to come up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+pub const CONTROLLER_PORT: u16 = 7470;
+
+/// Address of controller `j` (1-based).
+pub fn controller_ip(j: usize) -> Ipv4Addr {
+    assert!((1..=6).contains(&j), "controllers are numbered 1..=6");
+    Ipv4Addr::new(198, 18, 0, 2 + j as u8)
+}
+
+pub fn controller_addr(j: usize) -> String {
+    format!("{}:{CONTROLLER_PORT}", controller_ip(j))
+}
+
+pub fn etcd_url() -> String {
+    format!("http://{ETCD_IP}:2379")
+}
+
+/// What agents need to join (kept in the manifest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// `--controller` addresses, c1 first.
+    pub controllers: Vec<String>,
+    /// The PKI directory: `ca.pem`, and `NAME/` per node.
+    pub pki: PathBuf,
+    /// `--lease-ttl` given to controllers.
+    pub lease_ttl: Option<u64>,
+    pub etcd_data: PathBuf,
+}
+
+impl Lab {
+    /// The control namespace (etcd and controllers).
+    pub fn control(&self) -> PathBuf {
+        self.ns("c")
+    }
+
+    pub fn cluster_info(&self) -> ClusterInfo {
+        self.shared
+            .cluster
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("this lab has no cluster (LabOpts::controllers is 0)")
+    }
+
+    pub(crate) fn build_cluster(&self, opts: &LabOpts) -> Result<()> {
+        let n = opts.controllers;
+        if n > 6 {
+            bail!("at most 6 controllers, not {n}");
+        }
+        let c = format!("{}-c", self.prefix);
+        let mut script = format!(
+            "link add c type veth peer name eth0 netns {c}\nlink set c master br0\nlink set c up\n"
+        );
+        ip_batch(Some(&format!("{}-u", self.prefix)), &script)?;
+        script = format!("link set lo up\naddr add {ETCD_IP}/24 dev eth0\n");
+        for j in 1..=n {
+            script += &format!("addr add {}/24 dev eth0\n", controller_ip(j));
+        }
+        script += "link set eth0 up\n";
+        ip_batch(Some(&c), &script)?;
+        let pki = self.dir.join("pki");
+        let info = ClusterInfo {
+            controllers: (1..=n).map(controller_addr).collect(),
+            pki: pki.clone(),
+            lease_ttl: opts.lease_ttl,
+            etcd_data: self.dir.join("etcd"),
+        };
+        *self.shared.cluster.lock().unwrap() = Some(info);
+        self.write_manifest()?;
+        self.weftctl_ok(&["certs", "init", "--dir", &pki.display().to_string()])?;
+        for j in 1..=n {
+            self.issue_cert(&format!("c{j}"), "controller", &[controller_ip(j)])?;
+        }
+        for h in self.hosts() {
+            self.issue_cert(&h.name, "agent", &[])?;
+        }
+        self.start_etcd()?;
+        let cidr = opts
+            .cluster_cidr
+            .clone()
+            .unwrap_or(CLUSTER_CIDR.to_string());
+        let len = opts.subnet_len.unwrap_or(24).to_string();
+        self.weftctl_ok(&["cluster", "init", "--cidr", &cidr, "--subnet-len", &len])?;
+        for j in 1..=n {
+            self.start_controller(j, &[])?;
+        }
+        self.write_manifest()?;
+        Ok(())
+    }
+
+    /// `weftctl certs issue` for a node into the lab's PKI.
+    pub fn issue_cert(&self, name: &str, role: &str, ips: &[Ipv4Addr]) -> Result<()> {
+        let pki = self.cluster_info().pki.display().to_string();
+        let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        let mut a = vec![
+            "certs", "issue", "--dir", &pki, "--name", name, "--role", role,
+        ];
+        for ip in &ips {
+            a.extend(["--ip", ip.as_str()]);
+        }
+        self.weftctl_ok(&a)
+    }
+
+    /// Kills (SIGKILL) a process the lab holds: `etcd` or `controller-cJ`.
+    /// Returns false if it was not running.
+    pub fn kill_held(&self, label: &str) -> bool {
+        match self.held.lock().unwrap().remove(label) {
+            Some(mut p) => {
+                let running = p.is_running();
+                p.kill();
+                running
+            }
+            None => false,
+        }
+    }
+
+    /// Log file of a held process.
+    pub fn held_log(&self, label: &str) -> PathBuf {
+        self.held
+            .lock()
+            .unwrap()
+            .get(label)
+            .map(|p| p.log.clone())
+            .unwrap_or_else(|| panic!("no process {label} held by the lab"))
+    }
+
+    fn hold(&self, label: &str, p: Process) {
+        if let Some(mut old) = self.held.lock().unwrap().insert(label.to_string(), p) {
+            old.kill();
+        }
+    }
+
+    /// Starts etcd (again: its data dir persists) and waits until it serves.
+    pub fn start_etcd(&self) -> Result<()> {
+        let data = self.cluster_info().etcd_data.display().to_string();
+        let url = etcd_url();
+        let p = spawn_logged(
+            &self.shared,
+            None,
+            "etcd",
+            &self.control(),
+            &[
+                "etcd",
+                "--name",
+                "lab",
+                "--data-dir",
+                &data,
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "lab=http://127.0.0.1:2380",
+                "--log-level",
+                "warn",
+            ],
+            &[("ETCD_UNSUPPORTED_ARCH", "")],
+        )?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let out = self.exec(
+                self.control(),
+                &[
+                    "etcdctl",
+                    "--endpoints",
+                    &url,
+                    "--dial-timeout=1s",
+                    "endpoint",
+                    "health",
+                ],
+            );
+            if out.status.success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd did not become healthy within {START_TIMEOUT:?}; log {}:\n{}",
+                    p.log.display(),
+                    log_tail(&p.log, 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        self.hold("etcd", p);
+        Ok(())
+    }
+
+    /// Starts controller `j` (1-based) with the lab's settings plus `extra`
+    /// and waits until it listens.
+    pub fn start_controller(&self, j: usize, extra: &[&str]) -> Result<()> {
+        let info = self.cluster_info();
+        let bin = bin_path("weft-controller");
+        let bin = bin.to_string_lossy();
+        let tls = info.pki.join(format!("c{j}")).display().to_string();
+        let listen = controller_addr(j);
+        let url = etcd_url();
+        let ttl = info.lease_ttl.map(|t| t.to_string());
+        let mut cmd: Vec<&str> = vec![
+            &bin,
+            "--etcd-endpoints",
+            &url,
+            "--listen",
+            &listen,
+            "--tls-dir",
+            &tls,
+        ];
+        if let Some(t) = &ttl {
+            cmd.extend(["--lease-ttl", t.as_str()]);
+        }
+        cmd.extend_from_slice(extra);
+        let mut p = spawn_logged(
+            &self.shared,
+            None,
+            &format!("controller-c{j}"),
+            &self.control(),
+            &cmd,
+            &[],
+        )?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if std::fs::read_to_string(&p.log).is_ok_and(|l| l.contains("listening on udp")) {
+                self.hold(&format!("controller-c{j}"), p);
+                return Ok(());
+            }
+            if let Some(st) = p.wait_timeout(Duration::ZERO) {
+                bail!(
+                    "controller c{j} exited ({}); log {}:\n{}",
+                    describe_status(&st),
+                    p.log.display(),
+                    log_tail(&p.log, 30)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("controller c{j} did not start within {START_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `weftctl --etcd-endpoints <lab etcd> ARGS…` in the control
+    /// namespace.
+    pub fn weftctl_etcd(&self, args: &[&str]) -> Output {
+        let bin = bin_path("weftctl");
+        let mut c = command_in(
+            self.control(),
+            &bin,
+            SpawnOpts {
+                own_group: true,
+                ..Default::default()
+            },
+        )
+        .expect("control namespace");
+        c.arg("--etcd-endpoints").arg(etcd_url()).args(args);
+        netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
+    }
+
+    fn weftctl_ok(&self, args: &[&str]) -> Result<()> {
+        let out = self.weftctl_etcd(args);
+        if !out.status.success() {
+            bail!(
+                "weftctl {} failed ({}): {}",
+                args.join(" "),
+                describe_status(&out.status),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// `weftctl -o json ARGS…` against the lab's etcd; panics unless it
+    /// succeeds with one JSON document.
+    pub fn weftctl_etcd_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["-o", "json"];
+        a.extend_from_slice(args);
+        let out = self.weftctl_etcd(&a);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "weftctl {} failed ({}):\nstderr: {}\nstdout: {stdout}",
+            a.join(" "),
+            describe_status(&out.status),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("weftctl {}: not JSON ({e}): {stdout}", a.join(" ")))
+    }
+
+    /// Every key under `/weft/` as (key, JSON value), read with etcdctl
+    /// straight from etcd (not through weft's code).
+    pub fn etcd_dump(&self) -> Vec<(String, serde_json::Value)> {
+        let out = self.exec(
+            self.control(),
+            &[
+                "etcdctl",
+                "--endpoints",
+                &etcd_url(),
+                "get",
+                "--prefix",
+                "/weft/",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "etcdctl get failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| {
+                (
+                    c[0].to_string(),
+                    serde_json::from_str(c[1]).unwrap_or_else(|e| {
+                        panic!("etcd value of {} is not JSON ({e}): {}", c[0], c[1])
+                    }),
+                )
+            })
+            .collect()
+    }
+}

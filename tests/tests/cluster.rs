@@ -1,0 +1,383 @@
+//! Controller, etcd and agents together: registration, subnet allocation,
+//! leases, the peer stream, failover and outages. Real etcd, real QUIC with
+//! mutual TLS, real processes in simulated hosts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use serde_json::Value;
+use weft_tests::cluster::controller_addr;
+use weft_tests::lab::{log_tail, Host, Lab, LabOpts, CLUSTER_CIDR};
+use weft_tests::wait_until;
+
+/// The peers (name → subnet) an agent reports in `weftctl status`.
+pub fn peers(h: &Host) -> BTreeMap<String, String> {
+    let s = h.weftctl_json(&["status"]);
+    s["peers"]
+        .as_array()
+        .expect("peers array")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["subnet"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn subnet_of(h: &Host) -> String {
+    h.weftctl_json(&["status"])["subnet"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// (host → subnet) and the subnet records, read with etcdctl.
+fn etcd_state(lab: &Lab) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
+    let mut hosts = BTreeMap::new();
+    let mut subnets = BTreeMap::new();
+    for (k, v) in lab.etcd_dump() {
+        if let Some(name) = k.strip_prefix("/weft/hosts/") {
+            assert_eq!(v["name"], name, "host record {k} names another host");
+            hosts.insert(name.to_string(), v["subnet"].as_str().unwrap().to_string());
+        } else if let Some(s) = k.strip_prefix("/weft/subnets/") {
+            subnets.insert(s.replace('-', "/"), v);
+        }
+    }
+    (hosts, subnets)
+}
+
+/// Every host's subnet is distinct, inside `cidr`, and its subnet key names
+/// it and is not a reservation. Returns host → subnet.
+fn assert_consistent_in(lab: &Lab, cidr: &str) -> BTreeMap<String, String> {
+    let (hosts, subnets) = etcd_state(lab);
+    let cidr: Ipv4Network = cidr.parse().unwrap();
+    let distinct: BTreeSet<&String> = hosts.values().collect();
+    assert_eq!(
+        distinct.len(),
+        hosts.len(),
+        "a subnet is held twice: {hosts:?}"
+    );
+    for (h, s) in &hosts {
+        let net: Ipv4Network = s.parse().unwrap();
+        assert!(
+            cidr.contains(net.network()) && net.prefix() == 24,
+            "{h}: {s}"
+        );
+        let rec = subnets
+            .get(s)
+            .unwrap_or_else(|| panic!("no subnet key for {h}'s {s}"));
+        assert_eq!(rec["host"], h.as_str(), "subnet {s} names {}", rec["host"]);
+        assert_eq!(rec["reserved"], false, "{s} is reserved");
+    }
+    hosts
+}
+
+fn assert_consistent(lab: &Lab) -> BTreeMap<String, String> {
+    assert_consistent_in(lab, CLUSTER_CIDR)
+}
+
+fn others(hosts: &BTreeMap<String, String>, me: &str) -> BTreeMap<String, String> {
+    hosts
+        .iter()
+        .filter(|(n, _)| *n != me)
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect()
+}
+
+/// Waits until `h` reports exactly `want` as its peers.
+fn wait_peers(h: &Host, want: &BTreeMap<String, String>, timeout: Duration) {
+    let mut last = BTreeMap::new();
+    let ok = wait_until(timeout, || {
+        last = peers(h);
+        &last == want
+    });
+    assert!(
+        ok,
+        "{}: peers {last:?}, expected {want:?}; agent log:\n{}",
+        h.name,
+        log_tail(&h.agent_log(), 30)
+    );
+}
+
+fn controller_of(h: &Host) -> (bool, String) {
+    let s = h.weftctl_json(&["status"]);
+    (
+        s["controller"]["connected"].as_bool().unwrap(),
+        s["controller"]["address"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+#[test]
+fn agents_register_get_stable_subnets_and_see_each_other() {
+    let lab = Lab::new(LabOpts::cluster(3, 2));
+    let mut agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
+    let hosts = assert_consistent(&lab);
+    assert_eq!(hosts.len(), 3);
+    for h in lab.hosts() {
+        assert_eq!(subnet_of(h), hosts[&h.name]);
+        let st = h.weftctl_json(&["status"]);
+        assert_eq!(st["controller"]["connected"], true, "{st}");
+        // The bridge gateway is the subnet's first address.
+        let net: Ipv4Network = hosts[&h.name].parse().unwrap();
+        assert_eq!(
+            st["gateway"],
+            std::net::Ipv4Addr::from(u32::from(net.network()) + 1).to_string()
+        );
+        wait_peers(h, &others(&hosts, &h.name), Duration::from_secs(10));
+        // Table form names the controller and the peers.
+        let table = String::from_utf8(h.weftctl(&["status"]).stdout).unwrap();
+        assert!(table.contains("connected to 198.18.0."), "{table}");
+        for (n, s) in others(&hosts, &h.name) {
+            assert!(table.contains(&n) && table.contains(&s), "{table}");
+        }
+    }
+    // An agent restarts (crash): same subnet, its namespace still there and
+    // served before any controller answers again.
+    let h2 = lab.host(2);
+    let ep = h2.ns_add("web", &[]);
+    agents[1].kill();
+    let _a2 = h2.start_agent(&[]);
+    assert_eq!(subnet_of(h2), hosts["h2"]);
+    assert_eq!(h2.weftctl_json(&["ns", "show", "web"])["ip"], ep["ip"]);
+    assert!(lab.ping(h2.endpoint("web"), st_gateway(h2)));
+    assert_eq!(assert_consistent(&lab), hosts);
+    // A graceful stop and start gives the same subnet too.
+    assert!(agents[0].stop().success());
+    let _a1 = lab.host(1).start_agent(&[]);
+    assert_eq!(subnet_of(lab.host(1)), hosts["h1"]);
+    assert_eq!(assert_consistent(&lab), hosts);
+}
+
+fn st_gateway(h: &Host) -> String {
+    h.weftctl_json(&["status"])["gateway"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn fifty_agents_register_at_once_through_two_controllers() {
+    let lab = Lab::new(LabOpts::cluster(50, 2));
+    // Reservations must never be handed out.
+    let reserved = ["10.244.0.0/24", "10.244.1.0/24", "10.244.200.0/24"];
+    for r in reserved {
+        lab.weftctl_etcd_json(&["subnet", "reserve", r]);
+    }
+    let mut agents: Vec<_> = lab
+        .hosts()
+        .iter()
+        .map(|h| h.spawn_agent(&[]).expect("spawn agent"))
+        .collect();
+    for a in &mut agents {
+        a.wait_ready(Duration::from_secs(60)).expect("agent ready");
+    }
+    let hosts = assert_consistent(&lab);
+    assert_eq!(hosts.len(), 50, "{hosts:?}");
+    for r in reserved {
+        assert!(
+            !hosts.values().any(|s| s == r),
+            "reserved {r} was allocated"
+        );
+    }
+    // Each agent serves what etcd says it holds.
+    for h in lab.hosts() {
+        assert_eq!(subnet_of(h), hosts[&h.name], "{}", h.name);
+    }
+    // Both controllers took registrations.
+    for j in 1..=2 {
+        let log = std::fs::read_to_string(lab.held_log(&format!("controller-c{j}"))).unwrap();
+        assert!(
+            log.contains("registered"),
+            "controller c{j} registered no host:\n{log}"
+        );
+    }
+    // The last host sees all 49 others.
+    wait_peers(
+        lab.host(50),
+        &others(&hosts, "h50"),
+        Duration::from_secs(15),
+    );
+    let list = lab.weftctl_etcd_json(&["subnet", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 53);
+}
+
+#[test]
+fn lease_end_frees_the_subnet_and_peers_drop_the_host() {
+    let lab = Lab::new(LabOpts {
+        lease_ttl: Some(3),
+        ..LabOpts::cluster(3, 1)
+    });
+    let mut agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
+    let hosts = assert_consistent(&lab);
+    wait_peers(lab.host(1), &others(&hosts, "h1"), Duration::from_secs(10));
+    // h3 stops; nothing keeps its lease alive any more.
+    assert!(agents[2].stop().success());
+    let gone = wait_until(Duration::from_secs(20), || {
+        !etcd_state(&lab).0.contains_key("h3")
+    });
+    assert!(gone, "h3's host record outlived its 3 s lease");
+    assert!(
+        !etcd_state(&lab).1.contains_key(&hosts["h3"]),
+        "h3's subnet key outlived its lease"
+    );
+    let mut want = others(&hosts, "h1");
+    want.remove("h3");
+    wait_peers(lab.host(1), &want, Duration::from_secs(10));
+    let mut want2 = others(&hosts, "h2");
+    want2.remove("h3");
+    wait_peers(lab.host(2), &want2, Duration::from_secs(10));
+    // The live hosts' leases are kept alive well past the TTL.
+    std::thread::sleep(Duration::from_secs(4));
+    let now = assert_consistent(&lab);
+    assert_eq!(now.len(), 2, "{now:?}");
+    // h3 comes back: it serves its saved subnet at once, and registers
+    // it again since it is still free.
+    let _a3 = lab.host(3).start_agent(&[]);
+    assert_eq!(subnet_of(lab.host(3)), hosts["h3"]);
+    assert!(wait_until(Duration::from_secs(10), || etcd_state(&lab)
+        .0
+        .len()
+        == 3));
+    assert_eq!(assert_consistent(&lab), hosts);
+    wait_peers(lab.host(1), &others(&hosts, "h1"), Duration::from_secs(10));
+}
+
+#[test]
+fn agents_fail_over_when_a_controller_dies() {
+    let lab = Lab::new(LabOpts::cluster(4, 2));
+    let _agents: Vec<_> = lab.hosts()[..3]
+        .iter()
+        .map(|h| h.start_agent(&[]))
+        .collect();
+    let before = assert_consistent(&lab);
+    let on_c1: Vec<&Host> = lab.hosts()[..3]
+        .iter()
+        .filter(|h| controller_of(h).1 == controller_addr(1))
+        .collect();
+    assert!(lab.kill_held("controller-c1"));
+    let c2 = controller_addr(2);
+    for h in &lab.hosts()[..3] {
+        let ok = wait_until(Duration::from_secs(30), || {
+            controller_of(h) == (true, c2.clone())
+        });
+        assert!(
+            ok,
+            "{} did not fail over to {c2}: {:?}\n{}",
+            h.name,
+            controller_of(h),
+            log_tail(&h.agent_log(), 20)
+        );
+    }
+    // Same subnets after the failover.
+    assert_eq!(assert_consistent(&lab), before);
+    // A new host still registers, and the others learn of it.
+    let _a4 = lab.host(4).start_agent(&[]);
+    let hosts = assert_consistent(&lab);
+    assert_eq!(hosts.len(), 4);
+    wait_peers(lab.host(1), &others(&hosts, "h1"), Duration::from_secs(10));
+    if let Some(h) = on_c1.first() {
+        let log = std::fs::read_to_string(h.agent_log()).unwrap();
+        assert!(log.contains("lost controller"), "{log}");
+    }
+}
+
+#[test]
+fn etcd_outage_is_survived_without_restarts() {
+    let lab = Lab::new(LabOpts::cluster(3, 2));
+    let _a: Vec<_> = lab.hosts()[..2]
+        .iter()
+        .map(|h| h.start_agent(&[]))
+        .collect();
+    let before = assert_consistent(&lab);
+    let h1 = lab.host(1);
+    h1.ns_add("a", &[]);
+    let b = h1.ns_add("b", &[]);
+    let b_ip = b["ip"].as_str().unwrap().to_string();
+
+    assert!(lab.kill_held("etcd"));
+    // A host that starts during the outage waits (and says why).
+    let mut a3 = lab.host(3).spawn_agent(&[]).unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        assert!(
+            lab.ping(h1.endpoint("a"), &b_ip),
+            "endpoints broke during the etcd outage"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !lab.host(3).weftctl(&["status"]).status.success(),
+        "h3 serves without a subnet"
+    );
+    let log3 = std::fs::read_to_string(lab.host(3).agent_log()).unwrap();
+    assert!(
+        log3.contains("etcd"),
+        "h3's log does not name the cause:\n{log3}"
+    );
+    // Existing agents stayed connected to their controllers.
+    for h in &lab.hosts()[..2] {
+        assert!(
+            controller_of(h).0,
+            "{} lost its controller during the etcd outage",
+            h.name
+        );
+    }
+    lab.start_etcd().unwrap();
+    a3.wait_ready(Duration::from_secs(30))
+        .expect("h3 registers once etcd is back");
+    let after = assert_consistent(&lab);
+    assert_eq!(after.len(), 3);
+    for (h, s) in &before {
+        assert_eq!(&after[h], s, "{h} changed subnet across the outage");
+    }
+    // The controllers' watches resumed: old hosts learn of h3.
+    wait_peers(h1, &others(&after, "h1"), Duration::from_secs(15));
+    for j in 1..=2 {
+        let log = std::fs::read_to_string(lab.held_log(&format!("controller-c{j}"))).unwrap();
+        assert!(
+            log.contains("retrying"),
+            "controller c{j} did not report the outage:\n{log}"
+        );
+    }
+    assert!(lab.ping(h1.endpoint("a"), &b_ip));
+}
+
+#[test]
+fn subnet_exhaustion_is_a_clear_error_and_others_keep_working() {
+    let lab = Lab::new(LabOpts {
+        cluster_cidr: Some("10.244.0.0/23".into()),
+        ..LabOpts::cluster(3, 1)
+    });
+    let mut a1 = lab.host(1).start_agent(&[]);
+    let _a2 = lab.host(2).start_agent(&[]);
+    let _a3 = lab.host(3).spawn_agent(&[]).unwrap();
+    let log3 = lab.host(3).agent_log();
+    let said = wait_until(Duration::from_secs(15), || {
+        std::fs::read_to_string(&log3)
+            .unwrap_or_default()
+            .contains("no free subnet left in 10.244.0.0/23")
+    });
+    assert!(said, "h3's log does not explain:\n{}", log_tail(&log3, 20));
+    assert!(controller_of(lab.host(2)).0);
+    // Decommission h1: its subnet goes to the waiting h3.
+    assert!(a1.stop().success());
+    let rm = lab.weftctl_etcd_json(&["host", "rm", "h1"]);
+    assert_eq!(rm["name"], "h1");
+    let ready = wait_until(Duration::from_secs(30), || {
+        lab.host(3).socket().exists() && lab.host(3).weftctl(&["status"]).status.success()
+    });
+    assert!(
+        ready,
+        "h3 never got h1's freed subnet:\n{}",
+        log_tail(&log3, 20)
+    );
+    let hosts = assert_consistent_in(&lab, "10.244.0.0/23");
+    assert_eq!(hosts.keys().collect::<Vec<_>>(), ["h2", "h3"]);
+    wait_peers(lab.host(2), &others(&hosts, "h2"), Duration::from_secs(10));
+}
