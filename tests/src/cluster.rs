@@ -138,6 +138,16 @@ impl Lab {
         }
     }
 
+    /// Pid of a held process.
+    pub fn held_pid(&self, label: &str) -> u32 {
+        self.held
+            .lock()
+            .unwrap()
+            .get(label)
+            .map(|p| p.pid())
+            .unwrap_or_else(|| panic!("no process {label} held by the lab"))
+    }
+
     /// Log file of a held process.
     pub fn held_log(&self, label: &str) -> PathBuf {
         self.held

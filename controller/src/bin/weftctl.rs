@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -558,14 +559,20 @@ impl Etcd {
             .build()
             .map_err(|e| Failure(format!("start runtime: {e}"), 1))?;
         let eps = self.endpoints.join(",");
+        let _ = ETCD_ENDPOINTS.set(eps.clone());
         rt.block_on(async {
             let store = Store::connect(&self.endpoints, &self.prefix, Duration::from_secs(5))
                 .await
-                .map_err(|e| {
-                    Failure(
+                .map_err(|e| match &e {
+                    // The client connects lazily: failing here means a URL it cannot use.
+                    StoreError::Etcd(etcd_client::Error::InvalidUri(u)) => Failure(
+                        format!("--etcd-endpoints {eps:?}: not a usable URL ({u})"),
+                        2,
+                    ),
+                    _ => Failure(
                         format!("cannot reach etcd at {eps}: {}", etcd_reason(&e)),
                         1,
-                    )
+                    ),
                 })?;
             f(store).await
         })
@@ -577,10 +584,44 @@ fn etcd_reason(e: &StoreError) -> String {
     s.strip_prefix("etcd: ").unwrap_or(&s).to_string()
 }
 
+/// The `--etcd-endpoints` of this run, for error messages.
+static ETCD_ENDPOINTS: OnceLock<String> = OnceLock::new();
+
+/// Why etcd could not be reached, if that is what `e` is: the client
+/// connects lazily, so a refused connection, a failed name lookup or a
+/// timeout surfaces on the first request as gRPC Unavailable,
+/// DeadlineExceeded or Cancelled (tonic's request timeout).
+fn unreachable_reason(e: &etcd_client::Error) -> Option<String> {
+    use std::error::Error;
+    let (mut why, mut cause) = match e {
+        etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 1 | 4 | 14) => {
+            (s.message().to_string(), s.source())
+        }
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        etcd_client::Error::IoError(io) => (io.to_string(), io.source()),
+        _ => return None,
+    };
+    // The innermost cause says it best (e.g. "Connection refused (os error 111)").
+    while let Some(c) = cause {
+        why = c.to_string();
+        cause = c.source();
+    }
+    Some(why)
+}
+
 fn store_err(e: StoreError) -> Failure {
-    match e {
-        StoreError::Etcd(_) => Failure(format!("etcd request failed: {}", etcd_reason(&e)), 1),
-        e => Failure(e.to_string(), 1),
+    match &e {
+        StoreError::Etcd(err) => match unreachable_reason(err) {
+            Some(why) => Failure(
+                format!(
+                    "cannot reach etcd at {}: {why}",
+                    ETCD_ENDPOINTS.get().map_or("?", String::as_str)
+                ),
+                1,
+            ),
+            None => Failure(format!("etcd request failed: {}", etcd_reason(&e)), 1),
+        },
+        _ => Failure(e.to_string(), 1),
     }
 }
 
@@ -765,6 +806,9 @@ async fn subnet(json: bool, store: Store, c: SubnetCommand) -> Result<(), Failur
             Ok(())
         }
         SubnetCommand::Reserve { cidr, host } => {
+            if let Some(h) = &host {
+                weft_common::validate_name(h).map_err(|e| Failure(e.to_string(), 2))?;
+            }
             let rec = store
                 .reserve(cidr, host.as_deref())
                 .await
