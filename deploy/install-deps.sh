@@ -10,7 +10,8 @@ pkgs=(
   procps               # pgrep/ps for the test bed
   kmod                 # modprobe for bridge/veth/vxlan modules
   protobuf-compiler    # protoc, needed to build etcd-client
-  etcd-server          # real etcd for controller tests
+  etcd-server          # etcd: the cluster state (controller tests, weft-lab)
+  etcd-client          # etcdctl: tests read etcd with it, independently of weft
   containernetworking-plugins  # CNI bridge/host-local, the benchmark's reference
   iptables             # the CNI bridge plugin's ipMasq uses it (weft-bench)
 )

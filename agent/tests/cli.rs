@@ -164,7 +164,12 @@ fn shipped_example_config_is_valid() {
     let (code, out, err) = agent(&["--config", example, "--check-config"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["subnet"], "10.244.1.0/24");
+    assert_eq!(
+        v["controllers"],
+        serde_json::json!(["10.0.0.5:7470", "10.0.0.6:7470"])
+    );
+    assert_eq!(v["tls_dir"], "/etc/weft/tls");
+    assert_eq!(v["subnet"], serde_json::Value::Null);
 }
 
 #[test]

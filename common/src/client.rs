@@ -170,5 +170,47 @@ pub fn kind(m: &ControllerMsg) -> &'static str {
 
 /// A client endpoint on an ephemeral UDP port.
 pub fn endpoint() -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+    let socket = udp_socket(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Socket buffer size asked for on QUIC sockets: a controller receives the
+/// handshakes of a whole fleet at once after an outage, and a burst larger
+/// than the default (~200 KiB) is dropped and retried only after a timeout.
+pub const UDP_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER`]-sized buffers (forced
+/// past `net.core.rmem_max` when the process may, else as large as allowed).
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let fd = socket.as_raw_fd();
+    let size = UDP_BUFFER as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| {
+            // SAFETY: fd is a valid socket for the duration of the call and
+            // the option value is a c_int of the size passed.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &size as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+    Ok(socket)
 }

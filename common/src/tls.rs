@@ -130,6 +130,14 @@ pub fn server_config(tls_dir: &Path) -> Result<quinn::ServerConfig, TlsError> {
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(idle(SERVER_IDLE_TIMEOUT)?));
+    // One agent session is one bidirectional stream of small frames: allow
+    // exactly that, and keep per-connection buffers small, so a controller
+    // holds thousands of sessions in little memory.
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.stream_receive_window((256u32 << 10).into());
+    transport.receive_window((512u32 << 10).into());
+    transport.datagram_receive_buffer_size(None);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

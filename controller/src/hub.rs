@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::{broadcast, RwLock};
 use tracing::{debug, info, warn};
@@ -25,11 +27,16 @@ use crate::store::Store;
 /// snapshot instead.
 const FANOUT_BUFFER: usize = 4096;
 
-/// A delta, ready to write.
+/// Changes arriving within this window are sent as one delta: a
+/// registration storm then costs each session a few frames per window
+/// instead of one per host.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// A delta, ready to write. The bytes are shared by every session.
 #[derive(Debug)]
 pub struct Frame {
     pub revision: i64,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 #[derive(Default)]
@@ -38,6 +45,9 @@ struct View {
     hosts: BTreeMap<String, HostRecord>,
     /// Whether the view has been loaded from etcd at least once.
     ready: bool,
+    /// The snapshot frame of this revision, encoded once for every session
+    /// that subscribes before the next change.
+    snapshot: Option<Bytes>,
 }
 
 pub struct Hub {
@@ -64,18 +74,26 @@ impl Hub {
 
     /// A snapshot frame (every host) and a receiver for the deltas after it.
     /// Waits until the view has been loaded once.
-    pub async fn subscribe(&self) -> (i64, Vec<u8>, broadcast::Receiver<Arc<Frame>>) {
+    pub async fn subscribe(&self) -> (i64, Bytes, broadcast::Receiver<Arc<Frame>>) {
         loop {
             let notified = self.ready.notified();
             {
-                let v = self.view.read().await;
+                let mut v = self.view.write().await;
                 if v.ready {
                     let rx = self.tx.subscribe();
-                    let msg = ControllerMsg::Snapshot {
-                        revision: v.revision,
-                        peers: v.hosts.values().cloned().collect(),
+                    let snap = match &v.snapshot {
+                        Some(b) => b.clone(),
+                        None => {
+                            let msg = ControllerMsg::Snapshot {
+                                revision: v.revision,
+                                peers: v.hosts.values().cloned().collect(),
+                            };
+                            let b = Bytes::from(wire::encode(&msg));
+                            v.snapshot = Some(b.clone());
+                            b
+                        }
                     };
-                    return (v.revision, wire::encode(&msg), rx);
+                    return (v.revision, snap, rx);
                 }
             }
             notified.await;
@@ -118,6 +136,7 @@ impl Hub {
             }
         }
         v.revision = v.revision.max(revision);
+        v.snapshot = None;
         let was_ready = v.ready;
         v.ready = true;
         if !effective.is_empty() {
@@ -138,7 +157,7 @@ impl Hub {
             };
             let frame = Arc::new(Frame {
                 revision,
-                bytes: wire::encode(&msg),
+                bytes: Bytes::from(wire::encode(&msg)),
             });
             // No receivers is fine: nobody is connected.
             let _ = self.tx.send(frame);
@@ -203,41 +222,81 @@ impl Hub {
                 ),
             )
             .await?;
+        // A reader task hands responses over a channel, so batching never
+        // cancels a half-read response.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = stream.message().await;
+                let end = !matches!(r, Ok(Some(_)));
+                if tx.send(r).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(reader);
         loop {
-            let Some(resp) = stream.message().await? else {
+            let Some(first) = rx.recv().await else {
                 anyhow::bail!("watch stream ended");
             };
-            if resp.canceled() || resp.compact_revision() > 0 {
-                info!(
-                    "host watch cancelled (compacted at {}: {}); listing again",
-                    resp.compact_revision(),
-                    resp.cancel_reason()
-                );
-                return Ok(());
+            let mut batch = vec![first];
+            // Gather what else arrives within the batch window.
+            let until = tokio::time::Instant::now() + BATCH_WINDOW;
+            while batch.len() < 1024 {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    Ok(None) | Err(_) => break,
+                }
             }
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
             let mut changes = Vec::new();
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key());
-                let Some(name) = key.strip_prefix(prefix.as_str()) else {
-                    continue;
+            let mut rev = 0;
+            for r in batch {
+                let Some(resp) = r? else {
+                    anyhow::bail!("watch stream ended");
                 };
-                match ev.event_type() {
-                    EventType::Put => match serde_json::from_slice::<HostRecord>(kv.value()) {
-                        Ok(h) if h.name == name && h.validate().is_ok() => {
-                            changes.push(PeerChange::Upsert { host: h })
-                        }
-                        _ => warn!("ignoring unreadable host record at {key}"),
-                    },
-                    EventType::Delete => changes.push(PeerChange::Remove {
-                        name: name.to_string(),
-                    }),
+                if resp.canceled() || resp.compact_revision() > 0 {
+                    info!(
+                        "host watch cancelled (compacted at {}: {}); listing again",
+                        resp.compact_revision(),
+                        resp.cancel_reason()
+                    );
+                    if !changes.is_empty() {
+                        self.apply(rev, changes).await;
+                    }
+                    return Ok(());
+                }
+                rev = rev.max(resp.header().map(|h| h.revision()).unwrap_or(0));
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let key = String::from_utf8_lossy(kv.key());
+                    let Some(name) = key.strip_prefix(prefix.as_str()) else {
+                        continue;
+                    };
+                    match ev.event_type() {
+                        EventType::Put => match serde_json::from_slice::<HostRecord>(kv.value()) {
+                            Ok(h) if h.name == name && h.validate().is_ok() => {
+                                changes.push(PeerChange::Upsert { host: h })
+                            }
+                            _ => warn!("ignoring unreadable host record at {key}"),
+                        },
+                        EventType::Delete => changes.push(PeerChange::Remove {
+                            name: name.to_string(),
+                        }),
+                    }
                 }
             }
             if !changes.is_empty() {
                 self.apply(rev, changes).await;
             }
         }
+    }
+}
+
+/// Aborts a task when dropped (the watch reader dies with its watch).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -2,6 +2,7 @@
 //! QUIC control channel to agents. `weftctl` shares the etcd code.
 
 pub mod hub;
+pub mod leases;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -61,7 +61,29 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(e.kind(), DisplayHelp | DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's message without the usage block.
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!(
+                "weft-controller: {} (see weft-controller --help)",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
@@ -119,8 +141,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let endpoint = quinn::Endpoint::server(tls, args.listen)
+    let socket = weft_common::client::udp_socket(args.listen)
         .with_context(|| format!("listen on udp {}", args.listen))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(tls),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("listen on udp {}", args.listen))?;
     info!(
         "weft-controller {} listening on udp {} (etcd {}, prefix {}, lease ttl {} s)",
         env!("CARGO_PKG_VERSION"),
@@ -149,7 +178,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let hub = Arc::new(Hub::new());
     tokio::spawn(hub.clone().run(store.clone()));
+    let leases = weft_controller::leases::Leases::new(store.clone(), args.lease_ttl);
+    tokio::spawn(leases.clone().run());
     let ctl = Arc::new(Controller {
+        leases,
         store,
         hub,
         lease_ttl: args.lease_ttl,

@@ -166,10 +166,9 @@ pub fn issue(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match role {
         Role::Agent => vec![ExtendedKeyUsagePurpose::ClientAuth],
-        Role::Controller => vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
+        // Server only: a controller's certificate cannot be used to
+        // register as a host (the controller requires clientAuth).
+        Role::Controller => vec![ExtendedKeyUsagePurpose::ServerAuth],
     };
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, NODE_VALIDITY)?;
@@ -569,7 +568,8 @@ mod tests {
         let ips: [IpAddr; 2] = ["198.18.0.10".parse().unwrap(), "::1".parse().unwrap()];
         let ctl = issue(&t.0, "ctl-1", Role::Controller, &ips, false).unwrap();
         let leaf = ctl.join(CERT_FILE);
-        verify_as_client(&ca, &leaf).unwrap();
+        // A controller's certificate cannot act as an agent's.
+        assert!(verify_as_client(&ca, &leaf).is_err());
         verify_as_server(&ca, &leaf, "ctl-1").unwrap();
         verify_as_server(&ca, &leaf, "198.18.0.10").unwrap();
         verify_as_server(&ca, &leaf, "::1").unwrap();
@@ -591,7 +591,8 @@ mod tests {
         // A certificate from another CA does not verify against this one.
         let other = TempDir::new("other");
         init_ca(&other.0).unwrap();
-        assert!(verify_as_client(&other.0.join(CA_CERT_FILE), &leaf).is_err());
+        assert!(verify_as_server(&other.0.join(CA_CERT_FILE), &leaf, "ctl-1").is_err());
+        assert!(verify_as_client(&other.0.join(CA_CERT_FILE), &agent.join(CERT_FILE)).is_err());
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct Controller {
     pub hub: Arc<Hub>,
     /// Lease TTL for host keys, seconds.
     pub lease_ttl: i64,
+    pub leases: Arc<crate::leases::Leases>,
     /// Connected, registered agents.
     pub sessions: AtomicUsize,
 }
@@ -111,13 +112,14 @@ async fn session(
     ctl: &Controller,
     node_out: &mut Option<String>,
 ) -> End {
-    let (mut send, recv) = match tokio::time::timeout(REGISTER_WAIT, conn.accept_bi()).await {
+    let deadline = tokio::time::Instant::now() + REGISTER_WAIT;
+    let (mut send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Err(_) => return End::Protocol(format!("opened no stream within {REGISTER_WAIT:?}")),
         Ok(Err(e)) => return End::Protocol(format!("connection lost before registering: {e}")),
         Ok(Ok(s)) => s,
     };
     let mut reader = FrameReader::new(recv, wire::MAX_AGENT_FRAME);
-    let first = match tokio::time::timeout(REGISTER_WAIT, reader.read::<AgentMsg>()).await {
+    let first = match tokio::time::timeout_at(deadline, reader.read::<AgentMsg>()).await {
         Err(_) => return End::Protocol(format!("sent no registration within {REGISTER_WAIT:?}")),
         Ok(Err(e)) => return End::Protocol(format!("bad first frame: {e}")),
         Ok(Ok(None)) => return End::Protocol("closed the stream before registering".into()),
@@ -184,10 +186,9 @@ async fn stream(
     ctl: &Controller,
     lease: i64,
 ) -> End {
-    let keepalive = keep_alive(ctl.store.clone(), lease, ctl.lease_ttl);
-    tokio::pin!(keepalive);
+    let mut hold = ctl.leases.hold(lease);
     let (mut rev, snapshot, mut rx) = ctl.hub.subscribe().await;
-    if let Err(e) = send.write_all(&snapshot).await {
+    if let Err(e) = send.write_chunk(snapshot).await {
         return End::Protocol(format!("write snapshot: {e}"));
     }
     debug!("snapshot at revision {rev} sent");
@@ -196,7 +197,7 @@ async fn stream(
             f = rx.recv() => match f {
                 Ok(f) => {
                     if f.revision > rev {
-                        if let Err(e) = send.write_all(&f.bytes).await {
+                        if let Err(e) = send.write_chunk(f.bytes.clone()).await {
                             return End::Protocol(format!("write delta: {e}"));
                         }
                         rev = f.revision;
@@ -207,7 +208,7 @@ async fn stream(
                     let (r, snap, new_rx) = ctl.hub.subscribe().await;
                     rx = new_rx;
                     rev = r;
-                    if let Err(e) = send.write_all(&snap).await {
+                    if let Err(e) = send.write_chunk(snap).await {
                         return End::Protocol(format!("write snapshot: {e}"));
                     }
                 }
@@ -228,7 +229,11 @@ async fn stream(
                 }
                 Ok(Err(e)) => return End::Protocol(e.to_string()),
             },
-            why = &mut keepalive => return End::Refused(why),
+            r = hold.gone.changed() => {
+                if r.is_err() || *hold.gone.borrow() {
+                    return End::Refused("this host's record is gone (its lease ended or `weftctl host rm` removed it); register again".into());
+                }
+            }
         }
     }
 }
@@ -243,39 +248,4 @@ fn conn_closed_by_peer(e: &std::io::Error) -> bool {
                 quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_))
             )
         })
-}
-
-/// Keeps `lease` alive; returns only when the lease no longer exists (it
-/// expired or the host was removed). etcd errors are retried with backoff.
-async fn keep_alive(store: Store, lease: i64, ttl: i64) -> String {
-    let interval = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).clamp(300, 60_000));
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let mut client = store.client();
-        match client.lease_keep_alive(lease).await {
-            Ok((mut keeper, mut stream)) => loop {
-                if let Err(e) = keeper.keep_alive().await {
-                    warn!("lease {lease:x} keep-alive: {e}");
-                    break;
-                }
-                match stream.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => {
-                        backoff = Duration::from_millis(200);
-                        tokio::time::sleep(interval).await;
-                    }
-                    Ok(Some(_)) => {
-                        return "this host's record is gone (its lease ended or `weftctl host rm` removed it); register again".into()
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!("lease {lease:x} keep-alive: {e}");
-                        break;
-                    }
-                }
-            },
-            Err(e) => warn!("lease {lease:x} keep-alive: {e}"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
 }

@@ -192,7 +192,7 @@ impl Lab {
                 "--log-level",
                 "warn",
             ],
-            &[("ETCD_UNSUPPORTED_ARCH", "")],
+            &[],
         )?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

@@ -412,19 +412,25 @@ mod register {
         let result = weft_tests::netns::in_netns(
             &host_ns,
             move || -> Result<(f64, f64, Vec<f64>, usize, usize)> {
+                let n = names.len();
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
-                    let endpoint = weft_common::client::endpoint()?;
+                    // One UDP socket per 25 agents: a real agent has its
+                    // own, and one socket for a thousand handshakes would
+                    // measure this process's receive buffer.
+                    let endpoints: Vec<quinn::Endpoint> = (0..n.div_ceil(25))
+                        .map(|_| weft_common::client::endpoint())
+                        .collect::<std::io::Result<_>>()?;
                     let t0 = Instant::now();
                     let (snap_tx, mut snap_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
                     let retries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     let mut tasks = Vec::new();
                     for (i, name) in names.into_iter().enumerate() {
                         let tls = weft_common::tls::client_config(&pki.join(&name))?;
-                        let endpoint = endpoint.clone();
+                        let endpoint = endpoints[i / 25].clone();
                         let addr = addr.clone();
                         let snap_tx = snap_tx.clone();
                         let retries = retries.clone();
@@ -532,6 +538,22 @@ mod register {
             .as_array()
             .map(|a| a.len())
             .unwrap_or(0);
+        // Stop the controller the way an operator would (SIGTERM), so tools
+        // that report at exit (e.g. a heap profiler wrapped around it via
+        // WEFT_BIN_DIR) get to.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(ctl_pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let stop = Instant::now();
+        while std::path::Path::new(&format!("/proc/{ctl_pid}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{ctl_pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+            && stop.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         anyhow::ensure!(
             hosts == n - failures,
             "etcd holds {hosts} hosts after {} successful registrations",
