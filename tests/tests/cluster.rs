@@ -285,6 +285,24 @@ fn agents_fail_over_when_a_controller_dies() {
         let log = std::fs::read_to_string(h.agent_log()).unwrap();
         assert!(log.contains("lost controller"), "{log}");
     }
+    // No controller at all: a restarted agent still serves its saved subnet
+    // and its namespaces (fail static).
+    let h1 = lab.host(1);
+    let a = h1.ns_add("a", &[]);
+    let b = h1.ns_add("b", &[]);
+    assert!(lab.kill_held("controller-c2"));
+    drop(_agents);
+    let _again = h1.start_agent(&[]);
+    assert_eq!(subnet_of(h1), hosts["h1"]);
+    assert!(!controller_of(h1).0, "connected with every controller down");
+    assert_eq!(h1.weftctl_json(&["ns", "show", "a"])["ip"], a["ip"]);
+    assert!(lab.ping(h1.endpoint("a"), b["ip"].as_str().unwrap()));
+    // Its peers are still known (saved with the subnet).
+    assert_eq!(peers(h1), others(&hosts, "h1"));
+    // A controller comes back: the agent reconnects by itself.
+    lab.start_controller(1, &[]).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || controller_of(h1).0));
+    assert_eq!(assert_consistent(&lab), hosts);
 }
 
 #[test]
