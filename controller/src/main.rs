@@ -69,17 +69,9 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // One line: clap's message without the usage block.
-            let text = e.render().to_string();
-            let line = text
-                .lines()
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ");
             eprintln!(
                 "weft-controller: {} (see weft-controller --help)",
-                line.trim_start_matches("error: ")
+                weft_controller::one_line(&e)
             );
             return ExitCode::from(2);
         }

@@ -225,16 +225,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            let rendered = e.render().to_string();
-            // clap's message may continue on indented lines (missing arguments); keep them, drop the usage block.
-            let first = rendered
-                .lines()
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim_start_matches("error: ")
-                .to_string();
+            let first = weft_controller::one_line(&e);
             return fail(
                 json_requested,
                 &Failure(format!("{first} (see weftctl --help)"), 2),
