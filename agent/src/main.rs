@@ -22,14 +22,7 @@ use tracing::{error, info};
 
 fn main() -> ExitCode {
     let args = config::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    weft_common::logging::init();
     let check_only = args.check_config;
     let cfg = match config::resolve(args) {
         Ok(c) => c,

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod cluster;
+pub mod logging;
 pub mod mac;
 pub mod name;
 pub mod publish;

@@ -100,18 +100,6 @@ impl Hub {
         }
     }
 
-    pub async fn host(&self, name: &str) -> Option<HostRecord> {
-        self.view.read().await.hosts.get(name).cloned()
-    }
-
-    pub async fn len(&self) -> usize {
-        self.view.read().await.hosts.len()
-    }
-
-    pub async fn is_empty(&self) -> bool {
-        self.len().await == 0
-    }
-
     /// Applies changes at `revision` to the view and broadcasts them.
     async fn apply(&self, revision: i64, changes: Vec<PeerChange>) {
         let mut v = self.view.write().await;
@@ -170,21 +158,17 @@ impl Hub {
 
     /// Replaces the view with a full listing, broadcasting the difference.
     async fn resync(&self, revision: i64, hosts: BTreeMap<String, HostRecord>) {
-        let old = self.view.read().await.hosts.clone();
-        let mut changes = Vec::new();
-        for name in old.keys() {
-            if !hosts.contains_key(name) {
-                changes.push(PeerChange::Remove { name: name.clone() });
-            }
-        }
-        for (name, h) in hosts {
-            if old.get(&name).is_none_or(|o| !o.same_tunnel(&h)) {
-                changes.push(PeerChange::Upsert { host: h });
-            } else {
-                // Refresh last_seen without a broadcast.
-                self.view.write().await.hosts.insert(name, h);
-            }
-        }
+        // `apply` broadcasts only what differs in tunnel terms.
+        let mut changes: Vec<PeerChange> = self
+            .view
+            .read()
+            .await
+            .hosts
+            .keys()
+            .filter(|n| !hosts.contains_key(*n))
+            .map(|name| PeerChange::Remove { name: name.clone() })
+            .collect();
+        changes.extend(hosts.into_values().map(|host| PeerChange::Upsert { host }));
         self.apply(revision, changes).await;
     }
 

@@ -85,15 +85,6 @@ impl Leases {
         }
     }
 
-    /// How many leases are held.
-    pub fn len(&self) -> usize {
-        self.held.lock().expect("leases").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// One keep-alive for `id`; marks it gone if etcd no longer has it.
     async fn refresh(&self, id: i64) -> Result<(), etcd_client::Error> {
         let mut c = self.store.client();

@@ -8,7 +8,6 @@
 //! reason; nothing a client does can end the process.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +35,6 @@ pub struct Controller {
     /// Lease TTL for host keys, seconds.
     pub lease_ttl: i64,
     pub leases: Arc<crate::leases::Leases>,
-    /// Connected, registered agents.
-    pub sessions: AtomicUsize,
 }
 
 /// Accepts connections until the endpoint closes.
@@ -170,10 +167,7 @@ async fn session(
     if let Err(e) = wire::write(&mut send, &assigned).await {
         return End::Protocol(format!("write assignment: {e}"));
     }
-    ctl.sessions.fetch_add(1, Ordering::Relaxed);
-    let end = stream(&mut send, &mut reader, ctl, registered.lease).await;
-    ctl.sessions.fetch_sub(1, Ordering::Relaxed);
-    match end {
+    match stream(&mut send, &mut reader, ctl, registered.lease).await {
         End::Refused(why) => refuse(&mut send, why).await,
         other => other,
     }

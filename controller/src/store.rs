@@ -113,10 +113,7 @@ impl Store {
         })
     }
 
-    fn c(&self) -> Client {
-        self.client.clone()
-    }
-
+    /// A handle on the etcd client (cheap: it shares the connection).
     pub fn client(&self) -> Client {
         self.client.clone()
     }
@@ -138,7 +135,7 @@ impl Store {
     }
 
     async fn get_one(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut r = self.c().get(key, None).await?;
+        let mut r = self.client().get(key, None).await?;
         Ok(r.take_kvs().into_iter().next())
     }
 
@@ -182,7 +179,7 @@ impl Store {
             let txn = Txn::new()
                 .when(when)
                 .and_then([TxnOp::put(key.as_str(), json(cfg), None)]);
-            if self.c().txn(txn).await?.succeeded() {
+            if self.client().txn(txn).await?.succeeded() {
                 return Ok(old_cfg);
             }
             if layout_changes {
@@ -202,7 +199,7 @@ impl Store {
     /// Every host record, with the revision the list reflects.
     pub async fn hosts(&self) -> Result<(i64, BTreeMap<String, HostRecord>)> {
         let mut r = self
-            .c()
+            .client()
             .get(self.hosts_prefix(), Some(GetOptions::new().with_prefix()))
             .await?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
@@ -229,7 +226,7 @@ impl Store {
     /// Every subnet key: held or reserved.
     pub async fn subnets(&self) -> Result<BTreeMap<Ipv4Network, (SubnetRecord, KeyValue)>> {
         let mut r = self
-            .c()
+            .client()
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
             .await?;
         let mut out = BTreeMap::new();
@@ -275,7 +272,7 @@ impl Store {
                 let lease = match spare_lease {
                     Some(l) => l,
                     None => {
-                        let l = self.c().lease_grant(ttl, None).await?.id();
+                        let l = self.client().lease_grant(ttl, None).await?.id();
                         spare_lease = Some(l);
                         l
                     }
@@ -327,7 +324,7 @@ impl Store {
                     (t, rec)
                 };
                 let (txn, rec) = txn;
-                if self.c().txn(txn).await?.succeeded() {
+                if self.client().txn(txn).await?.succeeded() {
                     spare_lease = None;
                     info!(node = %reg.node, subnet = %rec.subnet, public_ip = %rec.public_ip, "allocated subnet {} to host {}", rec.subnet, reg.node);
                     return Ok(Registered {
@@ -342,7 +339,7 @@ impl Store {
         }
         .await;
         if let Some(l) = spare_lease {
-            let _ = self.c().lease_revoke(l).await;
+            let _ = self.client().lease_revoke(l).await;
         }
         result
     }
@@ -360,7 +357,7 @@ impl Store {
         let host_key = self.host_key(&reg.node);
         let mut lease = kv.lease();
         if lease == 0 {
-            lease = self.c().lease_grant(ttl, None).await?.id();
+            lease = self.client().lease_grant(ttl, None).await?.id();
         }
         let rec = HostRecord {
             public_ip: reg.public_ip,
@@ -390,7 +387,7 @@ impl Store {
                     let t = Txn::new()
                         .when(when)
                         .and_then([TxnOp::delete(host_key.as_str(), None)]);
-                    self.c().txn(t).await?;
+                    self.client().txn(t).await?;
                     return Ok(None);
                 }
                 when.push(Compare::mod_revision(
@@ -426,7 +423,7 @@ impl Store {
             )));
         }
         let t = Txn::new().when(when).and_then(ops);
-        if !self.c().txn(t).await?.succeeded() {
+        if !self.client().txn(t).await?.succeeded() {
             return Ok(None);
         }
         if !rec.same_tunnel(&old) {
@@ -456,11 +453,11 @@ impl Store {
                 ops.push(TxnOp::delete(skey.as_str(), None));
             }
         }
-        self.c().txn(Txn::new().and_then(ops)).await?;
+        self.client().txn(Txn::new().and_then(ops)).await?;
         if kv.lease() != 0 {
             // Nothing else hangs on a host's lease; revoking it stops any
             // controller's keep-alive for it at once.
-            let _ = self.c().lease_revoke(kv.lease()).await;
+            let _ = self.client().lease_revoke(kv.lease()).await;
         }
         Ok(rec)
     }
@@ -480,7 +477,7 @@ impl Store {
         let t = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), json(&rec), None)]);
-        if self.c().txn(t).await?.succeeded() {
+        if self.client().txn(t).await?.succeeded() {
             return Ok(rec);
         }
         let cur: SubnetRecord = match self.get_one(&key).await? {
@@ -533,7 +530,7 @@ impl Store {
                 kv.mod_revision(),
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        if !self.c().txn(t).await?.succeeded() {
+        if !self.client().txn(t).await?.succeeded() {
             return Err(StoreError::Refused(format!(
                 "subnet {net} changed while releasing it; try again"
             )));
