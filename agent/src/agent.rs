@@ -10,16 +10,17 @@ use ipnetwork::Ipv4Network;
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
-use weft_common::api::{ControllerLink, Endpoint, Status};
-use weft_common::cluster::NetworkConfig;
+use weft_common::api::{ControllerLink, Endpoint, Peer, Status};
+use weft_common::cluster::{HostRecord, NetworkConfig};
 use weft_common::name::{host_veth_name, is_weft_veth_name};
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
 
 use crate::config::Config;
 use crate::firewall::{Firewall, FirewallError, FirewallSpec, PortForward};
 use crate::ipam::{gateway, Ipam, IpamError};
-use crate::netlink::{Link, Netlink, NetlinkError, VethSpec};
+use crate::netlink::{Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
 use crate::netns::{self, NetnsError};
+use crate::overlay::{self, Diff, Entries, Mode, Overlay, PeerPlan};
 use crate::state::{EndpointRecord, Loaded, NodeState, StateError, Store};
 use crate::sysctl;
 
@@ -99,6 +100,24 @@ struct Inner {
     endpoints: BTreeMap<String, EndpointRecord>,
     ipam: Ipam,
     bridge: u32,
+    /// The vxlan device's index (cluster mode; 0 before it exists).
+    vxlan: u32,
+    /// The peer set as the controller last sent it (or as saved).
+    peers: BTreeMap<String, HostRecord>,
+    /// How each peer is programmed now.
+    plans: BTreeMap<String, PeerPlan>,
+    /// The addresses in the nft VXLAN peer set; `None` when unknown (a
+    /// failed update), which the next reconcile repairs with a full sync.
+    nft_peers: Option<BTreeSet<Ipv4Addr>>,
+}
+
+/// What the netlink watch compares kernel events with: which devices and
+/// overlay entries are weft's and should exist.
+#[derive(Debug, Default)]
+pub struct WatchView {
+    pub bridge: u32,
+    pub vxlan: u32,
+    pub desired: Entries,
 }
 
 /// What the agent serves: from `--subnet`, or as a controller assigned it.
@@ -108,6 +127,10 @@ pub struct Plan {
     /// The cluster's config (cluster mode); `None` standalone.
     pub cluster: Option<NetworkConfig>,
     pub vtep_mac: Option<MacAddr>,
+    /// This host's public (underlay) address (cluster mode).
+    pub public_ip: Option<Ipv4Addr>,
+    /// The saved peer set to program before any controller answers.
+    pub peers: BTreeMap<String, HostRecord>,
 }
 
 impl Plan {
@@ -135,6 +158,14 @@ pub struct Agent {
     mtu: u32,
     host: Netlink,
     fw: Arc<Firewall>,
+    /// The tunnel (cluster mode).
+    overlay: Option<Overlay>,
+    /// The underlay device's index, for direct routes.
+    underlay: Option<u32>,
+    /// Shared with the netlink watch.
+    pub view: Arc<std::sync::Mutex<WatchView>>,
+    /// Wakes the repair loop: something weft owns changed or failed.
+    pub repair: Arc<tokio::sync::Notify>,
     inner: Mutex<Inner>,
 }
 
@@ -195,6 +226,38 @@ impl Agent {
             store.save_node(&node)?;
         }
         netns::prepare_netns_dir(&cfg.netns_dir)?;
+        let (overlay, underlay) = match (&plan.cluster, plan.public_ip) {
+            (Some(c), Some(public_ip)) => {
+                let dev = overlay::underlay_device(&host, cfg.underlay_iface.as_deref(), public_ip)
+                    .await?;
+                let holds_ip = match &dev {
+                    Some(d) => host
+                        .addresses_v4(d.index)
+                        .await?
+                        .iter()
+                        .any(|(ip, _)| *ip == public_ip),
+                    None => false,
+                };
+                if !holds_ip {
+                    warn!("public ip {public_ip} is not an address of the underlay interface {}: the tunnel sends from whatever address the kernel picks", dev.as_ref().map_or("(none)", |d| d.name.as_str()));
+                }
+                let spec = VxlanSpec {
+                    name: format!("weft.{}", c.vni),
+                    vni: c.vni,
+                    port: c.port,
+                    local: holds_ip.then_some(public_ip),
+                    dev: dev.as_ref().map(|d| d.index),
+                    mtu,
+                    mac: plan
+                        .vtep_mac
+                        .unwrap_or_else(|| MacAddr::from_ipv4(public_ip)),
+                };
+                let ov = Overlay::new(host.clone(), spec, plan.subnet, cfg.direct_routing);
+                (Some(ov), dev.map(|d| d.index))
+            }
+            _ => (None, None),
+        };
+        let peers = plan.peers.clone();
         let agent = Arc::new(Agent {
             gateway: gateway(plan.subnet),
             plan,
@@ -202,16 +265,77 @@ impl Agent {
             mtu,
             host,
             fw: Arc::new(Firewall::new(NFT_TABLE)),
+            overlay,
+            underlay,
+            view: Default::default(),
+            repair: Default::default(),
             inner: Mutex::new(Inner {
                 store,
                 endpoints: loaded.endpoints,
                 ipam,
                 bridge: 0,
+                vxlan: 0,
+                peers,
+                plans: BTreeMap::new(),
+                nft_peers: None,
             }),
             cfg,
         });
-        agent.reconcile(&loaded.pending).await?;
+        agent.reconcile(&loaded.pending, false).await?;
         Ok(agent)
+    }
+
+    /// The vxlan device's name (cluster mode).
+    pub fn vxlan_name(&self) -> Option<&str> {
+        self.overlay.as_ref().map(|o| o.spec.name.as_str())
+    }
+
+    /// Programs a new peer set (a snapshot or delta from the controller):
+    /// the difference to what is programmed now, in one batch.
+    pub async fn set_peers(&self, peers: BTreeMap<String, HostRecord>, why: &str) {
+        let Some(ov) = &self.overlay else {
+            return;
+        };
+        let mut inner = self.inner.lock().await;
+        let plans = ov.plan(&peers, self.underlay).await;
+        let vx = inner.vxlan;
+        let from = Entries::of(&inner.plans, vx, self.underlay);
+        let to = Entries::of(&plans, vx, self.underlay);
+        let d = Diff::between(&from, &to);
+        ov.log_change(&inner.plans, &plans, &d, why);
+        self.view.lock().expect("watch view").desired = to;
+        let want: BTreeSet<Ipv4Addr> = plans.values().map(|p| p.public_ip).collect();
+        // New peers' addresses go into the nft set before their tunnel
+        // entries exist, so their first packets are not dropped.
+        if let Some(have) = inner.nft_peers.clone() {
+            let add: Vec<Ipv4Addr> = want.difference(&have).copied().collect();
+            let del: Vec<Ipv4Addr> = have.difference(&want).copied().collect();
+            match self.firewall(move |fw| fw.update_peers(&add, &del)).await {
+                Ok(()) => inner.nft_peers = Some(want),
+                Err(e) => {
+                    error!("{e}; repairing with a full firewall sync");
+                    inner.nft_peers = None;
+                    self.repair.notify_one();
+                }
+            }
+        }
+        if let Err(e) = ov.apply(vx, &d).await {
+            error!("{e}; repairing with a reconcile");
+            for e in e.0.iter().skip(1).take(5) {
+                debug!("also failed: {e}");
+            }
+            self.repair.notify_one();
+        }
+        inner.plans = plans;
+        inner.peers = peers;
+    }
+
+    /// Brings everything back in line with the state (the periodic and
+    /// event-driven repair); failures are logged and retried next time.
+    pub async fn repair(&self) {
+        if let Err(e) = self.reconcile(&[], true).await {
+            error!("reconcile failed: {e:#}; retrying later");
+        }
     }
 
     fn netns_path(&self, name: &str) -> PathBuf {
@@ -235,6 +359,7 @@ impl Agent {
             cluster_cidr: self.plan.cluster_cidr(),
             subnet: self.plan.subnet,
             bridge: BRIDGE.to_string(),
+            vxlan_port: self.plan.cluster.as_ref().map(|c| c.port),
         }
     }
 
@@ -252,7 +377,7 @@ impl Agent {
     /// Brings the host namespace, the nft table and every endpoint in line
     /// with the state. Only what is missing or wrong is changed, so traffic
     /// of working endpoints never stops.
-    async fn reconcile(&self, pending: &[String]) -> anyhow::Result<()> {
+    async fn reconcile(&self, pending: &[String], periodic: bool) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().await;
         sysctl::ensure(
             "net.ipv4.ip_forward",
@@ -272,9 +397,16 @@ impl Agent {
             "published ports answer on 127.0.0.1 too",
         )?;
 
+        if let Some(ov) = &self.overlay {
+            self.reconcile_overlay(ov, &mut inner, periodic).await?;
+        }
         let forwards: Vec<PortForward> = inner.endpoints.values().flat_map(forwards_of).collect();
         let spec = self.firewall_spec();
-        self.firewall(move |fw| fw.sync(&spec, &forwards)).await?;
+        let peers: BTreeSet<Ipv4Addr> = inner.plans.values().map(|p| p.public_ip).collect();
+        let p = peers.clone();
+        self.firewall(move |fw| fw.sync(&spec, &forwards, &p))
+            .await?;
+        inner.nft_peers = Some(peers);
 
         for name in pending {
             if !inner.endpoints.contains_key(name) {
@@ -317,8 +449,12 @@ impl Agent {
                 info!("deleted veth {}: no namespace owns it", link.name);
             }
         }
+        self.view.lock().expect("watch view").bridge = bridge;
+        if periodic {
+            return Ok(());
+        }
         info!(
-            "host ready: bridge {BRIDGE} {}/{} mtu {}, {} namespaces{}",
+            "host ready: bridge {BRIDGE} {}/{} mtu {}, {} namespaces{}{}",
             self.gateway,
             self.plan.subnet.prefix(),
             self.mtu,
@@ -327,8 +463,58 @@ impl Agent {
                 format!(", {broken} of them broken (see above)")
             } else {
                 String::new()
+            },
+            match &self.overlay {
+                Some(ov) => format!(
+                    ", {} {} peers ({} direct)",
+                    ov.spec.name,
+                    inner.plans.len(),
+                    inner
+                        .plans
+                        .values()
+                        .filter(|p| p.mode == Mode::Direct)
+                        .count()
+                ),
+                None => String::new(),
             }
         );
+        Ok(())
+    }
+
+    /// The vxlan device and the overlay entries: compared with the kernel,
+    /// only the difference is changed.
+    async fn reconcile_overlay(
+        &self,
+        ov: &Overlay,
+        inner: &mut Inner,
+        periodic: bool,
+    ) -> anyhow::Result<()> {
+        let vx = ov.ensure_device().await?;
+        let dev = &ov.spec.name;
+        sysctl::ensure(
+            &sysctl::dev_key("ipv4", dev, "rp_filter"),
+            "2",
+            "loose reverse-path filter on weft devices",
+        )?;
+        sysctl::set(&sysctl::dev_key("ipv6", dev, "disable_ipv6"), "1")?;
+        inner.vxlan = vx;
+        let plans = ov.plan(&inner.peers, self.underlay).await;
+        if periodic && plans != inner.plans {
+            ov.log_change(&inner.plans, &plans, &Diff::default(), "reconcile");
+        }
+        let to = Entries::of(&plans, vx, self.underlay);
+        {
+            let mut view = self.view.lock().expect("watch view");
+            view.vxlan = vx;
+            view.desired = to.clone();
+        }
+        let kernel = ov.read_kernel(vx).await?;
+        let d = Diff::between(&kernel, &to);
+        if !d.is_empty() {
+            overlay::log_repairs(&ov.spec.name, &d);
+            ov.apply(vx, &d).await?;
+        }
+        inner.plans = plans;
         Ok(())
     }
 
@@ -826,10 +1012,16 @@ impl Agent {
                     address: None,
                 },
             },
-            peers: match self.link.get() {
-                Some(l) => l.peers(),
-                None => Vec::new(),
-            },
+            peers: inner
+                .plans
+                .values()
+                .map(|p| Peer {
+                    name: p.name.clone(),
+                    subnet: p.subnet.to_string(),
+                    public_ip: p.public_ip,
+                    mode: p.mode.as_str().into(),
+                })
+                .collect(),
         }
     }
 }

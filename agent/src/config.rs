@@ -88,6 +88,8 @@ pub struct Config {
     pub tls_dir: PathBuf,
     pub public_ip: Option<Ipv4Addr>,
     pub underlay_iface: Option<String>,
+    /// Plain routes instead of VXLAN to peers on the same L2 segment.
+    pub direct_routing: bool,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub netns_dir: PathBuf,
@@ -110,9 +112,6 @@ pub fn resolve(args: Args) -> Result<Config> {
     let direct = args.direct_routing || file.direct_routing.unwrap_or(false);
     let public_ip = args.public_ip.or(file.public_ip);
     // Refuse what this build cannot do rather than silently ignore it.
-    if direct {
-        bail!("--direct-routing is not available in this build of weft-agent yet");
-    }
     if let Some(m) = metrics {
         bail!("--metrics-listen {m}: metrics are not available in this build of weft-agent yet");
     }
@@ -156,8 +155,8 @@ pub fn resolve(args: Args) -> Result<Config> {
         (Some(s), true) => Some(parse_subnet(&s)?),
         (None, false) => None,
     };
-    if controllers.is_empty() && (tls_dir.is_some() || public_ip.is_some()) {
-        bail!("--tls-dir and --public-ip only apply with --controller");
+    if controllers.is_empty() && (tls_dir.is_some() || public_ip.is_some() || direct) {
+        bail!("--tls-dir, --public-ip and --direct-routing only apply with --controller");
     }
 
     Ok(Config {
@@ -167,6 +166,7 @@ pub fn resolve(args: Args) -> Result<Config> {
         public_ip,
         controllers,
         underlay_iface: args.underlay_iface.or(file.underlay_iface),
+        direct_routing: direct,
         state_dir: args
             .state_dir
             .or(file.state_dir)

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use tracing::{debug, error, info, warn};
-use weft_common::api::{ControllerLink, Peer};
+use weft_common::api::ControllerLink;
 use weft_common::client::{ClientError, Session};
 use weft_common::cluster::HostRecord;
 use weft_common::wire::{AgentMsg, ControllerMsg, PeerChange};
@@ -44,7 +44,12 @@ pub struct Link {
     state_dir: PathBuf,
     st: Mutex<LinkState>,
     stopping: std::sync::atomic::AtomicBool,
+    /// The peer set after each applied message, for the data plane.
+    peers_tx: tokio::sync::watch::Sender<PeerSet>,
 }
+
+/// Peers by name, shared between the link and the data plane.
+pub type PeerSet = std::sync::Arc<BTreeMap<String, HostRecord>>;
 
 /// Doubles up to `MAX_BACKOFF`, with ±20 % jitter so that a fleet that lost
 /// its controllers together does not come back in lockstep.
@@ -66,9 +71,16 @@ impl Link {
         let mut st = LinkState::default();
         if let Some(p) = saved {
             st.revision = p.revision;
-            st.peers = p.peers.into_iter().map(|h| (h.name.clone(), h)).collect();
+            st.peers = p
+                .peers
+                .into_iter()
+                .filter(|h| h.name != node)
+                .map(|h| (h.name.clone(), h))
+                .collect();
         }
+        let (peers_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(st.peers.clone()));
         Ok(Link {
+            peers_tx,
             controllers,
             tls,
             endpoint: weft_common::client::endpoint()?,
@@ -250,7 +262,7 @@ impl Link {
                 for c in changes {
                     match c {
                         PeerChange::Upsert { host } if host.name != self.node => {
-                            info!(
+                            debug!(
                                 "peer {} at {} with subnet {} (revision {revision})",
                                 host.name, host.public_ip, host.subnet
                             );
@@ -259,7 +271,7 @@ impl Link {
                         PeerChange::Upsert { .. } => {}
                         PeerChange::Remove { name } => {
                             if st.peers.remove(&name).is_some() {
-                                info!("peer {name} left (revision {revision})");
+                                debug!("peer {name} left (revision {revision})");
                             }
                         }
                     }
@@ -277,6 +289,8 @@ impl Link {
             revision: st.revision,
             peers: st.peers.values().cloned().collect(),
         };
+        self.peers_tx
+            .send_replace(std::sync::Arc::new(st.peers.clone()));
         drop(st);
         if let Err(e) = save_peers(&self.state_dir, &saved) {
             warn!("save peer set: {e}");
@@ -292,16 +306,13 @@ impl Link {
         }
     }
 
-    pub fn peers(&self) -> Vec<Peer> {
-        let st = self.st.lock().expect("link state");
-        st.peers
-            .values()
-            .map(|h| Peer {
-                name: h.name.clone(),
-                subnet: h.subnet.to_string(),
-                public_ip: h.public_ip,
-                mode: "vxlan".into(),
-            })
-            .collect()
+    /// The peer set now (as saved or last received).
+    pub fn peer_set(&self) -> PeerSet {
+        self.peers_tx.borrow().clone()
+    }
+
+    /// Wakes on every change of the peer set.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<PeerSet> {
+        self.peers_tx.subscribe()
     }
 }

@@ -8,8 +8,10 @@ mod firewall;
 mod ipam;
 mod netlink;
 mod netns;
+mod overlay;
 mod state;
 mod sysctl;
+mod watch;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use anyhow::Context;
 
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let args = config::Args::parse();
@@ -76,6 +78,8 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
                 subnet,
                 cluster: None,
                 vtep_mac: saved_vtep,
+                public_ip: None,
+                peers: Default::default(),
             };
             (plan, None)
         }
@@ -129,6 +133,8 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
                 subnet,
                 cluster: Some(cluster),
                 vtep_mac: Some(vtep_mac),
+                public_ip: Some(public_ip),
+                peers: (*link.peer_set()).clone(),
             };
             (plan, Some((link, first, next)))
         }
@@ -144,10 +150,27 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     };
     let link = link.map(|(link, first, next)| {
         let _ = agent.link.set(link.clone());
+        // The data plane follows the peer set: each change is applied as
+        // one batch; changes that arrive meanwhile are taken together.
+        let mut peers = link.subscribe();
+        let a = agent.clone();
+        tokio::spawn(async move {
+            while peers.changed().await.is_ok() {
+                let set = peers.borrow_and_update().clone();
+                a.set_peers((*set).clone(), "controller").await;
+            }
+        });
         let l = link.clone();
         tokio::spawn(async move { l.run(serving, first, next).await });
         link
     });
+    if let Err(e) = watch::spawn_listener(agent.clone()) {
+        warn!(
+            "cannot watch netlink for changes ({e}); repairs only every {:?}",
+            watch::PERIOD
+        );
+    }
+    tokio::spawn(watch::repair_loop(agent.clone()));
     info!("listening on {}", socket.display());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

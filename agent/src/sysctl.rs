@@ -6,8 +6,19 @@ use std::path::PathBuf;
 
 use tracing::info;
 
+/// Keys are dotted (`net.ipv4.ip_forward`) or, when a part holds a dot
+/// itself (a device called `weft.1`), in slash form.
 fn path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    if key.contains('/') {
+        PathBuf::from("/proc/sys").join(key)
+    } else {
+        PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    }
+}
+
+/// The key of a per-device setting, e.g. `dev_key("ipv4", "weft.1", "rp_filter")`.
+pub fn dev_key(family: &str, dev: &str, name: &str) -> String {
+    format!("net/{family}/conf/{dev}/{name}")
 }
 
 /// Sets `/proc/sys/<key>` to `value` without reading or logging (for per-
@@ -15,7 +26,12 @@ fn path(key: &str) -> PathBuf {
 /// `net.ipv6` keys; setting one there is not an error.
 pub fn set(key: &str, value: &str) -> io::Result<()> {
     match std::fs::write(path(key), value) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound && key.starts_with("net.ipv6.") => Ok(()),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                && (key.starts_with("net.ipv6.") || key.starts_with("net/ipv6/")) =>
+        {
+            Ok(())
+        }
         r => r.map_err(|e| io::Error::new(e.kind(), format!("set sysctl {key}={value}: {e}"))),
     }
 }

@@ -107,11 +107,11 @@ fn bad_values_are_named_in_one_line() {
             &[
                 "--node-name",
                 "h1",
-                "--controller",
-                "c:7470",
+                "--subnet",
+                "10.244.1.0/24",
                 "--direct-routing",
             ],
-            "--direct-routing",
+            "--direct-routing only apply with --controller",
         ),
     ];
     for (args, want) in cases {

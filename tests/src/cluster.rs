@@ -80,7 +80,11 @@ impl Lab {
         for j in 1..=n {
             script += &format!("addr add {}/24 dev eth0\n", controller_ip(j));
         }
-        script += "link set eth0 up\n";
+        script += &format!(
+            "link set eth0 up\nroute add {} via {}\n",
+            crate::lab::ROUTED_CIDR,
+            crate::lab::ROUTER_IP
+        );
         ip_batch(Some(&c), &script)?;
         let pki = self.dir.join("pki");
         let info = ClusterInfo {

@@ -7,7 +7,13 @@
 //!   ...                           │
 //!   <prefix>-r  eth0 198.18.0.1  ─┘
 //!   <prefix>-r  eth1 203.0.113.1 ──── eth0 203.0.113.2 <prefix>-i (internet)
+//!   <prefix>-r  eth2 198.18.0.241/28 ─┐ br1 in <prefix>-u (routed segment)
+//!   <prefix>-hK eth0 198.18.0.242/28 ─┘ (hosts in LabOpts::routed only)
 //! ```
+//!
+//! Hosts on `br0` reach the routed segment through the router (a /28 route
+//! more specific than their /24), so to them a routed host is a different
+//! L2 segment, as a host in another rack would be.
 //!
 //! The internet namespace routes 198.18.0.0/24 back via the router but has
 //! no route to the cluster CIDR, so traffic from an endpoint namespace only
@@ -42,6 +48,10 @@ pub const ROUTER_INTERNET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 /// The underlay network of the simulated hosts.
 pub const UNDERLAY_CIDR: &str = "198.18.0.0/24";
+/// The segment behind the router ([`LabOpts::routed`] hosts).
+pub const ROUTED_CIDR: &str = "198.18.0.240/28";
+/// The router's address on the routed segment.
+pub const ROUTED_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 241);
 /// The cluster CIDR the default host subnets come from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// File name of the lab manifest inside the lab directory.
@@ -107,6 +117,9 @@ pub struct LabOpts {
     pub cluster_cidr: Option<String>,
     /// `weftctl cluster init --subnet-len`; default 24.
     pub subnet_len: Option<u8>,
+    /// Hosts (1-based) placed on a second segment behind the router
+    /// ([`ROUTED_CIDR`]) instead of on the shared underlay; at most 13.
+    pub routed: Vec<usize>,
 }
 
 impl Default for LabOpts {
@@ -121,6 +134,7 @@ impl Default for LabOpts {
             lease_ttl: None,
             cluster_cidr: None,
             subnet_len: None,
+            routed: Vec::new(),
         }
     }
 }
@@ -342,6 +356,13 @@ impl Lab {
         if opts.hosts == 0 || opts.hosts > 200 {
             bail!("hosts must be 1..=200, not {}", opts.hosts);
         }
+        if opts.routed.len() > 13 || opts.routed.iter().any(|&r| r == 0 || r > opts.hosts) {
+            bail!(
+                "routed hosts {:?}: at most 13, each 1..={}",
+                opts.routed,
+                opts.hosts
+            );
+        }
         {
             let _g = SWEEP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             cleanup::sweep_stale();
@@ -405,7 +426,11 @@ impl Lab {
                     .get(i - 1)
                     .cloned()
                     .unwrap_or_else(|| default_subnet(i));
-                Host::describe(&shared, i, host_ip(i), subnet)
+                let ip = match opts.routed.iter().position(|&r| r == i) {
+                    Some(k) => Ipv4Addr::new(198, 18, 0, 242 + k as u8),
+                    None => host_ip(i),
+                };
+                Host::describe(&shared, i, ip, subnet)
             })
             .collect();
         // From here on, Drop cleans up whatever was built.
@@ -429,7 +454,7 @@ impl Lab {
         names.extend(lab.hosts.iter().map(|h| h.ns_name.clone()));
         lab.shared.netns.lock().unwrap().extend(names);
         lab.write_manifest()?;
-        lab.build().context("build the lab network")?;
+        lab.build(&opts.routed).context("build the lab network")?;
         if opts.controllers > 0 {
             lab.build_cluster(&opts)
                 .context("start the lab's cluster")?;
@@ -437,23 +462,31 @@ impl Lab {
         Ok(lab)
     }
 
-    fn build(&self) -> Result<()> {
+    fn build(&self, routed: &[usize]) -> Result<()> {
         let p = &self.prefix;
         let (u, r, i) = (format!("{p}-u"), format!("{p}-r"), format!("{p}-i"));
         let names = self.namespaces();
         let add: String = names.iter().map(|n| format!("netns add {n}\n")).collect();
         ip_batch(None, &add)?;
 
-        let mut ub = String::from("link set lo up\nlink add br0 type bridge\nlink set br0 up\n");
+        let mut ub = String::from(
+            "link set lo up\nlink add br0 type bridge\nlink set br0 up\nlink add br1 type bridge\nlink set br1 up\n",
+        );
         for h in &self.hosts {
             let port = &h.name;
+            let br = if routed.contains(&h.index) {
+                "br1"
+            } else {
+                "br0"
+            };
             ub += &format!(
-                "link add {port} type veth peer name eth0 netns {}\nlink set {port} master br0\nlink set {port} up\n",
+                "link add {port} type veth peer name eth0 netns {}\nlink set {port} master {br}\nlink set {port} up\n",
                 h.ns_name
             );
         }
         ub += &format!(
-            "link add r type veth peer name eth0 netns {r}\nlink set r master br0\nlink set r up\n"
+            "link add r type veth peer name eth0 netns {r}\nlink set r master br0\nlink set r up\n\
+             link add r2 type veth peer name eth2 netns {r}\nlink set r2 master br1\nlink set r2 up\n"
         );
         ip_batch(Some(&u), &ub)?;
 
@@ -462,7 +495,8 @@ impl Lab {
             &format!(
                 "link set lo up\naddr add {ROUTER_IP}/24 dev eth0\nlink set eth0 up\n\
                  link add eth1 type veth peer name eth0 netns {i}\n\
-                 addr add {ROUTER_INTERNET_IP}/24 dev eth1\nlink set eth1 up\n"
+                 addr add {ROUTER_INTERNET_IP}/24 dev eth1\nlink set eth1 up\n\
+                 addr add {ROUTED_ROUTER_IP}/28 dev eth2\nlink set eth2 up\n"
             ),
         )?;
         netns::write_net_sysctl(&r, "ipv4/ip_forward", "1")?;
@@ -474,14 +508,20 @@ impl Lab {
             ),
         )?;
         for h in &self.hosts {
-            ip_batch(
-                Some(&h.ns_name),
-                &format!(
-                    "link set lo up\naddr add {}/24 dev eth0\nlink set eth0 up\n\
-                     route add default via {ROUTER_IP}\n",
+            let script = if routed.contains(&h.index) {
+                format!(
+                    "link set lo up\naddr add {}/28 dev eth0\nlink set eth0 up\n\
+                     route add default via {ROUTED_ROUTER_IP}\n",
                     h.ip
-                ),
-            )?;
+                )
+            } else {
+                format!(
+                    "link set lo up\naddr add {}/24 dev eth0\nlink set eth0 up\n\
+                     route add default via {ROUTER_IP}\nroute add {ROUTED_CIDR} via {ROUTER_IP}\n",
+                    h.ip
+                )
+            };
+            ip_batch(Some(&h.ns_name), &script)?;
             for d in [&h.state_dir, &h.run_dir, &h.netns_dir] {
                 fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
             }

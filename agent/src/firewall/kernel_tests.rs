@@ -135,6 +135,7 @@ fn spec() -> FirewallSpec {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         subnet: "10.244.1.0/24".parse().unwrap(),
         bridge: "weft0".into(),
+        vxlan_port: None,
     }
 }
 
@@ -220,16 +221,16 @@ fn table_lifecycle() {
         fw.teardown().unwrap();
 
         // sync creates the table; twice changes nothing.
-        fw.sync(&spec(), &[]).unwrap();
+        fw.sync(&spec(), &[], &Default::default()).unwrap();
         assert!(fw.exists().unwrap());
         assert_eq!(nft_list("weft_test"), EXPECTED_EMPTY);
-        fw.sync(&spec(), &[]).unwrap();
+        fw.sync(&spec(), &[], &Default::default()).unwrap();
         assert_eq!(nft_list("weft_test"), EXPECTED_EMPTY);
         assert_eq!(fw.list_forwards().unwrap(), vec![]);
 
-        fw.sync(&spec(), &[a, a]).unwrap();
+        fw.sync(&spec(), &[a, a], &Default::default()).unwrap();
         let with_a = nft_list("weft_test");
-        fw.sync(&spec(), &[a]).unwrap();
+        fw.sync(&spec(), &[a], &Default::default()).unwrap();
         assert_eq!(nft_list("weft_test"), with_a);
         assert!(
             with_a.contains("elements = { 192.168.1.1 . tcp . 8080 : 10.244.1.2 }"),
@@ -313,9 +314,9 @@ fn table_lifecycle() {
         assert_eq!(fw.list_forwards().unwrap(), sorted(vec![a, c, d, half]));
 
         // sync replaces the forwards wholesale.
-        fw.sync(&spec(), &[c]).unwrap();
+        fw.sync(&spec(), &[c], &Default::default()).unwrap();
         assert_eq!(fw.list_forwards().unwrap(), vec![c]);
-        let err = fw.sync(&spec(), &[b, b2]).unwrap_err();
+        let err = fw.sync(&spec(), &[b, b2], &Default::default()).unwrap_err();
         assert!(matches!(err, FirewallError::Conflict { .. }), "{err}");
         assert_eq!(fw.list_forwards().unwrap(), vec![c]);
 
@@ -335,13 +336,13 @@ fn failed_sync_keeps_the_old_table() {
     ns.run(|| {
         let fw = Firewall::new("weft_test");
         let a = fwd(None, 8080, Proto::Tcp, [10, 244, 1, 2], 80);
-        fw.sync(&spec(), &[a]).unwrap();
+        fw.sync(&spec(), &[a], &Default::default()).unwrap();
         let before = nft_list("weft_test");
         let bad = FirewallSpec {
             bridge: "a-name-longer-than-ifnamsiz".into(),
             ..spec()
         };
-        let err = fw.sync(&bad, &[]).unwrap_err();
+        let err = fw.sync(&bad, &[], &Default::default()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, FirewallError::Sync { .. }), "{msg}");
         assert!(
@@ -362,7 +363,7 @@ fn add_forwards_timing() {
     let ns = Netns::new();
     let (add, del) = ns.run(|| {
         let fw = Firewall::new("weft_test");
-        fw.sync(&spec(), &[]).unwrap();
+        fw.sync(&spec(), &[], &Default::default()).unwrap();
         let mut add = Vec::new();
         let mut del = Vec::new();
         for i in 0..21u16 {
@@ -530,6 +531,7 @@ fn packets_follow_the_forwards() {
         cluster_cidr: "10.99.0.0/16".parse().unwrap(),
         subnet: "10.99.1.0/24".parse().unwrap(),
         bridge: "wft0".into(),
+        vxlan_port: None,
     };
     let fw = Firewall::new("weft_test");
     let bound = fwd(Some([10, 98, 0, 1]), 8080, Proto::Tcp, [10, 99, 1, 2], 80);
@@ -538,7 +540,7 @@ fn packets_follow_the_forwards() {
     {
         let (fw, spec) = (fw.clone(), spec.clone());
         host.run(move || {
-            fw.sync(&spec, &[]).unwrap();
+            fw.sync(&spec, &[], &Default::default()).unwrap();
             fw.add_forwards(&[bound, any, other]).unwrap();
         });
     }
@@ -567,7 +569,8 @@ fn packets_follow_the_forwards() {
     {
         let (fw, spec) = (fw.clone(), spec.clone());
         host.run(move || {
-            fw.sync(&spec, &[bound, any, other]).unwrap();
+            fw.sync(&spec, &[bound, any, other], &Default::default())
+                .unwrap();
         });
     }
     assert_eq!(long_lived.ask(), "pod80 10.98.0.2");

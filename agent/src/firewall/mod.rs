@@ -70,6 +70,7 @@ mod ruleset;
 #[cfg(test)]
 mod kernel_tests;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -91,6 +92,9 @@ pub struct FirewallSpec {
     pub subnet: Ipv4Network,
     /// Bridge name, "weft0".
     pub bridge: String,
+    /// The VXLAN UDP port (cluster mode): packets to it are accepted only
+    /// from the addresses in the peer set.
+    pub vxlan_port: Option<u16>,
 }
 
 /// One DNAT entry: traffic to `host_ip:host_port` (any local address of the
@@ -136,6 +140,12 @@ pub enum FirewallError {
     DelForwards { forwards: String, error: NftError },
     #[error("list port forwards in table inet {table}: {error}")]
     ListForwards { table: String, error: NftError },
+    #[error("update the VXLAN peer set (+{added} -{removed} addresses): {error}")]
+    Peers {
+        added: usize,
+        removed: usize,
+        error: NftError,
+    },
     #[error("check whether table inet {table} exists: {error}")]
     Exists { table: String, error: NftError },
     #[error("delete nftables table inet {table}: {error}")]
@@ -169,8 +179,14 @@ impl Firewall {
     /// Replaces the whole table in one nft transaction (add table, delete
     /// table, full content), so packets never see a half table; conntrack
     /// entries, including NAT bindings of existing flows, are untouched.
-    /// Idempotent. Exact duplicate forwards are collapsed.
-    pub fn sync(&self, spec: &FirewallSpec, forwards: &[PortForward]) -> Result<(), FirewallError> {
+    /// Idempotent. Exact duplicate forwards are collapsed. `peers` fills the
+    /// VXLAN peer set (ignored without `spec.vxlan_port`).
+    pub fn sync(
+        &self,
+        spec: &FirewallSpec,
+        forwards: &[PortForward],
+        peers: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), FirewallError> {
         let forwards = ruleset::dedup(forwards);
         if let Some((first, second)) = ruleset::find_conflict(&forwards) {
             return Err(FirewallError::Conflict {
@@ -179,10 +195,25 @@ impl Firewall {
                 second,
             });
         }
-        let doc = ruleset::sync_doc(&self.table, spec, &forwards);
+        let doc = ruleset::sync_doc(&self.table, spec, &forwards, peers);
         nft::apply(&self.nft, &doc).map_err(|error| FirewallError::Sync {
             table: self.table.clone(),
             error,
+        })
+    }
+
+    /// Changes the VXLAN peer set in one transaction: `add` must not be in
+    /// it yet, `del` must be (nft refuses the whole change otherwise).
+    pub fn update_peers(&self, add: &[Ipv4Addr], del: &[Ipv4Addr]) -> Result<(), FirewallError> {
+        if add.is_empty() && del.is_empty() {
+            return Ok(());
+        }
+        nft::apply(&self.nft, &ruleset::peers_doc(&self.table, add, del)).map_err(|error| {
+            FirewallError::Peers {
+                added: add.len(),
+                removed: del.len(),
+                error,
+            }
         })
     }
 

@@ -21,7 +21,7 @@ use nftables::expr::{
     PayloadField, Prefix, CT,
 };
 use nftables::schema::{
-    Chain, Element, Map, NfCmd, NfListObject, NfObject, Nftables, Rule, SetType, SetTypeValue,
+    Chain, Element, Map, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType, SetTypeValue,
     Table,
 };
 use nftables::stmt::{Accept, Match, NATFamily, Operator, Statement, NAT};
@@ -38,6 +38,9 @@ pub(super) const IP_PORT_MAP: &str = "publish_ip_port";
 pub(super) const ANY_ADDR_MAP: &str = "publish_any_addr";
 /// Target port of forwards on any local address.
 pub(super) const ANY_PORT_MAP: &str = "publish_any_port";
+/// Public addresses of the current peers: the only sources the VXLAN port
+/// accepts packets from.
+pub(super) const PEERS_SET: &str = "vxlan_peers";
 
 const FAMILY: NfFamily = NfFamily::INet;
 const IP_KEY: &[SetType] = &[SetType::Ipv4Addr, SetType::InetProto, SetType::InetService];
@@ -125,11 +128,15 @@ pub(super) fn sync_doc(
     table: &str,
     spec: &FirewallSpec,
     forwards: &[PortForward],
+    peers: &BTreeSet<Ipv4Addr>,
 ) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(table_obj(table));
     batch.delete(table_obj(table));
     batch.add(table_obj(table));
+    if spec.vxlan_port.is_some() {
+        batch.add(set_obj(table, PEERS_SET));
+    }
 
     batch.add(map_obj(table, IP_ADDR_MAP, IP_KEY, SetType::Ipv4Addr));
     batch.add(map_obj(table, IP_PORT_MAP, IP_KEY, SetType::InetService));
@@ -268,9 +275,72 @@ pub(super) fn sync_doc(
     let mut others = to_loopback().to_vec();
     others.push(Statement::Drop(None));
     batch.add(rule(table, "input", others));
+    // VXLAN has no authentication: a packet to the port from anyone but a
+    // current peer would be decapsulated and forwarded as if it came from
+    // inside the cluster. Dropped here, before the vxlan socket sees it.
+    if let Some(port) = spec.vxlan_port {
+        batch.add(rule(
+            table,
+            "input",
+            vec![
+                matches(
+                    payload("udp", "dport"),
+                    Operator::EQ,
+                    Expression::Number(u32::from(port)),
+                ),
+                matches(ip("saddr"), Operator::NEQ, string(format!("@{PEERS_SET}"))),
+                Statement::Counter(nftables::stmt::Counter::Anonymous(None)),
+                Statement::Drop(None),
+            ],
+        ));
+        if !peers.is_empty() {
+            batch.add(peer_elements(table, peers.iter()));
+        }
+    }
 
     batch.add_all(element_cmds(table, forwards, ElemOp::Add));
     batch.to_nftables()
+}
+
+/// Adds and removes peer addresses in one transaction (removals first).
+/// Expects `del` to hold only present and `add` only absent addresses.
+pub(super) fn peers_doc(table: &str, add: &[Ipv4Addr], del: &[Ipv4Addr]) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    if !del.is_empty() {
+        batch.delete(peer_elements(table, del.iter()));
+    }
+    if !add.is_empty() {
+        batch.add(peer_elements(table, add.iter()));
+    }
+    batch.to_nftables()
+}
+
+fn peer_elements<'a>(
+    table: &str,
+    ips: impl Iterator<Item = &'a Ipv4Addr>,
+) -> NfListObject<'static> {
+    element_obj(
+        table,
+        PEERS_SET,
+        ips.map(|ip| string(ip.to_string())).collect(),
+    )
+}
+
+fn set_obj(table: &str, name: &'static str) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(Set {
+        family: FAMILY,
+        table: owned(table),
+        name: Cow::Borrowed(name),
+        handle: None,
+        set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+        policy: None,
+        flags: None,
+        elem: None,
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }))
 }
 
 /// Deletes the table whether or not it exists.
@@ -679,6 +749,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             subnet: "10.244.1.0/24".parse().unwrap(),
             bridge: "weft0".into(),
+            vxlan_port: None,
         }
     }
 
@@ -692,7 +763,7 @@ mod tests {
 
     #[test]
     fn sync_starts_with_add_delete_add_table() {
-        let cmds = commands(&sync_doc("weft", &spec(), &[]));
+        let cmds = commands(&sync_doc("weft", &spec(), &[], &Default::default()));
         let t = json!({"family": "inet", "name": "weft"});
         assert_eq!(cmds[0], json!({"add": {"table": t}}));
         assert_eq!(cmds[1], json!({"delete": {"table": t}}));
@@ -706,7 +777,7 @@ mod tests {
 
     #[test]
     fn sync_maps_have_concatenated_keys_and_single_data() {
-        let cmds = commands(&sync_doc("t1", &spec(), &[]));
+        let cmds = commands(&sync_doc("t1", &spec(), &[], &Default::default()));
         let maps: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("map")).collect();
         assert_eq!(maps.len(), 4);
         assert_eq!(
@@ -721,7 +792,7 @@ mod tests {
 
     #[test]
     fn sync_chains() {
-        let cmds = commands(&sync_doc("weft", &spec(), &[]));
+        let cmds = commands(&sync_doc("weft", &spec(), &[], &Default::default()));
         let chains: Vec<(String, String, i64)> = cmds
             .iter()
             .filter_map(|c| c["add"].get("chain"))
@@ -755,7 +826,7 @@ mod tests {
 
     #[test]
     fn dnat_rules_bound_first_then_any() {
-        let cmds = commands(&sync_doc("weft", &spec(), &[]));
+        let cmds = commands(&sync_doc("weft", &spec(), &[], &Default::default()));
         for chain in ["prerouting", "output"] {
             let rules = rules_of(&cmds, chain);
             assert_eq!(rules.len(), 2, "{chain}");
@@ -792,8 +863,9 @@ mod tests {
             cluster_cidr: "10.244.7.7/16".parse().unwrap(),
             subnet: "10.244.1.0/24".parse().unwrap(),
             bridge: "br-x".into(),
+            vxlan_port: None,
         };
-        let cmds = commands(&sync_doc("weft", &spec, &[]));
+        let cmds = commands(&sync_doc("weft", &spec, &[], &Default::default()));
         let pfx = |a: &str, l: u32| json!({"prefix": {"addr": a, "len": l}});
         let ipm = |f: &str, op: &str, r: Value| json!({"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": f}}, "right": r}});
         let cl = pfx("10.244.0.0", 16);
@@ -838,7 +910,7 @@ mod tests {
             ),
             fwd(None, 53, Proto::Udp, [10, 244, 1, 3], 5353),
         ];
-        let cmds = commands(&sync_doc("weft", &spec(), &f));
+        let cmds = commands(&sync_doc("weft", &spec(), &f, &Default::default()));
         let n = cmds.len();
         let elems: Vec<&Value> = cmds[n - 4..].iter().map(|c| &c["add"]["element"]).collect();
         let names: Vec<&str> = elems.iter().map(|e| e["name"].as_str().unwrap()).collect();

@@ -1,7 +1,12 @@
 //! The agent's netlink layer: links, addresses and routes, through rtnetlink.
 //!
 //! A [`Netlink`] is bound to the namespace it was opened in (see
-//! [`crate::netns`]); every call here acts on that namespace.
+//! [`crate::netns`]); every call here acts on that namespace. The overlay's
+//! pieces (vxlan device, neighbours, FDB entries, routes) are in [`overlay`].
+
+mod overlay;
+
+pub use overlay::{fdb_dst, VxlanInfo, VxlanSpec, RTPROT_WEFT};
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -13,7 +18,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use thiserror::Error;
@@ -53,6 +58,8 @@ pub struct Link {
     pub mtu: u32,
     pub mac: Option<MacAddr>,
     pub up: bool,
+    /// The vxlan parameters, for a vxlan device.
+    pub vxlan: Option<VxlanInfo>,
 }
 
 impl Link {
@@ -65,6 +72,7 @@ impl Link {
             mtu: 0,
             mac: None,
             up: m.header.flags.contains(LinkFlags::Up),
+            vxlan: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -78,8 +86,12 @@ impl Link {
                 }
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            link.kind = Some(k.to_string());
+                        match i {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Vxlan(v)) => {
+                                link.vxlan = Some(VxlanInfo::from_attributes(v))
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -354,20 +366,28 @@ impl Netlink {
 /// The parts of an IPv4 route the agent looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    pub dst: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
     pub oif: Option<u32>,
+    /// Who installed it (`RTPROT_*`); weft's own are [`RTPROT_WEFT`].
+    pub protocol: u8,
+    pub onlink: bool,
 }
 
 impl Route {
     fn from_message(m: &RouteMessage) -> Route {
         let mut r = Route {
+            dst: Ipv4Addr::UNSPECIFIED,
             prefix: m.header.destination_prefix_length,
             gateway: None,
             oif: None,
+            protocol: m.header.protocol.into(),
+            onlink: m.header.flags.contains(RouteFlags::Onlink),
         };
         for a in &m.attributes {
             match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = *ip,
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
                 RouteAttribute::Oif(i) => r.oif = Some(*i),
                 _ => {}

@@ -1,0 +1,210 @@
+//! Repairs without waiting: a netlink listener for link, address,
+//! neighbour and route changes, and the loop that reconciles when one of
+//! them touches what weft owns (or every [`PERIOD`] regardless).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::AsyncSocket;
+use rtnetlink::MulticastGroup;
+use tracing::{debug, info, warn};
+use weft_common::MacAddr;
+
+use crate::agent::{Agent, WatchView, BRIDGE};
+use crate::netlink::{fdb_dst, RTPROT_WEFT};
+
+/// A full reconcile at least this often, whatever the events said.
+pub const PERIOD: Duration = Duration::from_secs(30);
+/// Events are gathered this long before one reconcile handles them all.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Runs the reconcile loop: on every wake-up of `agent.repair` (after
+/// [`SETTLE`]) and every [`PERIOD`].
+pub async fn repair_loop(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = agent.repair.notified() => tokio::time::sleep(SETTLE).await,
+            _ = tick.tick() => {}
+        }
+        agent.repair().await;
+    }
+}
+
+/// Listens for kernel changes and wakes the repair loop when one of them
+/// removes or alters something weft owns, or adds an entry weft does not
+/// want on its devices.
+pub fn spawn_listener(agent: Arc<Agent>) -> std::io::Result<()> {
+    let (mut conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Neigh,
+        MulticastGroup::Ipv4Route,
+    ])?;
+    // Programming thousands of peers makes thousands of events; a lost
+    // event is caught by the periodic reconcile, but rarely lose one.
+    let sock = conn.socket_mut().socket_mut();
+    let _ = sock.set_rx_buf_sz(8 << 20);
+    tokio::spawn(conn);
+    let vxlan = agent.vxlan_name().map(str::to_string);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = events.next().await {
+            let NetlinkPayload::InnerMessage(m) = msg.payload else {
+                continue;
+            };
+            let why = {
+                let view = agent.view.lock().expect("watch view");
+                concerns_weft(&m, &view, vxlan.as_deref())
+            };
+            if let Some(why) = why {
+                info!("{why}: repairing");
+                agent.repair.notify_one();
+            }
+        }
+        warn!("netlink event stream ended; repairs now only every {PERIOD:?}");
+    });
+    Ok(())
+}
+
+/// Why a kernel event needs a repair, if it does.
+pub fn concerns_weft(
+    m: &RouteNetlinkMessage,
+    view: &WatchView,
+    vxlan: Option<&str>,
+) -> Option<String> {
+    match m {
+        RouteNetlinkMessage::DelLink(l) => {
+            let name = link_name(l)?;
+            // A deleted endpoint veth is left to the periodic reconcile:
+            // ns del deletes them all the time.
+            let ours = name == BRIDGE || Some(name) == vxlan;
+            ours.then(|| format!("link {name} was deleted"))
+        }
+        RouteNetlinkMessage::DelAddress(a) => {
+            let idx = a.header.index;
+            (idx != 0 && (idx == view.bridge || idx == view.vxlan) && is_v4(a))
+                .then(|| format!("an address of link #{idx} was removed"))
+        }
+        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+            if view.vxlan == 0 || n.header.ifindex != view.vxlan {
+                return None;
+            }
+            let new = matches!(m, RouteNetlinkMessage::NewNeighbour(_));
+            let (ip, mac) = neigh_parts(n);
+            if n.header.family == AddressFamily::Bridge {
+                let key = (mac?, ip.unwrap_or(Ipv4Addr::UNSPECIFIED));
+                let wanted = view.desired.fdb.contains(&key);
+                (new != wanted).then(|| {
+                    format!(
+                        "fdb entry {} dst {} {} on the vxlan device",
+                        key.0,
+                        key.1,
+                        if new { "appeared" } else { "was removed" }
+                    )
+                })
+            } else if n.header.family == AddressFamily::Inet {
+                let ip = ip?;
+                let want = view.desired.neigh.get(&ip);
+                let ok = if new {
+                    want.is_some() && want == mac.as_ref()
+                } else {
+                    want.is_none()
+                };
+                (!ok).then(|| {
+                    format!(
+                        "neighbour {ip} {} on the vxlan device",
+                        if new { "changed" } else { "was removed" }
+                    )
+                })
+            } else {
+                None
+            }
+        }
+        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+            let (dst, oif, gw) = route_parts(r)?;
+            let ours = (view.vxlan != 0 && oif == Some(view.vxlan))
+                || u8::from(r.header.protocol) == RTPROT_WEFT;
+            let want = view.desired.routes.get(&dst);
+            if !ours {
+                // Someone else's route for a peer's subnet shadows ours only
+                // if it replaced it; that shows up as our route's removal.
+                return None;
+            }
+            let new = matches!(m, RouteNetlinkMessage::NewRoute(_));
+            let ok = if new {
+                want.is_some_and(|w| Some(w.oif) == oif && Some(w.gateway) == gw)
+            } else {
+                want.is_none()
+            };
+            (!ok).then(|| {
+                format!(
+                    "route {dst} {}",
+                    if new {
+                        "appeared or changed"
+                    } else {
+                        "was removed"
+                    }
+                )
+            })
+        }
+        _ => None,
+    }
+    .inspect(|why| debug!("kernel event: {why}"))
+}
+
+fn link_name(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn is_v4(a: &AddressMessage) -> bool {
+    a.header.family == AddressFamily::Inet
+}
+
+fn neigh_parts(n: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<MacAddr>) {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(d) => ip = fdb_dst(d),
+            NeighbourAttribute::LinkLayerAddress(b) => {
+                mac = <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr)
+            }
+            _ => {}
+        }
+    }
+    (ip, mac)
+}
+
+/// Destination, output device and gateway of a main-table IPv4 route.
+fn route_parts(r: &RouteMessage) -> Option<(Ipv4Network, Option<u32>, Option<Ipv4Addr>)> {
+    if r.header.address_family != AddressFamily::Inet || r.header.table != 254 {
+        return None;
+    }
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut oif = None;
+    let mut gw = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+            _ => {}
+        }
+    }
+    let net = Ipv4Network::new(dst, r.header.destination_prefix_length).ok()?;
+    Some((net, oif, gw))
+}
