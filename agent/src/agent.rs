@@ -319,12 +319,22 @@ impl Agent {
                 }
             }
         }
-        if let Err(e) = ov.apply(vx, &d).await {
-            error!("{e}; repairing with a reconcile");
-            for e in e.0.iter().skip(1).take(5) {
-                debug!("also failed: {e}");
+        let started = std::time::Instant::now();
+        match ov.apply(vx, &d).await {
+            Ok(()) if !d.is_empty() => info!(
+                "overlay programmed: {} peers, {} kernel changes in {:.1} ms ({d})",
+                plans.len(),
+                d.len(),
+                started.elapsed().as_secs_f64() * 1e3
+            ),
+            Ok(()) => {}
+            Err(e) => {
+                error!("{e}; repairing with a reconcile");
+                for e in e.0.iter().skip(1).take(5) {
+                    debug!("also failed: {e}");
+                }
+                self.repair.notify_one();
             }
-            self.repair.notify_one();
         }
         inner.plans = plans;
         inner.peers = peers;
