@@ -66,6 +66,10 @@ fn up_status_down() {
     assert!(up.status.success(), "weft-lab up failed");
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(!stdout.contains('✗'), "{stdout}");
+    // Every namespace reached every other one, across the two hosts too.
+    assert!(stdout.contains("16/16 pings answered"), "{stdout}");
+    assert!(stdout.contains("peers: h2 vxlan"), "{stdout}");
+    assert!(stdout.contains("peers: h1 vxlan"), "{stdout}");
     assert!(stdout.contains("saw source 198.18.0.11:"), "{stdout}");
     assert!(stdout.contains("saw source 198.18.0.12:"), "{stdout}");
     assert!(lab.dir.join("lab.json").is_file());
@@ -78,6 +82,9 @@ fn up_status_down() {
     assert!(st.status.success(), "status: {text}");
     assert!(text.contains("h1-n1") && text.contains("h2-n2"), "{text}");
     assert!(text.contains("running (pid"), "{text}");
+    assert!(text.contains("controller-c1"), "{text}");
+    assert!(text.contains("(connected)"), "{text}");
+    assert!(!text.contains("NOT"), "{text}");
 
     // A second `up` on the same dir is refused and changes nothing.
     let again = lab.run(&["up"]);

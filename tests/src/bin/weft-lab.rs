@@ -1,9 +1,12 @@
 //! `weft-lab`: the weft test bed for humans.
 //!
-//! `weft-lab up` builds simulated hosts in network namespaces, starts a
-//! standalone `weft-agent` on each, adds endpoint namespaces with `weftctl`,
-//! prints a connectivity matrix and leaves everything running; `status`
-//! shows it, `down` removes it. State lives in a manifest in `--dir`.
+//! `weft-lab up` builds a simulated cluster in network namespaces: an
+//! underlay, a router and an "internet", etcd and a controller, and hosts
+//! whose `weft-agent`s register with it. It adds endpoint namespaces with
+//! `weftctl`, prints a connectivity matrix (every namespace to every other,
+//! across hosts, and to the internet through NAT) and leaves everything
+//! running; `status` shows it, `down` removes it. State lives in a manifest
+//! in `--dir`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -13,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use weft_tests::netns::describe_status;
-use weft_tests::{gateway_of, try_tcp_request, Host, Lab, LabOpts, INTERNET_IP};
+use weft_tests::{try_tcp_request, Host, Lab, LabOpts, INTERNET_IP};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +40,7 @@ enum Cmd {
     /// Build the lab, start agents, add namespaces, check connectivity.
     Up {
         /// Number of simulated hosts.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=200))]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=200))]
         hosts: u16,
         /// Endpoint namespaces per host.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=50))]
@@ -130,27 +133,44 @@ fn up(dir: &Path, prefix: Option<String>, hosts: usize, per_host: usize) -> Resu
         );
     }
     let lab = Lab::try_new(LabOpts {
-        hosts,
-        subnets: Vec::new(),
         dir: Some(dir.clone()),
         prefix: Some(prefix.unwrap_or_else(|| prefix_for(&dir))),
         detachable: true,
-        ..Default::default()
+        ..LabOpts::cluster(hosts, 1)
     })?;
     // The manifest is written as the lab is built and again after every
     // agent start, so `down` works even if we die half-way.
     println!(
-        "lab {} in {}: {hosts} host(s), underlay {}, internet {INTERNET_IP}",
+        "lab {} in {}: {hosts} host(s), underlay {}, internet {INTERNET_IP}, etcd and controller at {}",
         lab.prefix,
         dir.display(),
-        weft_tests::UNDERLAY_CIDR
+        weft_tests::UNDERLAY_CIDR,
+        lab.cluster_info().controllers.join(",")
     );
 
     let mut agents = Vec::new();
+    for h in lab.hosts() {
+        agents.push(h.spawn_agent(&[])?);
+        lab.write_manifest()?;
+    }
+    for a in &mut agents {
+        a.wait_ready(std::time::Duration::from_secs(30))?;
+    }
+    // Every agent has every other host as a peer before traffic is tried.
+    let want = lab.hosts().len() - 1;
+    let meshed = weft_tests::wait_until(std::time::Duration::from_secs(20), || {
+        lab.hosts().iter().all(|h| {
+            weftctl_json(h, &["status"])
+                .ok()
+                .and_then(|s| s["peers"].as_array().map(|p| p.len() == want))
+                .unwrap_or(false)
+        })
+    });
+    if !meshed {
+        println!("not every agent has all {want} peers yet; the matrix may show gaps");
+    }
     let mut eps: Vec<Vec<Ep>> = Vec::new();
     for h in lab.hosts() {
-        agents.push(h.try_start_agent(&[])?);
-        lab.write_manifest()?;
         let mut v = Vec::new();
         for j in 1..=per_host {
             let name = format!("{}-n{j}", h.name);
@@ -203,8 +223,8 @@ fn mark(b: bool) -> &'static str {
     }
 }
 
-/// Pings every namespace from every namespace on the same host, plus the
-/// gateway and the internet host; proves NAT with a TCP request to a
+/// Pings every namespace from every namespace, on its own host and across
+/// the overlay, plus the internet host; proves NAT with a TCP request to a
 /// peer-address server in the internet namespace. Returns whether all passed.
 fn matrix(lab: &Lab, eps: &[Vec<Ep>]) -> bool {
     let mut all_ok = true;
@@ -216,76 +236,110 @@ fn matrix(lab: &Lab, eps: &[Vec<Ep>]) -> bool {
             None
         }
     };
-    for (h, v) in lab.hosts().iter().zip(eps) {
-        let gw = gateway_of(&h.subnet);
-        println!();
-        println!(
-            "{}  underlay {}  subnet {}  gateway {}",
-            h.name,
-            h.ip,
-            h.subnet,
-            gw.map(|g| g.to_string()).unwrap_or_else(|| "?".into())
-        );
-        if v.is_empty() {
-            println!("  (no namespaces)");
-            continue;
-        }
-        // Targets: every namespace, the gateway, the internet host.
-        let mut targets: Vec<(String, String)> = v
-            .iter()
-            .map(|e| (e.name.clone(), e.ip.to_string()))
-            .collect();
-        if let Some(g) = gw {
-            targets.push(("gateway".into(), g.to_string()));
-        }
-        targets.push(("internet".into(), INTERNET_IP.to_string()));
-        // Each ping waits at most 3 s; run up to PING_WORKERS at a time.
-        let jobs: Vec<((usize, usize), PathBuf, String)> = v
-            .iter()
-            .enumerate()
-            .flat_map(|(i, src)| {
-                targets
-                    .iter()
-                    .enumerate()
-                    .filter(move |&(j, _)| j != i)
-                    .map(move |(j, (_, ip))| ((i, j), src.netns.clone(), ip.clone()))
-            })
-            .collect();
-        let cells = ping_all(jobs);
-        let w = targets
-            .iter()
-            .map(|(n, _)| n.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(3)
-            + 2;
-        let lw = v
-            .iter()
-            .map(|e| e.name.len() + e.ip.to_string().len() + 1)
-            .max()
-            .unwrap_or(0)
-            .max(9)
-            + 2;
-        let mut hdr = format!("  {:<lw$}", "from \\ to");
-        for (n, _) in &targets {
-            hdr += &format!("{n:^w$}");
-        }
-        println!("{hdr}");
-        for (i, src) in v.iter().enumerate() {
-            let mut line = format!("  {:<lw$}", format!("{} {}", src.name, src.ip));
-            for j in 0..targets.len() {
-                let c = match cells.get(&(i, j)) {
-                    None => "·",
-                    Some(&b) => {
-                        all_ok &= b;
-                        mark(b)
+    println!();
+    for h in lab.hosts() {
+        match weftctl_json(h, &["status"]) {
+            Ok(st) => {
+                let peers: Vec<String> = st["peers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                format!(
+                                    "{} {}",
+                                    p["name"].as_str().unwrap_or("?"),
+                                    p["mode"].as_str().unwrap_or("?")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{}  underlay {}  subnet {}  gateway {}  mtu {}  peers: {}",
+                    h.name,
+                    h.ip,
+                    st["subnet"].as_str().unwrap_or("?"),
+                    st["gateway"].as_str().unwrap_or("?"),
+                    st["mtu"],
+                    if peers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        peers.join(", ")
                     }
-                };
-                line += &format!("{c:^w$}");
+                );
             }
-            println!("{line}");
+            Err(e) => {
+                all_ok = false;
+                println!("{}  {e:#}", h.name);
+            }
         }
-        if let Some(srv) = &nat_srv {
+    }
+    let all: Vec<&Ep> = eps.iter().flatten().collect();
+    if all.is_empty() {
+        println!("(no namespaces)");
+        return all_ok;
+    }
+    // Targets: every namespace, then the internet host.
+    let mut targets: Vec<(String, String)> = all
+        .iter()
+        .map(|e| (e.name.clone(), e.ip.to_string()))
+        .collect();
+    targets.push(("internet".into(), INTERNET_IP.to_string()));
+    // Each ping waits at most 3 s; run up to PING_WORKERS at a time.
+    let jobs: Vec<((usize, usize), PathBuf, String)> = all
+        .iter()
+        .enumerate()
+        .flat_map(|(i, src)| {
+            targets
+                .iter()
+                .enumerate()
+                .filter(move |&(j, _)| j != i)
+                .map(move |(j, (_, ip))| ((i, j), src.netns.clone(), ip.clone()))
+        })
+        .collect();
+    let total = jobs.len();
+    let cells = ping_all(jobs);
+    let w = targets
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3)
+        + 2;
+    let lw = all
+        .iter()
+        .map(|e| e.name.len() + e.ip.to_string().len() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(9)
+        + 2;
+    println!();
+    println!("ping matrix (✓ = a reply within 3 s):");
+    let mut hdr = format!("  {:<lw$}", "from \\ to");
+    for (n, _) in &targets {
+        hdr += &format!("{n:^w$}");
+    }
+    println!("{hdr}");
+    let mut passed = 0;
+    for (i, src) in all.iter().enumerate() {
+        let mut line = format!("  {:<lw$}", format!("{} {}", src.name, src.ip));
+        for j in 0..targets.len() {
+            let c = match cells.get(&(i, j)) {
+                None => "·",
+                Some(&b) => {
+                    all_ok &= b;
+                    passed += usize::from(b);
+                    mark(b)
+                }
+            };
+            line += &format!("{c:^w$}");
+        }
+        println!("{line}");
+    }
+    println!("  {passed}/{total} pings answered");
+    if let Some(srv) = &nat_srv {
+        println!();
+        for (h, v) in lab.hosts().iter().zip(eps) {
             for e in v {
                 let r = try_tcp_request(&e.netns, srv.addr());
                 let (ok, seen) = match &r {
@@ -361,15 +415,29 @@ fn status(dir: &Path) -> Result<bool> {
     if !ok {
         println!("missing namespaces: {}", missing.join(", "));
     }
+    // The lab's own processes: etcd and the controllers.
+    for p in lab.manifest().procs.iter().filter(|p| p.host.is_none()) {
+        let alive = weft_tests::cleanup::proc_alive(p.pid, p.start);
+        ok &= alive;
+        println!(
+            "{:<14} pid {:<8} {}",
+            p.label,
+            p.pid,
+            if alive { "running" } else { "NOT RUNNING" }
+        );
+    }
     for h in lab.hosts() {
         let pid = h.agent_pid();
         println!();
+        let st = pid.and_then(|_| weftctl_json(h, &["status"]).ok());
         println!(
             "{}  ns {}  underlay {}  subnet {}  agent {}",
             h.name,
             h.ns_name,
             h.ip,
-            h.subnet,
+            st.as_ref()
+                .and_then(|s| s["subnet"].as_str())
+                .unwrap_or("?"),
             match pid {
                 Some(p) => format!("running (pid {p})"),
                 None => "NOT RUNNING".into(),
@@ -378,6 +446,27 @@ fn status(dir: &Path) -> Result<bool> {
         if pid.is_none() {
             ok = false;
             continue;
+        }
+        if let Some(st) = &st {
+            let c = &st["controller"];
+            println!(
+                "  controller {} ({})",
+                c["address"].as_str().unwrap_or("-"),
+                if c["connected"] == true {
+                    "connected"
+                } else {
+                    "NOT CONNECTED"
+                }
+            );
+            for p in st["peers"].as_array().into_iter().flatten() {
+                println!(
+                    "  peer {:<8} {:<18} at {:<15} {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["subnet"].as_str().unwrap_or("?"),
+                    p["public_ip"].as_str().unwrap_or("?"),
+                    p["mode"].as_str().unwrap_or("?")
+                );
+            }
         }
         match weftctl_json(h, &["ns", "list"]) {
             Ok(serde_json::Value::Array(list)) => {
