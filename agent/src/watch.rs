@@ -11,16 +11,14 @@ use ipnetwork::Ipv4Network;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
 use tracing::{debug, info, warn};
-use weft_common::MacAddr;
 
 use crate::agent::{Agent, WatchView, BRIDGE};
-use crate::netlink::{fdb_dst, RTPROT_WEFT};
+use crate::netlink::{neigh_parts, RTPROT_WEFT};
 
 /// A full reconcile at least this often, whatever the events said.
 pub const PERIOD: Duration = Duration::from_secs(30);
@@ -172,21 +170,6 @@ fn link_name(l: &LinkMessage) -> Option<&str> {
 
 fn is_v4(a: &AddressMessage) -> bool {
     a.header.family == AddressFamily::Inet
-}
-
-fn neigh_parts(n: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<MacAddr>) {
-    let mut ip = None;
-    let mut mac = None;
-    for a in &n.attributes {
-        match a {
-            NeighbourAttribute::Destination(d) => ip = fdb_dst(d),
-            NeighbourAttribute::LinkLayerAddress(b) => {
-                mac = <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr)
-            }
-            _ => {}
-        }
-    }
-    (ip, mac)
 }
 
 /// Destination, output device and gateway of a main-table IPv4 route.

@@ -6,7 +6,7 @@
 
 mod overlay;
 
-pub use overlay::{fdb_dst, VxlanInfo, VxlanSpec, RTPROT_WEFT};
+pub use overlay::{neigh_parts, VxlanInfo, VxlanSpec, RTPROT_WEFT};
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};

@@ -92,9 +92,23 @@ pub struct Fdb {
     pub dst: Option<Ipv4Addr>,
 }
 
-/// The destination of a bridge-family entry: the parser leaves addresses
-/// of family AF_BRIDGE as raw bytes.
-pub fn fdb_dst(a: &NeighbourAddress) -> Option<Ipv4Addr> {
+/// The IPv4 destination and the MAC of a neighbour or FDB entry.
+pub fn neigh_parts(m: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<MacAddr>) {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(d) => ip = fdb_dst(d),
+            NeighbourAttribute::LinkLayerAddress(b) => mac = mac_of(b),
+            _ => {}
+        }
+    }
+    (ip, mac)
+}
+
+/// An IPv4 destination; the parser leaves addresses of family AF_BRIDGE
+/// (FDB entries) as raw bytes.
+fn fdb_dst(a: &NeighbourAddress) -> Option<Ipv4Addr> {
     match a {
         NeighbourAddress::Inet(ip) => Some(*ip),
         NeighbourAddress::Other(b) => <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from),
@@ -129,30 +143,34 @@ impl Netlink {
             .map_err(ctx(format!("create vxlan device {}", spec.name)))
     }
 
-    /// IPv4 neighbours of one device.
-    pub async fn neighbours_v4(&self, ifindex: u32) -> Result<Vec<Neigh>> {
+    /// The neighbour table of one address family, for one device.
+    async fn neighbour_table(
+        &self,
+        family: AddressFamily,
+        ifindex: u32,
+    ) -> Result<Vec<NeighbourMessage>> {
         let msgs = self
-            .dump("list neighbours", || {
+            .dump(format!("list {family:?} neighbours"), || {
                 self.handle
                     .neighbours()
                     .get()
-                    .set_address_family(AddressFamily::Inet)
+                    .set_address_family(family)
                     .execute()
             })
             .await?;
         Ok(msgs
-            .iter()
+            .into_iter()
             .filter(|m| m.header.ifindex == ifindex)
+            .collect())
+    }
+
+    /// IPv4 neighbours of one device.
+    pub async fn neighbours_v4(&self, ifindex: u32) -> Result<Vec<Neigh>> {
+        let msgs = self.neighbour_table(AddressFamily::Inet, ifindex).await?;
+        Ok(msgs
+            .iter()
             .filter_map(|m| {
-                let mut ip = None;
-                let mut mac = None;
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
-                        NeighbourAttribute::LinkLayerAddress(b) => mac = mac_of(b),
-                        _ => {}
-                    }
-                }
+                let (ip, mac) = neigh_parts(m);
                 Some(Neigh {
                     ifindex,
                     ip: ip?,
@@ -165,28 +183,11 @@ impl Netlink {
 
     /// FDB entries of one device.
     pub async fn fdb(&self, ifindex: u32) -> Result<Vec<Fdb>> {
-        let msgs = self
-            .dump("list fdb entries", || {
-                self.handle
-                    .neighbours()
-                    .get()
-                    .set_address_family(AddressFamily::Bridge)
-                    .execute()
-            })
-            .await?;
+        let msgs = self.neighbour_table(AddressFamily::Bridge, ifindex).await?;
         Ok(msgs
             .iter()
-            .filter(|m| m.header.ifindex == ifindex)
             .filter_map(|m| {
-                let mut dst = None;
-                let mut mac = None;
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(d) => dst = fdb_dst(d),
-                        NeighbourAttribute::LinkLayerAddress(b) => mac = mac_of(b),
-                        _ => {}
-                    }
-                }
+                let (dst, mac) = neigh_parts(m);
                 Some(Fdb {
                     ifindex,
                     mac: mac?,
