@@ -191,3 +191,162 @@ fn route_parts(r: &RouteMessage) -> Option<(Ipv4Network, Option<u32>, Option<Ipv
     let net = Ipv4Network::new(dst, r.header.destination_prefix_length).ok()?;
     Some((net, oif, gw))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::{Entries, RouteTo};
+    use rtnetlink::packet_route::neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+    };
+    use rtnetlink::packet_route::route::RouteProtocol;
+    use rtnetlink::packet_route::AddressFamily;
+    use weft_common::MacAddr;
+
+    const VX: u32 = 7;
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+
+    fn view() -> WatchView {
+        let mut desired = Entries::default();
+        desired.neigh.insert(Ipv4Addr::new(10, 244, 2, 0), MAC);
+        desired.fdb.insert((MAC, Ipv4Addr::new(198, 18, 0, 12)));
+        desired.routes.insert(
+            "10.244.2.0/24".parse().unwrap(),
+            RouteTo {
+                gateway: Ipv4Addr::new(10, 244, 2, 0),
+                oif: VX,
+                onlink: true,
+            },
+        );
+        WatchView {
+            bridge: 3,
+            vxlan: VX,
+            desired,
+        }
+    }
+
+    fn link(name: &str) -> LinkMessage {
+        let mut l = LinkMessage::default();
+        l.attributes.push(LinkAttribute::IfName(name.into()));
+        l
+    }
+
+    fn route(dst: &str, gw: Ipv4Addr, oif: u32, proto: u8) -> RouteMessage {
+        let net: Ipv4Network = dst.parse().unwrap();
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.table = 254;
+        r.header.destination_prefix_length = net.prefix();
+        r.header.protocol = RouteProtocol::from(proto);
+        r.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                net.network(),
+            )));
+        r.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r
+    }
+
+    fn neigh(family: AddressFamily, ip: Ipv4Addr, mac: MacAddr) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.family = family;
+        n.header.ifindex = VX;
+        let dst = match family {
+            AddressFamily::Inet => NeighbourAddress::Inet(ip),
+            _ => NeighbourAddress::Other(ip.octets().to_vec()),
+        };
+        n.attributes.push(NeighbourAttribute::Destination(dst));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.octets().to_vec()));
+        n
+    }
+
+    fn check(m: RouteNetlinkMessage) -> bool {
+        concerns_weft(&m, &view(), Some("weft.1")).is_some()
+    }
+
+    #[test]
+    fn deleted_weft_devices_need_repair_others_do_not() {
+        assert!(check(RouteNetlinkMessage::DelLink(link("weft0"))));
+        assert!(check(RouteNetlinkMessage::DelLink(link("weft.1"))));
+        assert!(!check(RouteNetlinkMessage::DelLink(link("eth1"))));
+        assert!(!check(RouteNetlinkMessage::NewLink(link("weft0"))));
+    }
+
+    #[test]
+    fn routes_compared_with_the_desired_set() {
+        let gw = Ipv4Addr::new(10, 244, 2, 0);
+        // Our own route appearing as wanted, or a foreign route: nothing.
+        assert!(!check(RouteNetlinkMessage::NewRoute(route(
+            "10.244.2.0/24",
+            gw,
+            VX,
+            RTPROT_WEFT
+        ))));
+        assert!(!check(RouteNetlinkMessage::NewRoute(route(
+            "192.168.0.0/16",
+            Ipv4Addr::new(198, 18, 0, 1),
+            2,
+            4
+        ))));
+        // Wanted route removed, stale route planted on the vxlan device,
+        // a weft route pointing elsewhere: repair.
+        assert!(check(RouteNetlinkMessage::DelRoute(route(
+            "10.244.2.0/24",
+            gw,
+            VX,
+            RTPROT_WEFT
+        ))));
+        assert!(check(RouteNetlinkMessage::NewRoute(route(
+            "10.244.9.0/24",
+            Ipv4Addr::new(10, 244, 9, 0),
+            VX,
+            4
+        ))));
+        assert!(check(RouteNetlinkMessage::NewRoute(route(
+            "10.244.2.0/24",
+            Ipv4Addr::new(198, 18, 0, 99),
+            2,
+            RTPROT_WEFT
+        ))));
+        // Removing a route nobody wants any more (a peer left): nothing.
+        assert!(!check(RouteNetlinkMessage::DelRoute(route(
+            "10.244.9.0/24",
+            Ipv4Addr::new(10, 244, 9, 0),
+            VX,
+            RTPROT_WEFT
+        ))));
+    }
+
+    #[test]
+    fn neighbours_and_fdb_compared_with_the_desired_set() {
+        let n = Ipv4Addr::new(10, 244, 2, 0);
+        let pub_ip = Ipv4Addr::new(198, 18, 0, 12);
+        let other = MacAddr([2, 0, 0, 0, 0, 9]);
+        let inet = AddressFamily::Inet;
+        let br = AddressFamily::Bridge;
+        assert!(!check(RouteNetlinkMessage::NewNeighbour(neigh(
+            inet, n, MAC
+        ))));
+        assert!(check(RouteNetlinkMessage::NewNeighbour(neigh(
+            inet, n, other
+        ))));
+        assert!(check(RouteNetlinkMessage::DelNeighbour(neigh(
+            inet, n, MAC
+        ))));
+        assert!(!check(RouteNetlinkMessage::NewNeighbour(neigh(
+            br, pub_ip, MAC
+        ))));
+        assert!(check(RouteNetlinkMessage::NewNeighbour(neigh(
+            br, pub_ip, other
+        ))));
+        assert!(check(RouteNetlinkMessage::DelNeighbour(neigh(
+            br, pub_ip, MAC
+        ))));
+        // Another device's neighbours are not weft's business.
+        let mut foreign = neigh(inet, n, other);
+        foreign.header.ifindex = 2;
+        assert!(!check(RouteNetlinkMessage::NewNeighbour(foreign)));
+    }
+}
