@@ -590,3 +590,40 @@ fn direct_routing_on_one_segment_vxlan_across_the_router() {
     tcp_echo(&eps[0], &eps[1], 1 << 20);
     tcp_echo(&eps[0], &eps[2], 1 << 20);
 }
+
+#[test]
+fn peer_with_a_new_vtep_mac_is_updated_in_place() {
+    let lab = Lab::new(LabOpts::cluster(2, 1));
+    let mut agents = start(&lab, &[1, 2], &[]);
+    wait_mesh(&lab, &[1, 2]);
+    let eps = add_eps(&lab, &[1], 1);
+    let before = host_record(&lab, "h2");
+    // h2 loses its state (a reinstalled host): a new VTEP MAC, same name,
+    // and the controller gives it its subnet back.
+    agents.get_mut(&2).unwrap().stop();
+    std::fs::remove_dir_all(&lab.host(2).state_dir).unwrap();
+    std::fs::create_dir_all(&lab.host(2).state_dir).unwrap();
+    *agents.get_mut(&2).unwrap() = lab.host(2).start_agent(&[]);
+    let after = host_record(&lab, "h2");
+    assert_eq!(after["subnet"], before["subnet"]);
+    let new_mac = after["vtep_mac"].as_str().unwrap().to_string();
+    assert_ne!(new_mac, before["vtep_mac"].as_str().unwrap());
+    let subnet = after["subnet"].as_str().unwrap().to_string();
+    let ip = after["public_ip"].as_str().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || entries_for(
+            &lab, 1, &subnet, &new_mac, &ip
+        ) == [true; 4]),
+        "h1 did not follow h2's new MAC: {:?}",
+        entries_for(&lab, 1, &subnet, &new_mac, &ip)
+    );
+    let fdb = sh(&lab, 1, &["bridge", "fdb", "show", "dev", "weft.1"]);
+    assert_eq!(
+        fdb.lines().count(),
+        1,
+        "the old MAC's entry is gone:\n{fdb}"
+    );
+    let mut all = eps.clone();
+    all.extend(add_eps(&lab, &[2], 1));
+    assert_mesh(&lab, &all);
+}
