@@ -14,6 +14,7 @@ pkgs=(
   etcd-client          # etcdctl: tests read etcd with it, independently of weft
   containernetworking-plugins  # CNI bridge/host-local, the benchmark's reference
   iptables             # the CNI bridge plugin's ipMasq uses it (weft-bench)
+  systemd              # systemd-analyze: tests verify the units in deploy/systemd
   iperf3               # cross-host throughput (weft-bench dataplane)
 )
 missing=()
