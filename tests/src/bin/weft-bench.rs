@@ -6,6 +6,19 @@
 //! it) with `weftctl ns add` vs the CNI reference plugins (`bridge` with
 //! `host-local` IPAM, Debian `containernetworking-plugins`), each creating
 //! the namespace itself, at several counts of existing endpoints.
+//!
+//! `weft-bench register`: N in-process agents registering at once.
+//!
+//! `weft-bench converge`: time until every agent has programmed a host that
+//! joins, or is removed (`tests/src/bench/converge.rs`).
+//!
+//! `weft-bench peers`: one agent programming P peers from cold, and its
+//! memory (`tests/src/bench/peers.rs`).
+//!
+//! `weft-bench dataplane`: TCP throughput and RTT across hosts: underlay vs
+//! VXLAN vs direct routing (`tests/src/bench/dataplane.rs`).
+//!
+//! `weft-bench all --quick`: every one of them as a smoke run.
 
 use std::fs;
 use std::io::Write;
@@ -18,6 +31,15 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use weft_tests::netns::{command_in, SpawnOpts};
 use weft_tests::{bin_path, require_root, Host, Lab, LabOpts};
+
+#[path = "../bench/common.rs"]
+mod common;
+#[path = "../bench/converge.rs"]
+mod converge;
+#[path = "../bench/dataplane.rs"]
+mod dataplane;
+#[path = "../bench/peers.rs"]
+mod peers;
 
 const CNI_DIR: &str = "/usr/lib/cni";
 
@@ -65,6 +87,60 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Convergence: a host joins (fresh) or is removed; time until every
+    /// other agent has programmed it.
+    Converge {
+        /// Hosts in the lab; the last one joins and leaves.
+        #[arg(long, default_value_t = 10)]
+        hosts: usize,
+        /// Join/removal rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Where the raw samples (JSON) go, if anywhere.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A smoke run: 4 hosts, 3 rounds.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Scale of one agent: programming P peers from cold, and its RSS.
+    Peers {
+        /// Numbers of peers, each measured on a fresh lab.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+        peers: Vec<usize>,
+        /// Samples per count (counts interleaved).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Where the raw samples (JSON) go, if anywhere.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A smoke run: 100 and 500 peers, 1 round.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Data plane: TCP throughput (iperf3) and ping RTT, underlay vs VXLAN
+    /// vs direct routing, interleaved.
+    Dataplane {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Length of each iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where the raw samples (JSON) go, if anywhere.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A smoke run: 1 round of 1 s.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Every benchmark in turn (with --quick: each one's smoke run).
+    All {
+        /// Where the raw samples (JSON) go.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -78,6 +154,65 @@ struct Series {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Converge {
+            hosts,
+            rounds,
+            out,
+            quick,
+        } => {
+            let (hosts, rounds) = if quick { (4, 3) } else { (hosts, rounds) };
+            converge::run(hosts, rounds, out.as_deref())
+        }
+        Cmd::Peers {
+            peers: counts,
+            rounds,
+            out,
+            quick,
+        } => {
+            let (counts, rounds) = if quick {
+                (vec![100, 500], 1)
+            } else {
+                (counts, rounds)
+            };
+            peers::run(&counts, rounds, out.as_deref())
+        }
+        Cmd::Dataplane {
+            rounds,
+            seconds,
+            out,
+            quick,
+        } => {
+            let (rounds, seconds) = if quick { (1, 1) } else { (rounds, seconds) };
+            dataplane::run(rounds, seconds, out.as_deref())
+        }
+        Cmd::All { out, quick } => {
+            let (counts, samples) = if quick {
+                (vec![1, 10], 5)
+            } else {
+                (vec![1, 100, 300], 25)
+            };
+            attach(&counts, samples, Duration::from_millis(100), &out)?;
+            println!();
+            register::run(if quick { &[20] } else { &[100, 1000] }, &out)?;
+            println!();
+            if quick {
+                converge::run(4, 3, Some(&out))?;
+            } else {
+                converge::run(10, 20, Some(&out))?;
+            }
+            println!();
+            if quick {
+                peers::run(&[100, 500], 1, Some(&out))?;
+            } else {
+                peers::run(&[100, 1000, 5000], 3, Some(&out))?;
+            }
+            println!();
+            if quick {
+                dataplane::run(1, 1, Some(&out))
+            } else {
+                dataplane::run(5, 5, Some(&out))
+            }
+        }
         Cmd::Register { agents, out, quick } => {
             let agents = if quick { vec![20] } else { agents };
             register::run(&agents, &out)
