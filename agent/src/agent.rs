@@ -11,11 +11,12 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 use weft_common::api::{ControllerLink, Endpoint, Peer, Status};
-use weft_common::cluster::{HostRecord, NetworkConfig};
+use weft_common::cluster::NetworkConfig;
 use weft_common::name::{host_veth_name, is_weft_veth_name};
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
 
 use crate::config::Config;
+use crate::control::PeerSet;
 use crate::firewall::{Firewall, FirewallError, FirewallSpec, PortForward};
 use crate::ipam::{gateway, Ipam, IpamError};
 use crate::netlink::{Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
@@ -103,7 +104,7 @@ struct Inner {
     /// The vxlan device's index (cluster mode; 0 before it exists).
     vxlan: u32,
     /// The peer set as the controller last sent it (or as saved).
-    peers: BTreeMap<String, HostRecord>,
+    peers: PeerSet,
     /// How each peer is programmed now.
     plans: BTreeMap<String, PeerPlan>,
     /// The addresses in the nft VXLAN peer set; `None` when unknown (a
@@ -130,7 +131,7 @@ pub struct Plan {
     /// This host's public (underlay) address (cluster mode).
     pub public_ip: Option<Ipv4Addr>,
     /// The saved peer set to program before any controller answers.
-    pub peers: BTreeMap<String, HostRecord>,
+    pub peers: PeerSet,
 }
 
 impl Plan {
@@ -197,11 +198,18 @@ impl Agent {
             })?;
         }
         let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
+        // The interface holding the public IP carries the tunnel, so its
+        // MTU is the one that counts.
+        let holder = match plan.public_ip {
+            Some(ip) => host.address_owner(ip).await?,
+            None => None,
+        };
+        let underlay = underlay_link(&host, cfg.underlay_iface.as_deref(), holder).await?;
         // Without a default route (e.g. before DHCP at boot) the MTU cannot
         // be detected; the one used before then still holds.
         let mtu = match (
             plan.cluster.as_ref().and_then(|c| c.mtu),
-            underlay_mtu(&host, cfg.underlay_iface.as_deref()).await?,
+            underlay.as_ref().map(|l| l.mtu),
         ) {
             (Some(fixed), _) => fixed,
             (None, Some(m)) => m - plan.overhead(),
@@ -228,16 +236,8 @@ impl Agent {
         netns::prepare_netns_dir(&cfg.netns_dir)?;
         let (overlay, underlay) = match (&plan.cluster, plan.public_ip) {
             (Some(c), Some(public_ip)) => {
-                let dev = overlay::underlay_device(&host, cfg.underlay_iface.as_deref(), public_ip)
-                    .await?;
-                let holds_ip = match &dev {
-                    Some(d) => host
-                        .addresses_v4(d.index)
-                        .await?
-                        .iter()
-                        .any(|(ip, _)| *ip == public_ip),
-                    None => false,
-                };
+                let dev = underlay;
+                let holds_ip = holder.is_some() && holder == dev.as_ref().map(|d| d.index);
                 if !holds_ip {
                     warn!("public ip {public_ip} is not an address of the underlay interface {}: the tunnel sends from whatever address the kernel picks", dev.as_ref().map_or("(none)", |d| d.name.as_str()));
                 }
@@ -292,7 +292,7 @@ impl Agent {
 
     /// Programs a new peer set (a snapshot or delta from the controller):
     /// the difference to what is programmed now, in one batch.
-    pub async fn set_peers(&self, peers: BTreeMap<String, HostRecord>, why: &str) {
+    pub async fn set_peers(&self, peers: PeerSet, why: &str) {
         let Some(ov) = &self.overlay else {
             return;
         };
@@ -749,25 +749,11 @@ fn probe_port(p: &PortMapping) -> std::result::Result<(), String> {
 /// `--underlay-iface`, else of the interface holding the default route.
 pub async fn underlay_address(iface: Option<&str>) -> anyhow::Result<Ipv4Addr> {
     let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
-    let link = match iface {
-        Some(name) => host
-            .link(name)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("--underlay-iface {name}: no such interface"))?,
-        None => {
-            let routes = host.routes_v4().await?;
-            let oif = routes
-                .iter()
-                .find(|r| r.is_default())
-                .and_then(|r| r.oif)
-                .ok_or_else(|| anyhow::anyhow!("no default route to find this host's public address: set --public-ip or --underlay-iface"))?;
-            host.links()
-                .await?
-                .into_iter()
-                .find(|l| l.index == oif)
-                .ok_or_else(|| anyhow::anyhow!("the default route's interface {oif} vanished"))?
-        }
-    };
+    let link = underlay_link(&host, iface, None).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no default route to find this host's public address: set --public-ip or --underlay-iface"
+        )
+    })?;
     host.addresses_v4(link.index)
         .await?
         .into_iter()
@@ -776,22 +762,33 @@ pub async fn underlay_address(iface: Option<&str>) -> anyhow::Result<Ipv4Addr> {
         .ok_or_else(|| anyhow::anyhow!("interface {} has no IPv4 address to use as this host's public address: set --public-ip", link.name))
 }
 
-/// The MTU of the underlay: of `--underlay-iface`, else of the interface
-/// holding the default route; `None` when there is no such interface.
-async fn underlay_mtu(host: &Netlink, iface: Option<&str>) -> anyhow::Result<Option<u32>> {
+/// The underlay interface: `--underlay-iface`, else `holder` (the interface
+/// holding the public IP), else the one of the default route; `None` when
+/// there is none.
+async fn underlay_link(
+    host: &Netlink,
+    iface: Option<&str>,
+    holder: Option<u32>,
+) -> anyhow::Result<Option<Link>> {
     if let Some(name) = iface {
         return match host.link(name).await? {
-            Some(l) => Ok(Some(l.mtu)),
+            Some(l) => Ok(Some(l)),
             None => anyhow::bail!("--underlay-iface {name}: no such interface"),
         };
     }
-    let routes = host.routes_v4().await?;
-    if let Some(oif) = routes.iter().find(|r| r.is_default()).and_then(|r| r.oif) {
-        if let Some(l) = host.links().await?.into_iter().find(|l| l.index == oif) {
-            return Ok(Some(l.mtu));
-        }
-    }
-    Ok(None)
+    let index = match holder {
+        Some(i) => Some(i),
+        None => host
+            .routes_v4()
+            .await?
+            .iter()
+            .find(|r| r.is_default())
+            .and_then(|r| r.oif),
+    };
+    let Some(index) = index else {
+        return Ok(None);
+    };
+    Ok(host.links().await?.into_iter().find(|l| l.index == index))
 }
 
 impl Agent {

@@ -134,7 +134,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
                 cluster: Some(cluster),
                 vtep_mac: Some(vtep_mac),
                 public_ip: Some(public_ip),
-                peers: (*link.peer_set()).clone(),
+                peers: link.peer_set(),
             };
             (plan, Some((link, first, next)))
         }
@@ -157,7 +157,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while peers.changed().await.is_ok() {
                 let set = peers.borrow_and_update().clone();
-                a.set_peers((*set).clone(), "controller").await;
+                a.set_peers(set, "controller").await;
             }
         });
         let l = link.clone();

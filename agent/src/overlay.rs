@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use weft_common::cluster::HostRecord;
 use weft_common::MacAddr;
 
-use crate::netlink::{Link, Netlink, NetlinkError, Route, VxlanSpec, RTPROT_WEFT};
+use crate::netlink::{Netlink, NetlinkError, Route, VxlanSpec, RTPROT_WEFT};
 
 /// Netlink requests in flight at once: enough to hide the round trip,
 /// few enough that the kernel's answers never overflow the socket buffer.
@@ -529,32 +529,6 @@ pub fn log_repairs(dev: &str, d: &Diff) {
         info!("reconcile: neighbour {ip} on {dev} belongs to no peer; removing");
     }
     debug!("reconcile diff: {d:?}");
-}
-
-/// The underlay device: `--underlay-iface`, else the one holding `local`,
-/// else the one of the default route.
-pub async fn underlay_device(
-    nl: &Netlink,
-    iface: Option<&str>,
-    local: Ipv4Addr,
-) -> Result<Option<Link>, NetlinkError> {
-    if let Some(name) = iface {
-        return nl.link(name).await;
-    }
-    let links = nl.links().await?;
-    for l in &links {
-        if nl
-            .addresses_v4(l.index)
-            .await?
-            .iter()
-            .any(|(ip, _)| *ip == local)
-        {
-            return Ok(Some(l.clone()));
-        }
-    }
-    let routes = nl.routes_v4().await?;
-    let oif = routes.iter().find(|r| r.is_default()).and_then(|r| r.oif);
-    Ok(links.into_iter().find(|l| Some(l.index) == oif))
 }
 
 #[cfg(test)]

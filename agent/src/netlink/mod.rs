@@ -295,6 +295,21 @@ impl Netlink {
             .collect())
     }
 
+    /// The link holding IPv4 address `ip`, if any (one dump of all addresses).
+    pub async fn address_owner(&self, ip: Ipv4Addr) -> Result<Option<u32>> {
+        let msgs = self
+            .dump("list addresses", || self.handle.address().get().execute())
+            .await?;
+        Ok(msgs
+            .iter()
+            .find(|m| {
+                m.attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(a)) if *a == ip))
+            })
+            .map(|m| m.header.index))
+    }
+
     pub async fn add_address(
         &self,
         index: u32,

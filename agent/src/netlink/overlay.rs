@@ -78,16 +78,13 @@ impl VxlanSpec {
 /// An IPv4 neighbour entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Neigh {
-    pub ifindex: u32,
     pub ip: Ipv4Addr,
     pub mac: Option<MacAddr>,
-    pub permanent: bool,
 }
 
 /// A bridge-family FDB entry of a device (for vxlan: MAC → remote VTEP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fdb {
-    pub ifindex: u32,
     pub mac: MacAddr,
     pub dst: Option<Ipv4Addr>,
 }
@@ -171,12 +168,7 @@ impl Netlink {
             .iter()
             .filter_map(|m| {
                 let (ip, mac) = neigh_parts(m);
-                Some(Neigh {
-                    ifindex,
-                    ip: ip?,
-                    mac,
-                    permanent: m.header.state == NeighbourState::Permanent,
-                })
+                Some(Neigh { ip: ip?, mac })
             })
             .collect())
     }
@@ -188,11 +180,7 @@ impl Netlink {
             .iter()
             .filter_map(|m| {
                 let (dst, mac) = neigh_parts(m);
-                Some(Fdb {
-                    ifindex,
-                    mac: mac?,
-                    dst,
-                })
+                Some(Fdb { mac: mac?, dst })
             })
             .collect())
     }
