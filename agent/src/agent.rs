@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
@@ -22,6 +22,7 @@ use crate::ipam::{gateway, Ipam, IpamError};
 use crate::netlink::{Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
 use crate::netns::{self, NetnsError};
 use crate::overlay::{self, Diff, Entries, Mode, Overlay, PeerPlan};
+use crate::pool::{Pool, Spare};
 use crate::state::{EndpointRecord, Loaded, NodeState, StateError, Store};
 use crate::sysctl;
 
@@ -167,6 +168,8 @@ pub struct Agent {
     pub view: Arc<std::sync::Mutex<WatchView>>,
     /// Wakes the repair loop: something weft owns changed or failed.
     pub repair: Arc<tokio::sync::Notify>,
+    /// Spare namespaces for `ns add` (`--ns-pool`).
+    pool: Pool,
     inner: Mutex<Inner>,
 }
 
@@ -269,6 +272,7 @@ impl Agent {
             underlay,
             view: Default::default(),
             repair: Default::default(),
+            pool: Pool::new(cfg.ns_pool),
             inner: Mutex::new(Inner {
                 store,
                 endpoints: loaded.endpoints,
@@ -661,6 +665,7 @@ impl Agent {
                 peer_netns: ns.fd.as_fd(),
                 peer_name: NS_IFACE,
                 peer_mac: rec.mac,
+                up: true,
             })
             .await?;
         // A bridge port needs no addresses of its own (see netns::create).
@@ -858,7 +863,9 @@ impl Agent {
             host_veth,
             publish,
         };
-        match self.build_endpoint(&inner, &rec).await {
+        let built = self.build_endpoint(&inner, &rec).await;
+        self.pool.wake.notify_one();
+        match built {
             Ok(()) => {
                 info!(
                     "added namespace {name}: {ip}/{} on {BRIDGE} via {}{}",
@@ -888,15 +895,35 @@ impl Agent {
         let mut made_fw = false;
         let forwards = forwards_of(rec);
         let mut phases = Phases::start();
+        let spare = self.pool.take();
         let built: Result<()> = async {
-            let ns = netns::create(&path).await?;
-            made_ns = true;
-            phases.mark("namespace");
-            self.create_veth(rec, &ns, inner.bridge).await?;
-            made_veth = true;
-            phases.mark("veth");
-            self.ensure_ns_side(rec, &ns.netlink).await?;
-            phases.mark("inside");
+            let from_spare = match spare {
+                Some(s) => match self.use_spare(s, rec, &path, inner.bridge).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(
+                            "spare namespace unusable ({e}); building {} from scratch",
+                            rec.name
+                        );
+                        false
+                    }
+                },
+                None => false,
+            };
+            if from_spare {
+                made_ns = true;
+                made_veth = true;
+                phases.mark("spare");
+            } else {
+                let ns = netns::create(&path).await?;
+                made_ns = true;
+                phases.mark("namespace");
+                self.create_veth(rec, &ns, inner.bridge).await?;
+                made_veth = true;
+                phases.mark("veth");
+                self.ensure_ns_side(rec, &ns.netlink).await?;
+                phases.mark("inside");
+            }
             if !forwards.is_empty() {
                 let f = forwards.clone();
                 self.firewall(move |fw| fw.add_forwards(&f)).await?;
@@ -952,6 +979,85 @@ impl Agent {
                 error: Box::new(error),
                 undo,
             })
+        }
+    }
+
+    /// Turns a spare into the endpoint `rec`: names its namespace, renames
+    /// and raises its host veth, and gives `eth0` its MAC, address and
+    /// default route. On error it removes what it named and drops the spare.
+    async fn use_spare(
+        &self,
+        s: Spare,
+        rec: &EndpointRecord,
+        path: &Path,
+        bridge: u32,
+    ) -> Result<()> {
+        netns::attach(&s.ns, path)?;
+        let done: Result<()> = async {
+            self.host
+                .rename_up(s.host_index, &s.host_name, &rec.host_veth, bridge)
+                .await?;
+            let nl = &s.ns.netlink;
+            nl.set_link(s.eth_index, NS_IFACE, None, Some(rec.mac), None, true)
+                .await?;
+            nl.add_address(s.eth_index, rec.ip, self.plan.subnet.prefix(), NS_IFACE)
+                .await?;
+            nl.replace_default_route(self.gateway, s.eth_index).await?;
+            Ok(())
+        }
+        .await;
+        if done.is_err() {
+            // By index: the spare's veth, renamed or not, never a device
+            // that merely has the endpoint's name.
+            let _ = self.host.delete_link(s.host_index, &s.host_name).await;
+            let _ = netns::delete(path);
+        }
+        done
+    }
+
+    /// Keeps `--ns-pool` spare namespaces ready; woken after every `ns add`.
+    /// Spares count against the bridge's port limit, so the pool shrinks
+    /// as the host fills up.
+    pub async fn keep_spares(self: Arc<Self>) {
+        let target = self.pool.target;
+        if target == 0 {
+            return;
+        }
+        info!("keeping {target} spare namespaces ready for ns add (--ns-pool)");
+        let mut failures: u32 = 0;
+        loop {
+            loop {
+                let (bridge, endpoints) = {
+                    let inner = self.inner.lock().await;
+                    (inner.bridge, inner.endpoints.len())
+                };
+                let have = self.pool.len();
+                if have >= target || endpoints + have >= MAX_ENDPOINTS || bridge == 0 {
+                    break;
+                }
+                match self
+                    .pool
+                    .build(&self.host, bridge, self.mtu, NS_IFACE)
+                    .await
+                {
+                    Ok(spare) => {
+                        debug!("spare namespace ready ({})", spare.host_name);
+                        self.pool.put(spare);
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures <= 3 || failures.is_power_of_two() {
+                            warn!("cannot build a spare namespace ({e}); ns add builds its own meanwhile");
+                        }
+                        let pause = std::time::Duration::from_millis(100)
+                            .saturating_mul(1 << failures.min(9));
+                        tokio::time::sleep(pause).await;
+                        break;
+                    }
+                }
+            }
+            self.pool.wake.notified().await;
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Args {
     /// Route directly to peers on the same L2 segment instead of tunnelling.
     #[arg(long, env = "WEFT_DIRECT_ROUTING")]
     pub direct_routing: bool,
+    /// Spare namespaces kept ready so that `ns add` only names and addresses one (0: none) [default: 4].
+    #[arg(long, env = "WEFT_NS_POOL", value_name = "N")]
+    pub ns_pool: Option<usize>,
     /// Address for Prometheus metrics and health checks.
     #[arg(long, env = "WEFT_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -74,6 +77,7 @@ struct FileConfig {
     run_dir: Option<PathBuf>,
     netns_dir: Option<PathBuf>,
     direct_routing: Option<bool>,
+    ns_pool: Option<usize>,
     metrics_listen: Option<String>,
 }
 
@@ -93,6 +97,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub netns_dir: PathBuf,
+    /// Spare namespaces to keep ready (`--ns-pool`).
+    pub ns_pool: usize,
 }
 
 impl Config {
@@ -100,6 +106,10 @@ impl Config {
         self.run_dir.join("agent.sock")
     }
 }
+
+/// Spare namespaces kept by default: enough for a burst of a few `ns add`,
+/// few enough that their bridge ports and memory do not matter.
+pub const DEFAULT_NS_POOL: usize = 4;
 
 pub fn resolve(args: Args) -> Result<Config> {
     let file = match &args.config {
@@ -111,6 +121,13 @@ pub fn resolve(args: Args) -> Result<Config> {
     let metrics = args.metrics_listen.or(file.metrics_listen);
     let direct = args.direct_routing || file.direct_routing.unwrap_or(false);
     let public_ip = args.public_ip.or(file.public_ip);
+    let ns_pool = args.ns_pool.or(file.ns_pool).unwrap_or(DEFAULT_NS_POOL);
+    if ns_pool > crate::pool::MAX_POOL {
+        bail!(
+            "--ns-pool {ns_pool}: at most {} spare namespaces",
+            crate::pool::MAX_POOL
+        );
+    }
     // Refuse what this build cannot do rather than silently ignore it.
     if let Some(m) = metrics {
         bail!("--metrics-listen {m}: metrics are not available in this build of weft-agent yet");
@@ -179,6 +196,7 @@ pub fn resolve(args: Args) -> Result<Config> {
             .netns_dir
             .or(file.netns_dir)
             .unwrap_or_else(|| "/run/netns".into()),
+        ns_pool,
     })
 }
 
@@ -267,5 +285,19 @@ mod tests {
         .to_string();
         assert!(e.contains("node-nam"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ns_pool_defaults_and_bounds() {
+        let args = |n: Option<usize>| Args {
+            node_name: Some("h1".into()),
+            subnet: Some("10.244.1.0/24".into()),
+            ns_pool: n,
+            ..Default::default()
+        };
+        assert_eq!(resolve(args(None)).unwrap().ns_pool, DEFAULT_NS_POOL);
+        assert_eq!(resolve(args(Some(0))).unwrap().ns_pool, 0);
+        let e = resolve(args(Some(65))).unwrap_err().to_string();
+        assert!(e.contains("--ns-pool 65") && e.contains("64"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ mod ipam;
 mod netlink;
 mod netns;
 mod overlay;
+mod pool;
 mod state;
 mod sysctl;
 mod watch;
@@ -171,6 +172,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         );
     }
     tokio::spawn(watch::repair_loop(agent.clone()));
+    tokio::spawn(agent.clone().keep_spares());
     info!("listening on {}", socket.display());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

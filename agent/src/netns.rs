@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -136,6 +136,57 @@ pub struct Namespace {
 /// Creates a new network namespace bind-mounted at `path` and returns it with
 /// a netlink handle inside it. On error nothing is left behind.
 pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
+    if path.symlink_metadata().is_ok() {
+        return Err(NetnsError::Exists(path.to_path_buf()));
+    }
+    let ns = create_anonymous().await?;
+    attach(&ns, path)?;
+    Ok(ns)
+}
+
+/// Creates a new network namespace that has no name yet: it lives as long
+/// as its file descriptor or a socket inside it is open, so a process that
+/// dies takes it (and the devices in it) along.
+pub async fn create_anonymous() -> Result<Namespace, NetnsError> {
+    let label = PathBuf::from("(new namespace)");
+    let (fd, netlink) = on_fresh_thread(
+        &label.clone(),
+        move |rt| -> Result<(OwnedFd, Netlink), NetnsError> {
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(io_err("unshare network namespace for", &label))?;
+            // weft routes IPv4 only. With IPv6 on, every new eth0 sends DAD,
+            // MLD and router solicitations that the bridge floods to every
+            // port: work that grows with the number of namespaces. Devices
+            // created in this namespace from now on (eth0) get none; lo
+            // keeps ::1.
+            crate::sysctl::set("net.ipv6.conf.default.disable_ipv6", "1").map_err(|e| {
+                NetnsError::Io {
+                    what: "disable IPv6 on new devices in",
+                    path: label.clone(),
+                    source: e,
+                }
+            })?;
+            let fd = File::open("/proc/thread-self/ns/net").map_err(|e| NetnsError::Io {
+                what: "open namespace",
+                path: label.clone(),
+                source: e,
+            })?;
+            let _guard = rt.enter();
+            let netlink = Netlink::connect().map_err(|e| NetnsError::Io {
+                what: "open netlink socket in",
+                path: label,
+                source: e,
+            })?;
+            Ok((fd.into(), netlink))
+        },
+    )
+    .await?;
+    Ok(Namespace { fd, netlink })
+}
+
+/// Names a namespace: bind-mounts it at `path` (a new file, as `ip netns
+/// add` makes). On error nothing is left at `path`.
+pub fn attach(ns: &Namespace, path: &Path) -> Result<(), NetnsError> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -149,51 +200,18 @@ pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
                 source: e,
             },
         })?;
-    let owned = path.to_path_buf();
-    let made = on_fresh_thread(path, move |rt| -> Result<(OwnedFd, Netlink), NetnsError> {
-        unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(io_err("unshare network namespace for", &owned))?;
-        // weft routes IPv4 only. With IPv6 on, every new eth0 sends DAD, MLD
-        // and router solicitations that the bridge floods to every port: work
-        // that grows with the number of namespaces. Devices created in this
-        // namespace from now on (eth0) get none; lo keeps ::1.
-        crate::sysctl::set("net.ipv6.conf.default.disable_ipv6", "1").map_err(|e| {
-            NetnsError::Io {
-                what: "disable IPv6 on new devices in",
-                path: owned.clone(),
-                source: e,
-            }
-        })?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &owned,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(io_err("bind-mount namespace at", &owned))?;
-        let fd = File::open(&owned).map_err(|e| NetnsError::Io {
-            what: "open namespace",
-            path: owned.clone(),
-            source: e,
-        })?;
-        let _guard = rt.enter();
-        let netlink = Netlink::connect().map_err(|e| NetnsError::Io {
-            what: "open netlink socket in",
-            path: owned.clone(),
-            source: e,
-        })?;
-        Ok((fd.into(), netlink))
-    })
-    .await;
-    match made {
-        Ok((fd, netlink)) => Ok(Namespace { fd, netlink }),
-        Err(e) => {
-            let _ = umount2(path, MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_file(path);
-            Err(e)
-        }
+    let source = format!("/proc/self/fd/{}", ns.fd.as_raw_fd());
+    if let Err(e) = mount(
+        Some(source.as_str()),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = std::fs::remove_file(path);
+        return Err(io_err("bind-mount namespace at", path)(e));
     }
+    Ok(())
 }
 
 /// Opens an existing namespace and a netlink handle inside it.

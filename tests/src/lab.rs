@@ -811,6 +811,9 @@ impl Drop for Lab {
                 eprintln!("{l}");
             }
             self.dump_logs();
+        } else if std::env::var_os("WEFT_KEEP_LOGS").is_some() {
+            self.kill_all();
+            self.keep_logs();
         }
         self.teardown();
     }
@@ -820,8 +823,38 @@ impl Lab {
     /// Prints the tail of every log file of the lab (agents, background
     /// processes) to stderr; done automatically when a test panics, since
     /// the files are removed with the lab. If `WEFT_KEEP_LOGS=DIR` is set,
-    /// the log files are also copied to `DIR/<prefix>/`.
+    /// the log files are also copied to `DIR/<prefix>/` (also when the lab
+    /// ends without a panic).
     pub fn dump_logs(&self) {
+        for l in self.log_files() {
+            eprintln!(
+                "----- {} (last 60 lines) -----\n{}",
+                l.display(),
+                log_tail(&l, 60)
+            );
+        }
+        self.keep_logs();
+    }
+
+    /// With `WEFT_KEEP_LOGS=DIR`, copies every log file of the lab to
+    /// `DIR/<prefix>/` (a lab that ends well keeps them too).
+    fn keep_logs(&self) {
+        let Some(keep) =
+            std::env::var_os("WEFT_KEEP_LOGS").map(|d| PathBuf::from(d).join(&self.prefix))
+        else {
+            return;
+        };
+        for l in self.log_files() {
+            let rel = l.strip_prefix(&self.dir).unwrap_or(&l);
+            let dst = keep.join(rel);
+            if let Some(parent) = dst.parent() {
+                let _ = fs::create_dir_all(parent);
+            }
+            let _ = fs::copy(&l, &dst);
+        }
+    }
+
+    fn log_files(&self) -> Vec<PathBuf> {
         let mut logs = Vec::new();
         for h in &self.hosts {
             if let Ok(rd) = fs::read_dir(&h.dir) {
@@ -833,22 +866,7 @@ impl Lab {
         }
         logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
         logs.sort();
-        let keep = std::env::var_os("WEFT_KEEP_LOGS").map(|d| PathBuf::from(d).join(&self.prefix));
-        for l in logs {
-            eprintln!(
-                "----- {} (last 60 lines) -----\n{}",
-                l.display(),
-                log_tail(&l, 60)
-            );
-            if let Some(k) = &keep {
-                let rel = l.strip_prefix(&self.dir).unwrap_or(&l);
-                let dst = k.join(rel);
-                if let Some(parent) = dst.parent() {
-                    let _ = fs::create_dir_all(parent);
-                }
-                let _ = fs::copy(&l, &dst);
-            }
-        }
+        logs
     }
 }
 

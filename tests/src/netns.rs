@@ -112,7 +112,7 @@ pub struct SpawnOpts {
 /// The namespace file is opened now (so errors surface here) and joined in
 /// the child between `fork` and `exec`. Every `WEFT_*` variable of the
 /// caller's environment is removed, since weft binaries read their flags
-/// from such variables.
+/// from such variables; `WEFT_LOG` (the log filter, not a flag) is kept.
 pub fn command_in(
     ns: impl AsRef<Path>,
     program: impl AsRef<OsStr>,
@@ -121,7 +121,7 @@ pub fn command_in(
     let fd = open_ns(ns)?;
     let mut cmd = Command::new(program);
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("WEFT_") {
+        if k.to_string_lossy().starts_with("WEFT_") && k != "WEFT_LOG" {
             cmd.env_remove(k);
         }
     }

@@ -23,11 +23,20 @@ fn stdout(out: std::process::Output) -> String {
 
 /// Everything on a host that weft may change: links, addresses, routes,
 /// nftables, the namespace files and mounts, and the agent's state files.
+/// An `ip -o link` line of a spare namespace's host veth.
+fn is_spare(line: &str) -> bool {
+    line.split(':')
+        .nth(1)
+        .is_some_and(|n| n.trim().starts_with("wp"))
+}
+
 fn snapshot(lab: &Lab, h: &Host) -> String {
     let mut s = String::new();
     let links = stdout(h.exec(&["ip", "-o", "link", "show"]));
     // Names only: flags like NO-CARRIER follow carrier timing, not weft.
-    for l in links.lines() {
+    // Spare namespaces' veths (`wp…`) come and go with the agent's pool;
+    // spare_namespaces_* checks them.
+    for l in links.lines().filter(|l| !is_spare(l)) {
         s += l.split(':').nth(1).unwrap_or("").trim();
         s += "\n";
     }
@@ -539,4 +548,86 @@ fn one_agent_per_host_namespace() {
         h1.weftctl(&["status"]).status.success(),
         "the first agent is unaffected"
     );
+}
+
+/// The host veths of this host's spare namespaces: (name, ifindex, line).
+fn spares(h: &Host) -> Vec<(String, u32, String)> {
+    stdout(h.exec(&["ip", "-o", "link", "show"]))
+        .lines()
+        .filter(|l| is_spare(l))
+        .map(|l| {
+            let mut f = l.split(':');
+            let index = f.next().unwrap().trim().parse().unwrap();
+            let name = f.next().unwrap().trim();
+            let name = name.split('@').next().unwrap().to_string();
+            (name, index, l.to_string())
+        })
+        .collect()
+}
+
+fn wait_spares(h: &Host, n: usize) -> Vec<(String, u32, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = spares(h);
+        if s.len() == n {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} spare veths, found {}: {s:?}",
+            s.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn spare_namespaces_are_used_refilled_and_die_with_the_agent() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h1 = lab.host(1);
+    let mut agent = h1.start_agent(&[]);
+    // The default pool: 4 spares, each a down port of weft0.
+    let before = wait_spares(h1, 4);
+    for (name, _, line) in &before {
+        assert!(line.contains("master weft0"), "{line}");
+        assert!(line.contains("state DOWN"), "{name} should be down: {line}");
+    }
+    // ns add takes one: the endpoint's host veth is a former spare (same
+    // ifindex), renamed and up, and the endpoint is complete.
+    let a = h1.ns_add("a", &[]);
+    let veth = host_veth_name("a");
+    let port = stdout(h1.exec(&["ip", "-o", "link", "show", &veth]));
+    let index: u32 = port.split(':').next().unwrap().trim().parse().unwrap();
+    assert!(
+        before.iter().any(|(_, i, _)| *i == index),
+        "{veth} (ifindex {index}) is not one of the spares {before:?}"
+    );
+    assert!(
+        port.contains("master weft0") && port.contains("state UP"),
+        "{port}"
+    );
+    let link = stdout(h1.exec_endpoint("a", &["ip", "-o", "link", "show", "eth0"]));
+    assert!(link.contains(a["mac"].as_str().unwrap()), "{link}");
+    let addr = stdout(h1.exec_endpoint("a", &["ip", "-o", "-4", "addr", "show", "eth0"]));
+    assert!(addr.contains(&format!("{}/24", ip_of(&a))), "{addr}");
+    let route = stdout(h1.exec_endpoint("a", &["ip", "-4", "route", "show", "default"]));
+    assert!(route.contains("default via 10.244.1.1 dev eth0"), "{route}");
+    let lo = stdout(h1.exec_endpoint("a", &["ip", "-o", "link", "show", "lo"]));
+    assert!(lo.contains("UP"), "{lo}");
+    assert!(lab.ping(&h1.netns, ip_of(&a)), "host cannot reach a");
+    // The pool is refilled.
+    let refilled = wait_spares(h1, 4);
+    assert!(refilled.iter().all(|(_, i, _)| *i != index), "{refilled:?}");
+
+    // A crash takes the spares along (nothing names them), not endpoints.
+    agent.kill();
+    wait_spares(h1, 0);
+    assert!(lab.ping(&h1.netns, ip_of(&a)), "a lost with the agent");
+
+    // Without a pool, ns add builds from scratch.
+    let _agent = h1.start_agent(&["--ns-pool", "0"]);
+    let b = h1.ns_add("b", &[]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(spares(h1).len(), 0, "--ns-pool 0 still made spares");
+    assert!(lab.ping(&h1.netns, ip_of(&b)), "host cannot reach b");
 }

@@ -111,6 +111,8 @@ pub struct VethSpec<'a> {
     pub peer_netns: BorrowedFd<'a>,
     pub peer_name: &'a str,
     pub peer_mac: MacAddr,
+    /// Bring the host end up (a spare's stays down until it is renamed).
+    pub up: bool,
 }
 
 /// A netlink socket bound to one network namespace.
@@ -226,7 +228,23 @@ impl Netlink {
             .map_err(ctx(format!("set link {name}")))
     }
 
-    /// Creates a veth pair in one request, the host end up. The peer stays
+    /// Renames a (down) link, makes it a port of `master` and brings it up,
+    /// in one request.
+    pub async fn rename_up(&self, index: u32, from: &str, to: &str, master: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .name(to.to_string())
+            .controller(master)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(ctx(format!("rename {from} to {to}")))
+    }
+
+    /// Creates a veth pair in one request, the host end up if `spec.up`. The peer stays
     /// down: asking for it up in the same request makes the kernel (6.x)
     /// answer ENOTCONN, so the caller brings it up from inside its namespace.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<()> {
@@ -236,11 +254,14 @@ impl Netlink {
             .address(spec.peer_mac.octets().to_vec())
             .setns_by_fd(spec.peer_netns.as_raw_fd())
             .build();
-        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(spec.host_name.to_string())
             .mtu(spec.mtu)
-            .controller(spec.master)
-            .up()
+            .controller(spec.master);
+        if spec.up {
+            b = b.up();
+        }
+        let msg = b
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.handle
