@@ -14,8 +14,10 @@ pkgs=(
   etcd-client          # etcdctl: tests read etcd with it, independently of weft
   containernetworking-plugins  # CNI bridge/host-local, the benchmark's reference
   iptables             # the CNI bridge plugin's ipMasq uses it (weft-bench)
+  netavark             # podman's network backend, weft-bench attach's second peer
   systemd              # systemd-analyze: tests verify the units in deploy/systemd
   iperf3               # cross-host throughput (weft-bench dataplane)
+  ethtool              # tests/tests/dataplane_tuning.rs reads the devices' offload settings
 )
 missing=()
 for p in "${pkgs[@]}"; do

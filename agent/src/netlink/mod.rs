@@ -4,6 +4,7 @@
 //! [`crate::netns`]); every call here acts on that namespace. The overlay's
 //! pieces (vxlan device, neighbours, FDB entries, routes) are in [`overlay`].
 
+pub mod offload;
 mod overlay;
 
 pub use overlay::{neigh_parts, VxlanInfo, VxlanSpec, RTPROT_WEFT};

@@ -14,6 +14,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkVxlan, RouteMessageBuilder};
 use weft_common::MacAddr;
 
+use super::offload::VXLAN_UDP_CSUM;
 use super::{ctx, Link, Netlink, Result, Route};
 
 /// The route protocol number weft marks its routes with (`ip route` shows
@@ -28,6 +29,8 @@ pub struct VxlanInfo {
     pub local: Option<Ipv4Addr>,
     pub dev: Option<u32>,
     pub learning: Option<bool>,
+    /// Outer UDP checksums on transmit (`udpcsum`).
+    pub udp_csum: Option<bool>,
 }
 
 impl VxlanInfo {
@@ -40,6 +43,7 @@ impl VxlanInfo {
                 InfoVxlan::Local(ip) => v.local = Some(*ip),
                 InfoVxlan::Link(i) => v.dev = Some(*i),
                 InfoVxlan::Learning(l) => v.learning = Some(*l),
+                InfoVxlan::UDPCsum(c) => v.udp_csum = Some(*c),
                 _ => {}
             }
         }
@@ -72,6 +76,7 @@ impl VxlanSpec {
             && v.local == self.local
             && (self.dev.is_none() || v.dev == self.dev)
             && v.learning == Some(false)
+            && v.udp_csum == Some(VXLAN_UDP_CSUM)
     }
 }
 
@@ -119,11 +124,13 @@ fn mac_of(bytes: &[u8]) -> Option<MacAddr> {
 }
 
 impl Netlink {
-    /// Creates the vxlan device, learning off, up.
+    /// Creates the vxlan device, learning off, outer UDP checksums as
+    /// [`VXLAN_UDP_CSUM`] says, up.
     pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
         let mut b = LinkVxlan::new(&spec.name, spec.vni)
             .port(spec.port)
             .learning(false)
+            .udp_csum(VXLAN_UDP_CSUM)
             .mtu(spec.mtu)
             .address(spec.mac.octets().to_vec());
         if let Some(ip) = spec.local {
