@@ -893,21 +893,37 @@ impl Agent {
         let mut made_ns = false;
         let mut made_veth = false;
         let mut made_fw = false;
+        let mut saved = false;
         let forwards = forwards_of(rec);
         let mut phases = Phases::start();
         let spare = self.pool.take();
         let built: Result<()> = async {
             let from_spare = match spare {
-                Some(s) => match self.use_spare(s, rec, &path, inner.bridge).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!(
-                            "spare namespace unusable ({e}); building {} from scratch",
-                            rec.name
-                        );
-                        false
+                Some(s) => {
+                    // The record's write (and fsync) overlaps the kernel
+                    // work; a failure below removes it again. A crash in
+                    // between leaves a saved endpoint that the next start
+                    // completes.
+                    let writer = inner.store.endpoint_writer();
+                    let r = rec.clone();
+                    let save = tokio::task::spawn_blocking(move || writer.save(&r));
+                    let used = self.use_spare(s, rec, &path, inner.bridge).await;
+                    match save.await {
+                        Ok(r) => r?,
+                        Err(e) => return Err(AgentError::Other(format!("state writer: {e}"))),
                     }
-                },
+                    saved = true;
+                    match used {
+                        Ok(()) => true,
+                        Err(e) => {
+                            warn!(
+                                "spare namespace unusable ({e}); building {} from scratch",
+                                rec.name
+                            );
+                            false
+                        }
+                    }
+                }
                 None => false,
             };
             if from_spare {
@@ -930,8 +946,11 @@ impl Agent {
                 made_fw = true;
                 phases.mark("nft");
             }
-            inner.store.save_endpoint(rec)?;
-            phases.mark("state");
+            if !saved {
+                inner.store.save_endpoint(rec)?;
+                saved = true;
+                phases.mark("state");
+            }
             Ok(())
         }
         .await;
@@ -945,6 +964,11 @@ impl Agent {
             return Ok(());
         };
         let mut undo = Vec::new();
+        if saved {
+            if let Err(e) = inner.store.remove_endpoint(&rec.name) {
+                undo.push(e.to_string());
+            }
+        }
         if made_fw {
             let f = forwards.clone();
             if let Err(e) = self.firewall(move |fw| fw.del_forwards(&f)).await {
@@ -993,19 +1017,22 @@ impl Agent {
         bridge: u32,
     ) -> Result<()> {
         netns::attach(&s.ns, path)?;
-        let done: Result<()> = async {
-            self.host
-                .rename_up(s.host_index, &s.host_name, &rec.host_veth, bridge)
-                .await?;
+        // The host end and the inside are independent: both at once.
+        let host = self
+            .host
+            .rename_up(s.host_index, &s.host_name, &rec.host_veth, bridge);
+        let inside = async {
             let nl = &s.ns.netlink;
             nl.set_link(s.eth_index, NS_IFACE, None, Some(rec.mac), None, true)
                 .await?;
             nl.add_address(s.eth_index, rec.ip, self.plan.subnet.prefix(), NS_IFACE)
                 .await?;
-            nl.replace_default_route(self.gateway, s.eth_index).await?;
-            Ok(())
-        }
-        .await;
+            nl.replace_default_route(self.gateway, s.eth_index).await
+        };
+        let done: Result<()> = match tokio::join!(host, inside) {
+            (Err(e), _) | (_, Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        };
         if done.is_err() {
             // By index: the spare's veth, renamed or not, never a device
             // that merely has the endpoint's name.

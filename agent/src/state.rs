@@ -91,6 +91,17 @@ pub struct Loaded {
     pub pending: Vec<String>,
 }
 
+/// See [`Store::endpoint_writer`].
+pub struct EndpointWriter {
+    dir: PathBuf,
+}
+
+impl EndpointWriter {
+    pub fn save(&self, rec: &EndpointRecord) -> Result<()> {
+        write_atomic(&self.dir.join(format!("{}.json", rec.name)), &to_json(rec))
+    }
+}
+
 pub struct Store {
     dir: PathBuf,
     _lock: Flock<File>,
@@ -199,13 +210,16 @@ impl Store {
     }
 
     pub fn save_endpoint(&self, rec: &EndpointRecord) -> Result<()> {
-        write_atomic(
-            &self
-                .dir
-                .join("endpoints")
-                .join(format!("{}.json", rec.name)),
-            &to_json(rec),
-        )
+        self.endpoint_writer().save(rec)
+    }
+
+    /// Writes endpoint records from another thread (the write, with its
+    /// fsync, can then overlap the kernel work of `ns add`). Only while this
+    /// store, which holds the lock on the directory, is alive.
+    pub fn endpoint_writer(&self) -> EndpointWriter {
+        EndpointWriter {
+            dir: self.dir.join("endpoints"),
+        }
     }
 
     pub fn remove_endpoint(&self, name: &str) -> Result<()> {
