@@ -179,13 +179,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next message; `Ok(None)` at a clean end of stream.
     pub async fn read<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.read_frame().await? {
+            Some(body) => decode(&body).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next frame's body, undecoded; `Ok(None)` at a clean end of
+    /// stream. Cancel safe: bytes read stay buffered for the next call.
+    pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         loop {
             if let Some(body) = self.dec.next_frame()? {
-                return decode(&body).map(Some);
+                return Ok(Some(body));
             }
+            // Straight into the decoder's buffer, at most what the frame
+            // at the head still needs: no zeroed scratch buffer per read
+            // (a large snapshot arrives in many small reads).
             let want = self.dec.wanted()?.min(1 << 20);
-            let mut chunk = vec![0u8; want];
-            let n = self.inner.read(&mut chunk).await?;
+            self.dec.buf.reserve(want);
+            let n = (&mut self.inner)
+                .take(want as u64)
+                .read_buf(&mut self.dec.buf)
+                .await?;
             if n == 0 {
                 return if self.dec.buf.is_empty() {
                     Ok(None)
@@ -193,7 +208,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Err(FrameError::Truncated)
                 };
             }
-            self.dec.push(&chunk[..n]);
         }
     }
 }

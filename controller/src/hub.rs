@@ -27,10 +27,14 @@ use crate::store::Store;
 /// snapshot instead.
 const FANOUT_BUFFER: usize = 4096;
 
-/// Changes arriving within this window are sent as one delta: a
-/// registration storm then costs each session a few frames per window
-/// instead of one per host.
+/// Changes are gathered into one delta until none has arrived for this
+/// long (a lone change goes out after this delay)…
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// …or until the first of them has waited this long. A registration storm
+/// then costs each session one frame per this period instead of one per
+/// host or per quiet gap: with thousands of sessions, frames (packets and
+/// their acks), not bytes, are what the controller's CPU goes on.
+const BATCH_MAX: Duration = Duration::from_millis(250);
 
 /// A delta, ready to write. The bytes are shared by every session.
 #[derive(Debug)]
@@ -224,9 +228,11 @@ impl Hub {
                 anyhow::bail!("watch stream ended");
             };
             let mut batch = vec![first];
-            // Gather what else arrives within the batch window.
-            let until = tokio::time::Instant::now() + BATCH_WINDOW;
+            // Gather what else arrives until a quiet gap of BATCH_WINDOW,
+            // at most BATCH_MAX after the first.
+            let last = tokio::time::Instant::now() + BATCH_MAX;
             while batch.len() < 1024 {
+                let until = (tokio::time::Instant::now() + BATCH_WINDOW).min(last);
                 match tokio::time::timeout_at(until, rx.recv()).await {
                     Ok(Some(r)) => batch.push(r),
                     Ok(None) | Err(_) => break,

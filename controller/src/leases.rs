@@ -64,9 +64,10 @@ impl Leases {
         })
     }
 
-    /// Starts keeping `id` alive (refreshing it at once: a host that comes
-    /// back late in its TTL must not lose it before the next round).
-    pub fn hold(self: &Arc<Self>, id: i64) -> Hold {
+    /// Starts keeping `id` alive. With `refresh_now` it is refreshed at once
+    /// (a host that comes back late in its TTL must not lose it before the
+    /// next round); a lease granted just now needs no refresh.
+    pub fn hold(self: &Arc<Self>, id: i64, refresh_now: bool) -> Hold {
         let gone = {
             let mut held = self.held.lock().expect("leases");
             let e = held.entry(id).or_insert_with(|| Entry {
@@ -76,8 +77,10 @@ impl Leases {
             e.holders += 1;
             e.gone.subscribe()
         };
-        let me = self.clone();
-        tokio::spawn(async move { me.refresh(id).await });
+        if refresh_now {
+            let me = self.clone();
+            tokio::spawn(async move { me.refresh(id).await });
+        }
         Hold {
             leases: self.clone(),
             id,

@@ -8,6 +8,7 @@
 //! reason; nothing a client does can end the process.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,11 +38,44 @@ pub struct Controller {
     pub leases: Arc<crate::leases::Leases>,
 }
 
+/// Connections that may be between their first packet and their
+/// assignment at once. Beyond this a new connection is refused at once
+/// (one packet, no handshake), and the agent tries the next controller or
+/// backs off: when a whole fleet connects together, handshakes that queue
+/// past the agents' connect timeout would otherwise be abandoned and
+/// retried, and the controller would spend its time on handshakes nobody
+/// waits for any more.
+pub const MAX_PENDING: usize = 1024;
+
+/// Counts a connection as pending until dropped.
+struct Pending(Arc<AtomicUsize>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
+    let pending = Arc::new(AtomicUsize::new(0));
+    let mut refused = 0u64;
+    let mut last_note = tokio::time::Instant::now();
     while let Some(incoming) = endpoint.accept().await {
+        if pending.load(Ordering::Relaxed) >= MAX_PENDING {
+            incoming.refuse();
+            refused += 1;
+            if last_note.elapsed() >= Duration::from_secs(5) {
+                info!("{refused} connections refused so far: {MAX_PENDING} registrations are in progress; agents back off and retry");
+                last_note = tokio::time::Instant::now();
+            }
+            continue;
+        }
+        pending.fetch_add(1, Ordering::Relaxed);
+        let guard = Pending(pending.clone());
         let ctl = ctl.clone();
         tokio::spawn(async move {
+            let mut guard = Some(guard);
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
@@ -50,7 +84,7 @@ pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
                     return;
                 }
             };
-            handle(conn, remote, ctl).await;
+            handle(conn, remote, ctl, &mut guard).await;
         });
     }
 }
@@ -65,10 +99,16 @@ enum End {
     Refused(String),
 }
 
-async fn handle(conn: quinn::Connection, remote: SocketAddr, ctl: Arc<Controller>) {
+async fn handle(
+    conn: quinn::Connection,
+    remote: SocketAddr,
+    ctl: Arc<Controller>,
+    pending: &mut Option<Pending>,
+) {
     let cert = tls::peer_name(&conn).unwrap_or_else(|| "?".into());
     let mut node = None;
-    let end = session(&conn, &cert, &ctl, &mut node).await;
+    let end = session(&conn, &cert, &ctl, &mut node, pending).await;
+    pending.take();
     let who = match &node {
         Some(n) => format!("host {n} ({remote})"),
         None => format!("{remote} (certificate {cert})"),
@@ -108,6 +148,7 @@ async fn session(
     cert: &str,
     ctl: &Controller,
     node_out: &mut Option<String>,
+    pending: &mut Option<Pending>,
 ) -> End {
     let deadline = tokio::time::Instant::now() + REGISTER_WAIT;
     let (mut send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
@@ -167,7 +208,16 @@ async fn session(
     if let Err(e) = wire::write(&mut send, &assigned).await {
         return End::Protocol(format!("write assignment: {e}"));
     }
-    match stream(&mut send, &mut reader, ctl, registered.lease).await {
+    pending.take();
+    match stream(
+        &mut send,
+        &mut reader,
+        ctl,
+        registered.lease,
+        !registered.allocated,
+    )
+    .await
+    {
         End::Refused(why) => refuse(&mut send, why).await,
         other => other,
     }
@@ -179,8 +229,9 @@ async fn stream(
     reader: &mut FrameReader<quinn::RecvStream>,
     ctl: &Controller,
     lease: i64,
+    refresh_lease: bool,
 ) -> End {
-    let mut hold = ctl.leases.hold(lease);
+    let mut hold = ctl.leases.hold(lease, refresh_lease);
     let (mut rev, snapshot, mut rx) = ctl.hub.subscribe().await;
     if let Err(e) = send.write_chunk(snapshot).await {
         return End::Protocol(format!("write snapshot: {e}"));

@@ -78,6 +78,20 @@ pub struct Registered {
 pub struct Store {
     client: Client,
     prefix: String,
+    listing: std::sync::Arc<SharedListing>,
+}
+
+/// Every subnet key, as [`Store::subnets`] returns them.
+pub type Subnets = BTreeMap<Ipv4Network, (SubnetRecord, KeyValue)>;
+
+/// The subnet listing registrations share: a registration storm otherwise
+/// lists every subnet once per host (O(hosts²) data out of etcd).
+#[derive(Default)]
+struct SharedListing {
+    /// Listings started so far.
+    started: std::sync::atomic::AtomicU64,
+    /// The last listing and its sequence number.
+    last: tokio::sync::Mutex<Option<(u64, std::sync::Arc<Subnets>)>>,
 }
 
 pub fn now() -> u64 {
@@ -110,6 +124,7 @@ impl Store {
         Ok(Store {
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
+            listing: Default::default(),
         })
     }
 
@@ -223,8 +238,27 @@ impl Store {
         }
     }
 
+    /// Every subnet key, from a listing that started after this call did:
+    /// as fresh as a listing of its own (etcd reads are linearizable, so it
+    /// holds every write that completed before the call), but concurrent
+    /// callers share one listing instead of each making their own.
+    pub async fn fresh_subnets(&self) -> Result<std::sync::Arc<Subnets>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let arrived = self.listing.started.load(SeqCst);
+        let mut last = self.listing.last.lock().await;
+        if let Some((seq, subnets)) = &*last {
+            if *seq > arrived {
+                return Ok(subnets.clone());
+            }
+        }
+        let seq = self.listing.started.fetch_add(1, SeqCst) + 1;
+        let subnets = std::sync::Arc::new(self.subnets().await?);
+        *last = Some((seq, subnets.clone()));
+        Ok(subnets)
+    }
+
     /// Every subnet key: held or reserved.
-    pub async fn subnets(&self) -> Result<BTreeMap<Ipv4Network, (SubnetRecord, KeyValue)>> {
+    pub async fn subnets(&self) -> Result<Subnets> {
         let mut r = self
             .client()
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
@@ -268,7 +302,7 @@ impl Store {
                     }
                     continue;
                 }
-                let subnets = self.subnets().await?;
+                let subnets = self.fresh_subnets().await?;
                 let lease = match spare_lease {
                     Some(l) => l,
                     None => {
