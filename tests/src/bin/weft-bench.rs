@@ -4,10 +4,13 @@
 //!
 //! `weft-bench attach`: time to create-and-attach a namespace (and to delete
 //! it) with `weftctl ns add` vs the CNI reference plugins (`bridge` with
-//! `host-local` IPAM, Debian `containernetworking-plugins`), each creating
-//! the namespace itself, at several counts of existing endpoints.
+//! `host-local` IPAM, Debian `containernetworking-plugins`) vs netavark
+//! (podman's network backend), each creating the namespace itself, at
+//! several counts of existing endpoints.
 //!
-//! `weft-bench register`: N in-process agents registering at once.
+//! `weft-bench scale` (alias `register`): K in-process agents registering at
+//! once with one or more controllers, then the fan-out of host changes to
+//! all of them (`tests/src/bench/scale.rs`).
 //!
 //! `weft-bench converge`: time until every agent has programmed a host that
 //! joins, or is removed (`tests/src/bench/converge.rs`).
@@ -18,7 +21,13 @@
 //! `weft-bench dataplane`: TCP throughput and RTT across hosts: underlay vs
 //! VXLAN vs direct routing (`tests/src/bench/dataplane.rs`).
 //!
+//! `weft-bench churn`: 10,000 ns add/del and peer add/remove cycles;
+//! memory, fds and kernel objects throughout (`tests/src/bench/churn.rs`).
+//!
 //! `weft-bench all --quick`: every one of them as a smoke run.
+//!
+//! `weft-bench report`: Markdown tables and SVG plots from the raw samples
+//! (`tests/src/bench/report.rs`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -29,6 +38,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "../bench/attach.rs"]
 mod attach;
+#[path = "../bench/churn.rs"]
+mod churn;
 #[path = "../bench/common.rs"]
 mod common;
 #[path = "../bench/converge.rs"]
@@ -37,8 +48,10 @@ mod converge;
 mod dataplane;
 #[path = "../bench/peers.rs"]
 mod peers;
-#[path = "../bench/register.rs"]
-mod register;
+#[path = "../bench/report.rs"]
+mod report;
+#[path = "../bench/scale.rs"]
+mod scale;
 
 #[derive(Parser)]
 #[command(
@@ -52,10 +65,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Namespace create-and-attach (and delete): weftctl ns add vs CNI bridge+host-local.
+    /// Namespace create-and-attach (and delete): weftctl ns add vs CNI bridge+host-local vs netavark.
     Attach {
         /// Existing endpoints at which to measure (ascending).
-        #[arg(long, value_delimiter = ',', default_value = "1,100,300")]
+        #[arg(long, value_delimiter = ',', default_value = "1,100,300,1000")]
         counts: Vec<usize>,
         /// Measurements per tool and count.
         #[arg(long, default_value_t = 25)]
@@ -71,16 +84,25 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
-    /// Registration: N in-process agents (real QUIC, real certificates, no
-    /// kernel work) register at once through one controller backed by etcd.
-    Register {
+    /// Control-plane scale: K in-process agents (real QUIC, real
+    /// certificates, no kernel work) register at once with the controllers,
+    /// then the fan-out of host changes to all of them; controller RSS/CPU
+    /// and etcd writes per phase.
+    #[command(alias = "register")]
+    Scale {
         /// Numbers of agents, one run each (a fresh cluster per run).
-        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
         agents: Vec<usize>,
+        /// Numbers of controllers, one run each per agent count.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        controllers: Vec<usize>,
+        /// Host changes (a join, then a removal) whose fan-out is timed.
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
         /// Where the raw samples (JSON) go.
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
-        /// A smoke run: 20 agents.
+        /// A smoke run: 50 agents, 1 and 2 controllers, 3 changes.
         #[arg(long)]
         quick: bool,
     },
@@ -103,7 +125,7 @@ enum Cmd {
     /// Scale of one agent: programming P peers from cold, and its RSS.
     Peers {
         /// Numbers of peers, each measured on a fresh lab.
-        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000,10000")]
         peers: Vec<usize>,
         /// Samples per count (counts interleaved).
         #[arg(long, default_value_t = 3)]
@@ -129,6 +151,38 @@ enum Cmd {
         /// A smoke run: 1 round of 1 s.
         #[arg(long)]
         quick: bool,
+    },
+    /// Churn: many ns add/del cycles and peer add/remove cycles; RSS, fds
+    /// and kernel objects sampled throughout (no leftovers allowed).
+    Churn {
+        #[arg(long, default_value_t = 10_000)]
+        ns_cycles: usize,
+        #[arg(long, default_value_t = 10_000)]
+        peer_cycles: usize,
+        /// Sample every this many cycles.
+        #[arg(long, default_value_t = 500)]
+        every: usize,
+        /// Peers added (then removed) together.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
+        /// Where the raw samples (JSON) go, if anywhere.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A smoke run: 200 + 200 cycles, sampled every 20.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Markdown tables and SVG plots from the raw samples (`OUT/*.json`);
+    /// the plots go next to them (`OUT/<figure>.svg`).
+    Report {
+        /// Where the raw samples (JSON) are.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// Replace the report section of this Markdown file (between the
+        /// `<!-- weft-bench report: begin/end -->` markers, appended if
+        /// absent) instead of printing it.
+        #[arg(long)]
+        write: Option<PathBuf>,
     },
     /// Every benchmark in turn (with --quick: each one's smoke run).
     All {
@@ -174,15 +228,34 @@ fn main() -> Result<()> {
             let (rounds, seconds) = if quick { (1, 1) } else { (rounds, seconds) };
             dataplane::run(rounds, seconds, out.as_deref())
         }
+        Cmd::Churn {
+            ns_cycles,
+            peer_cycles,
+            every,
+            in_flight,
+            out,
+            quick,
+        } => {
+            let (n, p, every) = if quick {
+                (200, 200, 20)
+            } else {
+                (ns_cycles, peer_cycles, every)
+            };
+            churn::run(n, p, every, in_flight, out.as_deref())
+        }
         Cmd::All { out, quick } => {
             let (counts, samples) = if quick {
                 (vec![1, 10], 5)
             } else {
-                (vec![1, 100, 300], 25)
+                (vec![1, 100, 300, 1000], 25)
             };
             attach::run(&counts, samples, Duration::from_millis(100), &out)?;
             println!();
-            register::run(if quick { &[20] } else { &[100, 1000] }, &out)?;
+            if quick {
+                scale::run(&[50], &[1, 2], 3, &out)?;
+            } else {
+                scale::run(&[1000, 5000], &[1, 2], 10, &out)?;
+            }
             println!();
             if quick {
                 converge::run(4, 3, Some(&out))?;
@@ -193,19 +266,40 @@ fn main() -> Result<()> {
             if quick {
                 peers::run(&[100, 500], 1, Some(&out))?;
             } else {
-                peers::run(&[100, 1000, 5000], 3, Some(&out))?;
+                peers::run(&[100, 1000, 5000, 10_000], 3, Some(&out))?;
             }
             println!();
             if quick {
-                dataplane::run(1, 1, Some(&out))
+                churn::run(200, 200, 20, 4, Some(&out))?;
             } else {
-                dataplane::run(5, 5, Some(&out))
+                churn::run(10_000, 10_000, 500, 4, Some(&out))?;
             }
+            println!();
+            if quick {
+                dataplane::run(1, 1, Some(&out))?;
+            } else {
+                dataplane::run(5, 5, Some(&out))?;
+            }
+            // Checks that every figure's samples can be reported (the
+            // Markdown goes to stdout after the tables).
+            println!();
+            report::run(&out, None)
         }
-        Cmd::Register { agents, out, quick } => {
-            let agents = if quick { vec![20] } else { agents };
-            register::run(&agents, &out)
+        Cmd::Scale {
+            agents,
+            controllers,
+            changes,
+            out,
+            quick,
+        } => {
+            let (agents, controllers, changes) = if quick {
+                (vec![50], vec![1, 2], 3)
+            } else {
+                (agents, controllers, changes)
+            };
+            scale::run(&agents, &controllers, changes, &out)
         }
+        Cmd::Report { out, write } => report::run(&out, write.as_deref()),
         Cmd::Attach {
             counts,
             samples,
@@ -239,7 +333,19 @@ fn machine() -> String {
         .map(|n| n.get())
         .unwrap_or(0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, Linux {}", kernel.trim())
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    if cpu.is_empty() {
+        format!("{cores} cores, Linux {}", kernel.trim())
+    } else {
+        format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+    }
 }
 
 fn command_line() -> String {
