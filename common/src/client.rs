@@ -187,10 +187,16 @@ pub const UDP_BUFFER: usize = 4 << 20;
 /// A UDP socket bound to `addr` with [`UDP_BUFFER`]-sized buffers (forced
 /// past `net.core.rmem_max` when the process may, else as large as allowed).
 pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    udp_socket_sized(addr, UDP_BUFFER)
+}
+
+/// A UDP socket bound to `addr` with buffers of `size` bytes (forced if
+/// the process may, else as much as the system allows).
+pub fn udp_socket_sized(addr: SocketAddr, size: usize) -> std::io::Result<std::net::UdpSocket> {
     use std::os::fd::AsRawFd;
     let socket = std::net::UdpSocket::bind(addr)?;
     let fd = socket.as_raw_fd();
-    let size = UDP_BUFFER as libc::c_int;
+    let size = size.min(libc::c_int::MAX as usize) as libc::c_int;
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),

@@ -109,6 +109,9 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Ack-eliciting packets an agent may receive before it must acknowledge.
+const ACK_EVERY: u32 = 9;
+
 /// The QUIC server side: presents `cert.pem`/`key.pem`, requires a client
 /// certificate signed by `ca.pem`, TLS 1.3 only, ALPN `weft/1`, idle timeout
 /// 30 s.
@@ -138,11 +141,24 @@ pub fn server_config(tls_dir: &Path) -> Result<quinn::ServerConfig, TlsError> {
     transport.stream_receive_window((256u32 << 10).into());
     transport.receive_window((512u32 << 10).into());
     transport.datagram_receive_buffer_size(None);
+    // Unacknowledged bytes in flight per connection: a snapshot write
+    // returns once most of it has arrived, so the controller's snapshot
+    // turns (controller/src/server.rs) measure real transmission.
+    transport.send_window(256 << 10);
     // No segmentation offload: with it every connection keeps a transmit
     // buffer of ten datagrams (~22 KiB measured) for life, which at 5,000
     // agents is a third of the controller's memory; a session's frames are
     // mostly one datagram anyway.
     transport.enable_segmentation_offload(false);
+    // Ask agents to acknowledge every tenth packet (or after 25 ms) rather
+    // than every other one: while thousands of snapshots stream out at
+    // once, their acknowledgements were the bulk of what the controller's
+    // one socket receives, and enough of them overflowed its buffer that
+    // handshakes and heartbeats were dropped with them.
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(ACK_EVERY.into())
+        .max_ack_delay(Some(Duration::from_millis(25)));
+    transport.ack_frequency_config(Some(acks));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

@@ -125,7 +125,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let socket = weft_common::client::udp_socket(args.listen)
+    // One socket takes every agent's packets: while a fleet registers
+    // at once, bursts of handshakes and acknowledgements outran a 4 MiB
+    // buffer (hundreds of thousands of drops at 5,000 agents).
+    let socket = weft_common::client::udp_socket_sized(args.listen, 16 << 20)
         .with_context(|| format!("listen on udp {}", args.listen))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

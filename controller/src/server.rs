@@ -47,6 +47,19 @@ pub struct Controller {
 /// waits for any more.
 pub const MAX_PENDING: usize = 1024;
 
+/// Snapshots being sent at once. While a whole fleet registers, thousands
+/// of snapshots streaming together (each of every host) took the CPU and
+/// the socket from the handshakes and registrations still queued, and the
+/// acknowledgements overflowed the socket: handshakes timed out and were
+/// retried. A few at a time, each goes out quickly and registrations go
+/// first.
+pub const SNAPSHOTS_AT_ONCE: usize = 32;
+/// The longest a session waits for its turn to get a snapshot.
+pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+/// The longest one session holds a turn.
+pub const SNAPSHOT_TURN: Duration = Duration::from_secs(5);
+static SNAPSHOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SNAPSHOTS_AT_ONCE);
+
 /// Counts a connection as pending until dropped.
 struct Pending(Arc<AtomicUsize>);
 
@@ -232,10 +245,30 @@ async fn stream(
     refresh_lease: bool,
 ) -> End {
     let mut hold = ctl.leases.hold(lease, refresh_lease);
+    // Snapshots go out a few at a time (each session waits at most
+    // SNAPSHOT_WAIT for its turn). A session subscribes only when its turn
+    // comes, so until then nothing is buffered for it, and sessions that
+    // wait together share one encoded snapshot of a later revision.
+    let permit = tokio::time::timeout(SNAPSHOT_WAIT, SNAPSHOTS.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    // A turn ends when the snapshot is out or after SNAPSHOT_TURN, so an
+    // agent that stops reading cannot hold one.
+    let (done, turn_over) = tokio::sync::oneshot::channel::<()>();
+    if let Some(p) = permit {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SNAPSHOT_TURN, turn_over).await;
+            drop(p);
+        });
+    }
     let (mut rev, snapshot, mut rx) = ctl.hub.subscribe().await;
+    // With the connection's send window (common/src/tls.rs) this returns
+    // once most of the snapshot is acknowledged, not merely buffered.
     if let Err(e) = send.write_chunk(snapshot).await {
         return End::Protocol(format!("write snapshot: {e}"));
     }
+    drop(done);
     debug!("snapshot at revision {rev} sent");
     loop {
         tokio::select! {

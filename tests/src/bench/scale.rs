@@ -535,6 +535,25 @@ fn register_msg(name: &str, i: usize) -> AgentMsg {
     }
 }
 
+/// Retries by cause.
+type Causes = Mutex<BTreeMap<String, usize>>;
+
+/// A retry's cause, without the parts that differ per attempt.
+fn cause(e: &weft_common::client::ClientError) -> String {
+    use weft_common::client::ClientError as E;
+    let s = match e {
+        E::Timeout(_, d) => format!("timeout after {d:?}"),
+        E::Connect(_, m) => format!("connect: {m}"),
+        E::Refused(_, m) => format!("refused: {m}"),
+        E::Protocol(_, m) => format!("protocol: {m}"),
+        other => other.to_string(),
+    };
+    s.chars()
+        .filter(|c| !c.is_ascii_digit())
+        .take(100)
+        .collect()
+}
+
 /// Registers like an agent: starts at the controller its name hashes to,
 /// goes round the list on failure, backs off (from 200 ms, doubling,
 /// jittered) after each full round.
@@ -545,6 +564,7 @@ async fn connect(
     reg: &AgentMsg,
     name: &str,
     retries: &AtomicUsize,
+    causes: &Causes,
 ) -> Result<(Session, usize)> {
     let start = Instant::now();
     let mut next = first_controller(name, addrs.len());
@@ -557,6 +577,7 @@ async fn connect(
                 if retries.fetch_add(1, Ordering::Relaxed) < 5 {
                     eprintln!("retrying after: {e}");
                 }
+                *causes.lock().expect("causes").entry(cause(&e)).or_default() += 1;
                 next = (next + 1) % addrs.len();
                 tried += 1;
                 if tried % addrs.len() == 0 {
@@ -660,6 +681,7 @@ async fn clients(
     let seen: Seen = Arc::new(Mutex::new(Default::default()));
     let dropped = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicUsize::new(0));
+    let causes: Arc<Causes> = Arc::default();
     let (snap_tx, mut snap_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(k);
@@ -667,13 +689,14 @@ async fn clients(
         let endpoint = endpoints[i / PER_SOCKET].clone();
         let addrs = addrs.clone();
         let retries = retries.clone();
+        let causes = causes.clone();
         let seen = seen.clone();
         let snap_tx = snap_tx.clone();
         let dropped = dropped.clone();
         tasks.push(tokio::spawn(async move {
             let reg = register_msg(&name, i);
             let start = Instant::now();
-            let (s, ctl) = connect(&endpoint, &addrs, &tls, &reg, &name, &retries).await?;
+            let (s, ctl) = connect(&endpoint, &addrs, &tls, &reg, &name, &retries, &causes).await?;
             let took = start.elapsed();
             let done = t0.elapsed();
             drain(s, seen, snap_tx, dropped);
@@ -715,6 +738,9 @@ async fn clients(
         all_snap.as_secs_f64(),
         retries.load(Ordering::Relaxed)
     );
+    for (why, n) in causes.lock().expect("causes").iter() {
+        eprintln!("retries: {n} × {why}");
+    }
     // Let the fan-out of the last joins settle before reading memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     phases.push(probe.end("register"));
@@ -759,7 +785,7 @@ async fn clients(
         let tls = weft_common::tls::client_config(&pki_dir.join(name))?;
         let reg = register_msg(name, 60_000 + r);
         let start = Instant::now();
-        let (s, _) = connect(&x_endpoint, &addrs, &tls, &reg, name, &retries).await?;
+        let (s, _) = connect(&x_endpoint, &addrs, &tls, &reg, name, &retries, &causes).await?;
         let register_ms = super::ms(start.elapsed());
         let got: Vec<f64> = wait_all(name.clone(), true, start).await;
         changes.push(Change {
