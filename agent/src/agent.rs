@@ -898,39 +898,30 @@ impl Agent {
         let mut phases = Phases::start();
         let spare = self.pool.take();
         let built: Result<()> = async {
-            let from_spare = match spare {
-                Some(s) => {
-                    // The record's write (and fsync) overlaps the kernel
-                    // work; a failure below removes it again. A crash in
-                    // between leaves a saved endpoint that the next start
-                    // completes.
-                    let writer = inner.store.endpoint_writer();
-                    let r = rec.clone();
-                    let save = tokio::task::spawn_blocking(move || writer.save(&r));
-                    let used = self.use_spare(s, rec, &path, inner.bridge).await;
-                    match save.await {
-                        Ok(r) => r?,
-                        Err(e) => return Err(AgentError::Other(format!("state writer: {e}"))),
+            if let Some(s) = spare {
+                // The record's write (and fsync) overlaps the kernel work;
+                // a failure below removes it again. A crash in between
+                // leaves a saved endpoint that the next start completes.
+                let writer = inner.store.endpoint_writer();
+                let r = rec.clone();
+                let save = tokio::task::spawn_blocking(move || writer.save(&r));
+                match self.use_spare(s, rec, &path, inner.bridge).await {
+                    Ok(()) => {
+                        made_ns = true;
+                        made_veth = true;
+                        phases.mark("spare");
                     }
-                    saved = true;
-                    match used {
-                        Ok(()) => true,
-                        Err(e) => {
-                            warn!(
-                                "spare namespace unusable ({e}); building {} from scratch",
-                                rec.name
-                            );
-                            false
-                        }
-                    }
+                    Err(e) => warn!(
+                        "spare namespace unusable ({e}); building {} from scratch",
+                        rec.name
+                    ),
                 }
-                None => false,
-            };
-            if from_spare {
-                made_ns = true;
-                made_veth = true;
-                phases.mark("spare");
-            } else {
+                // Whatever the outcome, the record may exist: undo removes it.
+                saved = true;
+                save.await
+                    .map_err(|e| AgentError::Other(format!("state writer: {e}")))??;
+            }
+            if !made_ns {
                 let ns = netns::create(&path).await?;
                 made_ns = true;
                 phases.mark("namespace");

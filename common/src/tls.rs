@@ -271,8 +271,8 @@ fn bad_pem(path: &Path, e: pem::Error) -> TlsError {
     }
 }
 
-/// An I/O error without the "(os error N)" suffix.
-fn io_msg(e: &io::Error) -> String {
+/// An I/O error as a sentence fragment, without the "(os error N)" suffix.
+pub fn io_msg(e: &io::Error) -> String {
     let s = e.to_string();
     match s.rfind(" (os error ") {
         Some(i) => s[..i].to_string(),

@@ -172,6 +172,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         store,
         hub,
         lease_ttl: args.lease_ttl,
+        snapshots: Arc::new(tokio::sync::Semaphore::new(server::SNAPSHOTS_AT_ONCE)),
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

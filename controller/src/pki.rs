@@ -25,6 +25,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer};
+use weft_common::tls::io_msg;
 use weft_common::validate_name;
 
 /// The CA certificate, in the PKI directory and in every node directory.
@@ -388,15 +389,6 @@ fn unique_suffix() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         nanos
     )
-}
-
-/// An I/O error as a sentence fragment, without the "(os error N)" suffix.
-fn io_msg(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 #[cfg(test)]

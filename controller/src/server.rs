@@ -36,6 +36,8 @@ pub struct Controller {
     /// Lease TTL for host keys, seconds.
     pub lease_ttl: i64,
     pub leases: Arc<crate::leases::Leases>,
+    /// Turns for sending snapshots ([`SNAPSHOTS_AT_ONCE`]).
+    pub snapshots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Connections that may be between their first packet and their
@@ -58,7 +60,6 @@ pub const SNAPSHOTS_AT_ONCE: usize = 32;
 pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 /// The longest one session holds a turn.
 pub const SNAPSHOT_TURN: Duration = Duration::from_secs(5);
-static SNAPSHOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SNAPSHOTS_AT_ONCE);
 
 /// Counts a connection as pending until dropped.
 struct Pending(Arc<AtomicUsize>);
@@ -249,7 +250,7 @@ async fn stream(
     // SNAPSHOT_WAIT for its turn). A session subscribes only when its turn
     // comes, so until then nothing is buffered for it, and sessions that
     // wait together share one encoded snapshot of a later revision.
-    let permit = tokio::time::timeout(SNAPSHOT_WAIT, SNAPSHOTS.acquire())
+    let permit = tokio::time::timeout(SNAPSHOT_WAIT, ctl.snapshots.clone().acquire_owned())
         .await
         .ok()
         .and_then(Result::ok);

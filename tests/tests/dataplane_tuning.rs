@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_tests::lab::{Host, Lab, LabOpts};
+use weft_tests::lab::{Agent, Host, Lab, LabOpts};
 use weft_tests::wait_until;
 
 /// An endpoint: its namespace, address and the host end of its veth.
@@ -59,11 +59,11 @@ fn gro(lab: &Lab, ns: &PathBuf, dev: &str) -> String {
         .to_string()
 }
 
-#[test]
-fn devices_carry_the_chosen_settings() {
-    let lab = Lab::new(LabOpts::cluster(2, 1));
-    let _a1 = lab.host(1).start_agent(&[]);
-    let _a2 = lab.host(2).start_agent(&[]);
+/// Agents on h1 and h2 that see each other, and a namespace on each that
+/// reaches the other.
+fn two_hosts_with_endpoints(lab: &Lab) -> (Agent, Agent, [Ep; 2]) {
+    let a1 = lab.host(1).start_agent(&[]);
+    let a2 = lab.host(2).start_agent(&[]);
     wait_peer(lab.host(1), "h2");
     wait_peer(lab.host(2), "h1");
     let eps = [add_ep(lab.host(1), "tun-a"), add_ep(lab.host(2), "tun-b")];
@@ -71,6 +71,13 @@ fn devices_carry_the_chosen_settings() {
         lab.ping(&eps[0].netns, eps[1].ip),
         "no path between the namespaces"
     );
+    (a1, a2, eps)
+}
+
+#[test]
+fn devices_carry_the_chosen_settings() {
+    let lab = Lab::new(LabOpts::cluster(2, 1));
+    let (_a1, _a2, eps) = two_hosts_with_endpoints(&lab);
     for (h, ep) in lab.hosts().iter().zip(&eps) {
         // The vxlan device sends outer UDP checksums.
         let words = vxlan_words(&lab, h);
@@ -89,15 +96,7 @@ fn devices_carry_the_chosen_settings() {
 #[test]
 fn vxlan_device_made_without_udpcsum_is_recreated_on_start() {
     let lab = Lab::new(LabOpts::cluster(2, 1));
-    let mut a1 = lab.host(1).start_agent(&[]);
-    let _a2 = lab.host(2).start_agent(&[]);
-    wait_peer(lab.host(1), "h2");
-    wait_peer(lab.host(2), "h1");
-    let eps = [add_ep(lab.host(1), "tun-a"), add_ep(lab.host(2), "tun-b")];
-    assert!(
-        lab.ping(&eps[0].netns, eps[1].ip),
-        "no path between the namespaces"
-    );
+    let (mut a1, _a2, eps) = two_hosts_with_endpoints(&lab);
     let h1 = lab.host(1);
     a1.stop();
     // The same device by hand, but without outer UDP checksums.

@@ -151,6 +151,22 @@ struct Sample {
     leftovers: Vec<String>,
 }
 
+impl Sample {
+    /// For the progress line: how long the counts took to settle, and what
+    /// was left over, if anything.
+    fn settle_note(&self) -> String {
+        let settle = self
+            .settle_ms
+            .map(|m| format!("{m:.0} ms"))
+            .unwrap_or_else(|| "NEVER".into());
+        if self.leftovers.is_empty() {
+            settle
+        } else {
+            format!("{settle}, LEFTOVERS {}", self.leftovers.join(", "))
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Phase {
     name: &'static str,
@@ -548,19 +564,12 @@ fn ns_churn(h1: &Host, probe: &Probe, cycles: usize, every: usize) -> Result<(Ph
             let ts = Instant::now();
             let s = probe.sample("ns", i + 1, t0)?;
             eprintln!(
-                "ns {}/{cycles}: {:.1} cycles/s, agent RSS {} kB, fds {}, settle {}{}",
+                "ns {}/{cycles}: {:.1} cycles/s, agent RSS {} kB, fds {}, settle {}",
                 i + 1,
                 (i + 1) as f64 / (t0.elapsed() - paused).as_secs_f64(),
                 s.agent_h1.rss_kb,
                 s.agent_h1.fds,
-                s.settle_ms
-                    .map(|m| format!("{m:.0} ms"))
-                    .unwrap_or_else(|| "NEVER".into()),
-                if s.leftovers.is_empty() {
-                    String::new()
-                } else {
-                    format!(", LEFTOVERS {}", s.leftovers.join(", "))
-                }
+                s.settle_note()
             );
             samples.push(s);
             paused += ts.elapsed();
@@ -721,7 +730,7 @@ fn peer_churn(
             let ts = Instant::now();
             let s = probe.sample("peers", done, t0)?;
             eprintln!(
-                "peers {done}/{cycles}: {:.1} cycles/s, agent RSS h1 {} kB h2 {} kB, controller RSS {} kB fds {}, route events h1 +{}/-{}, settle {}{}",
+                "peers {done}/{cycles}: {:.1} cycles/s, agent RSS h1 {} kB h2 {} kB, controller RSS {} kB fds {}, route events h1 +{}/-{}, settle {}",
                 done as f64 / (t0.elapsed() - paused).as_secs_f64(),
                 s.agent_h1.rss_kb,
                 s.agent_h2.rss_kb,
@@ -729,14 +738,7 @@ fn peer_churn(
                 s.controller.fds,
                 watch[0].adds,
                 watch[0].dels,
-                s.settle_ms
-                    .map(|m| format!("{m:.0} ms"))
-                    .unwrap_or_else(|| "NEVER".into()),
-                if s.leftovers.is_empty() {
-                    String::new()
-                } else {
-                    format!(", LEFTOVERS {}", s.leftovers.join(", "))
-                }
+                s.settle_note()
             );
             samples.push(s);
             paused += ts.elapsed();
