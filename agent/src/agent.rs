@@ -10,7 +10,7 @@ use ipnetwork::Ipv4Network;
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
-use weft_common::api::{ControllerLink, Endpoint, Peer, Status};
+use weft_common::api::{ControllerLink, Endpoint, Peer, Status, PROBE_TIMEOUT_MS};
 use weft_common::cluster::NetworkConfig;
 use weft_common::name::{host_veth_name, is_weft_veth_name};
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
@@ -201,6 +201,9 @@ impl Agent {
             })?;
         }
         let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
+        if loaded.node.is_none() {
+            refuse_lost_state(&host, &cfg).await?;
+        }
         // The interface holding the public IP carries the tunnel, so its
         // MTU is the one that counts.
         let holder = match plan.public_ip {
@@ -285,7 +288,7 @@ impl Agent {
             }),
             cfg,
         });
-        agent.reconcile(&loaded.pending, false).await?;
+        crate::metrics::reconcile(agent.reconcile(&loaded.pending, false)).await?;
         Ok(agent)
     }
 
@@ -314,8 +317,12 @@ impl Agent {
         if let Some(have) = inner.nft_peers.clone() {
             let add: Vec<Ipv4Addr> = want.difference(&have).copied().collect();
             let del: Vec<Ipv4Addr> = have.difference(&want).copied().collect();
+            let (a, r) = (add.clone(), del.clone());
             match self.firewall(move |fw| fw.update_peers(&add, &del)).await {
-                Ok(()) => inner.nft_peers = Some(want),
+                Ok(()) => {
+                    log_nft_peers(&a, &r, why);
+                    inner.nft_peers = Some(want);
+                }
                 Err(e) => {
                     error!("{e}; repairing with a full firewall sync");
                     inner.nft_peers = None;
@@ -325,7 +332,8 @@ impl Agent {
         }
         let started = std::time::Instant::now();
         match ov.apply(vx, &d).await {
-            Ok(()) if !d.is_empty() => info!(
+            // Each change was logged above (log_change): this is a summary.
+            Ok(()) if !d.is_empty() => debug!(
                 "overlay programmed: {} peers, {} kernel changes in {:.1} ms ({d})",
                 plans.len(),
                 d.len(),
@@ -342,12 +350,13 @@ impl Agent {
         }
         inner.plans = plans;
         inner.peers = peers;
+        crate::metrics::set_peers(inner.plans.values().map(|p| p.mode));
     }
 
     /// Brings everything back in line with the state (the periodic and
     /// event-driven repair); failures are logged and retried next time.
     pub async fn repair(&self) {
-        if let Err(e) = self.reconcile(&[], true).await {
+        if let Err(e) = crate::metrics::reconcile(self.reconcile(&[], true)).await {
             error!("reconcile failed: {e:#}; retrying later");
         }
     }
@@ -398,7 +407,7 @@ impl Agent {
             "1",
             "namespaces route through this host",
         )?;
-        inner.bridge = self.ensure_bridge().await?;
+        inner.bridge = self.ensure_bridge(!periodic).await?;
         let bridge_conf = format!("net.ipv4.conf.{BRIDGE}");
         sysctl::ensure(
             &format!("{bridge_conf}.rp_filter"),
@@ -418,8 +427,20 @@ impl Agent {
         let spec = self.firewall_spec();
         let peers: BTreeSet<Ipv4Addr> = inner.plans.values().map(|p| p.public_ip).collect();
         let p = peers.clone();
+        let n_forwards = forwards.len();
+        // The table is replaced whole every time (idempotent, atomic); it is
+        // logged at start and when it had vanished, not every period.
+        let existed = self.firewall(|fw| fw.exists()).await.unwrap_or(true);
+        let cidr = spec.cluster_cidr;
         self.firewall(move |fw| fw.sync(&spec, &forwards, &p))
             .await?;
+        if !existed {
+            info!(
+                "nft table inet {NFT_TABLE} (masquerade from {cidr}, {n_forwards} published ports, {} vxlan peers): {}",
+                peers.len(),
+                if periodic { "restored (deleted outside weft)" } else { "created at agent start" }
+            );
+        }
         inner.nft_peers = Some(peers);
 
         for name in pending {
@@ -470,6 +491,7 @@ impl Agent {
             }
         }
         self.view.lock().expect("watch view").bridge = bridge;
+        crate::metrics::set_endpoints(inner.endpoints.len());
         if periodic {
             return Ok(());
         }
@@ -509,7 +531,7 @@ impl Agent {
         inner: &mut Inner,
         periodic: bool,
     ) -> anyhow::Result<()> {
-        let vx = ov.ensure_device().await?;
+        let vx = ov.ensure_device(!periodic).await?;
         let dev = &ov.spec.name;
         sysctl::ensure(
             &sysctl::dev_key("ipv4", dev, "rp_filter"),
@@ -519,10 +541,15 @@ impl Agent {
         sysctl::set(&sysctl::dev_key("ipv6", dev, "disable_ipv6"), "1")?;
         inner.vxlan = vx;
         let plans = ov.plan(&inner.peers, self.underlay).await;
-        if periodic && plans != inner.plans {
-            ov.log_change(&inner.plans, &plans, &Diff::default(), "reconcile");
-        }
         let to = Entries::of(&plans, vx, self.underlay);
+        // A plan change here (a peer switched between direct and vxlan
+        // because the underlay's routes changed) is logged peer by peer;
+        // its entries are then not logged again as repairs.
+        let mut planned = Diff::default();
+        if periodic && plans != inner.plans {
+            planned = Diff::between(&Entries::of(&inner.plans, vx, self.underlay), &to);
+            ov.log_change(&inner.plans, &plans, &planned, "underlay route changed");
+        }
         {
             let mut view = self.view.lock().expect("watch view");
             view.vxlan = vx;
@@ -531,10 +558,18 @@ impl Agent {
         let kernel = ov.read_kernel(vx).await?;
         let d = Diff::between(&kernel, &to);
         if !d.is_empty() {
-            overlay::log_repairs(&ov.spec.name, &d);
+            let cause = match periodic {
+                true => overlay::Cause::Outside,
+                false => overlay::Cause::Start,
+            };
+            let repairs = d.without(&planned);
+            if !repairs.is_empty() {
+                overlay::log_repairs(&ov.spec.name, &kernel, &repairs, &plans, cause);
+            }
             ov.apply(vx, &d).await?;
         }
         inner.plans = plans;
+        crate::metrics::set_peers(inner.plans.values().map(|p| p.mode));
         Ok(())
     }
 
@@ -551,12 +586,23 @@ impl Agent {
     }
 
     /// Creates the bridge or corrects it in place; returns its index.
-    async fn ensure_bridge(&self) -> Result<u32> {
+    /// `start`: the agent is starting (for the log lines' reasons).
+    async fn ensure_bridge(&self, start: bool) -> Result<u32> {
         let mac = MacAddr::from_ipv4(self.gateway);
+        let outside = match start {
+            true => "found so at agent start",
+            false => "changed outside weft",
+        };
+        let mut created = false;
         let link = match self.host.link(BRIDGE).await? {
             None => {
                 let l = self.host.create_bridge(BRIDGE, mac, self.mtu).await?;
-                info!("created bridge {BRIDGE} mac {mac} mtu {}", self.mtu);
+                let why = match start {
+                    true => "agent start (not present)",
+                    false => "restored (deleted outside weft)",
+                };
+                info!("link add {BRIDGE} type bridge address {mac} mtu {}: {why}", self.mtu);
+                created = true;
                 l
             }
             Some(l) if l.kind.as_deref() != Some("bridge") => {
@@ -571,7 +617,7 @@ impl Agent {
                 if mtu.is_some() || new_mac.is_some() || !l.up {
                     self.host.set_link(l.index, BRIDGE, mtu, new_mac, None, true).await?;
                     let old_mac = l.mac.map_or_else(|| "none".to_string(), |m| m.to_string());
-                    info!("corrected bridge {BRIDGE}: mtu {} mac {mac} up (was mtu {} mac {old_mac} up={})", self.mtu, l.mtu, l.up);
+                    info!("link set {BRIDGE} mtu {} address {mac} up: corrected (was mtu {} mac {old_mac} up={}; {outside})", self.mtu, l.mtu, l.up);
                 }
                 l
             }
@@ -583,14 +629,21 @@ impl Agent {
                 self.host
                     .delete_address(link.index, *ip, *len, BRIDGE)
                     .await?;
-                info!("removed address {ip}/{len} from {BRIDGE}: not this host's gateway");
+                info!("address del {ip}/{len} dev {BRIDGE}: not this host's gateway ({outside})");
             }
         }
         if !addrs.contains(&(self.gateway, prefix)) {
             self.host
                 .add_address(link.index, self.gateway, prefix, BRIDGE)
                 .await?;
-            info!("added gateway {}/{prefix} to {BRIDGE}", self.gateway);
+            let why = if created {
+                "gateway of the new bridge"
+            } else if start {
+                "gateway missing at agent start"
+            } else {
+                "gateway restored (removed outside weft)"
+            };
+            info!("address add {}/{prefix} dev {BRIDGE}: {why}", self.gateway);
         }
         Ok(link.index)
     }
@@ -605,6 +658,7 @@ impl Agent {
     ) -> Result<()> {
         let path = self.netns_path(&rec.name);
         let mut host_link = host_link;
+        let mut rebuilt = false;
         let ns = if netns::is_netns(&path) {
             netns::open(&path).await?
         } else {
@@ -617,6 +671,7 @@ impl Agent {
                 rec.name,
                 path.display()
             );
+            rebuilt = true;
             // A host veth still present leads into the old namespace (kept
             // alive by some process): it is no longer this endpoint's.
             if let Some(old) = host_link.take() {
@@ -645,9 +700,23 @@ impl Agent {
                     "re-created veth {} of namespace {}: it was missing",
                     rec.host_veth, rec.name
                 );
+                rebuilt = true;
             }
         }
-        self.ensure_ns_side(rec, &ns.netlink).await
+        let done = self.ensure_ns_side(rec, &ns.netlink).await?;
+        for what in done {
+            // After a rebuild the inside is configured afresh: that was
+            // logged as the rebuild.
+            if rebuilt {
+                debug!("{what} in namespace {}: new veth", rec.name);
+            } else {
+                info!(
+                    "{what} in namespace {}: restored (changed outside weft)",
+                    rec.name
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn create_veth(
@@ -678,8 +747,10 @@ impl Agent {
     }
 
     /// Inside the namespace: `lo` up, `eth0` up with its MTU and address,
-    /// default route via the gateway. Checks first, changes only what differs.
-    async fn ensure_ns_side(&self, rec: &EndpointRecord, nl: &Netlink) -> Result<()> {
+    /// default route via the gateway. Checks first, changes only what
+    /// differs; returns what it changed (for the log).
+    async fn ensure_ns_side(&self, rec: &EndpointRecord, nl: &Netlink) -> Result<Vec<String>> {
+        let mut done = Vec::new();
         let links = nl.links().await?;
         let find = |n: &str| links.iter().find(|l| l.name == n);
         let missing =
@@ -688,6 +759,7 @@ impl Agent {
         let eth = find(NS_IFACE).ok_or_else(|| missing(NS_IFACE))?;
         if !lo.up {
             nl.set_link(lo.index, "lo", None, None, None, true).await?;
+            done.push("link set lo up".to_string());
         }
         if !eth.up || eth.mtu != self.mtu {
             nl.set_link(
@@ -699,6 +771,7 @@ impl Agent {
                 true,
             )
             .await?;
+            done.push(format!("link set {NS_IFACE} mtu {} up", self.mtu));
         }
         let prefix = self.plan.subnet.prefix();
         if !nl
@@ -707,6 +780,7 @@ impl Agent {
             .contains(&(rec.ip, prefix))
         {
             nl.add_address(eth.index, rec.ip, prefix, NS_IFACE).await?;
+            done.push(format!("address add {}/{prefix} dev {NS_IFACE}", rec.ip));
         }
         let routes = nl.routes_v4().await?;
         if !routes
@@ -714,8 +788,12 @@ impl Agent {
             .any(|r| r.is_default() && r.gateway == Some(self.gateway) && r.oif == Some(eth.index))
         {
             nl.replace_default_route(self.gateway, eth.index).await?;
+            done.push(format!(
+                "route replace default via {} dev {NS_IFACE}",
+                self.gateway
+            ));
         }
-        Ok(())
+        Ok(done)
     }
 }
 
@@ -875,6 +953,7 @@ impl Agent {
                 );
                 let ep = self.endpoint(&rec);
                 inner.endpoints.insert(name, rec);
+                crate::metrics::set_endpoints(inner.endpoints.len());
                 Ok(ep)
             }
             // Pieces that could not be removed may still hold the address
@@ -1109,6 +1188,7 @@ impl Agent {
         }
         inner.store.remove_endpoint(name)?;
         inner.endpoints.remove(name);
+        crate::metrics::set_endpoints(inner.endpoints.len());
         inner.ipam.release(rec.ip);
         info!("deleted namespace {name} ({}){}", rec.ip, published(&rec));
         Ok(self.endpoint(&rec))
@@ -1133,33 +1213,99 @@ impl Agent {
             .ok_or_else(|| AgentError::NotFound(name.to_string()))
     }
 
-    pub async fn status(&self) -> Status {
-        let inner = self.inner.lock().await;
-        Status {
-            node: self.cfg.node_name.clone(),
-            subnet: self.plan.subnet.to_string(),
-            gateway: self.gateway,
-            bridge: BRIDGE.to_string(),
-            mtu: self.mtu,
-            endpoints: inner.endpoints.len(),
-            controller: match self.link.get() {
-                Some(l) => l.controller_link(),
-                None => ControllerLink {
-                    connected: false,
-                    address: None,
+    /// `weftctl status`. With `probe`, every peer's gateway is pinged
+    /// through the tunnel (concurrently, at most [`PROBE_TIMEOUT_MS`]); the
+    /// agent's lock is not held meanwhile, so other requests go on.
+    pub async fn status(&self, probe: bool) -> Status {
+        let mut status = {
+            let inner = self.inner.lock().await;
+            Status {
+                node: self.cfg.node_name.clone(),
+                subnet: self.plan.subnet.to_string(),
+                gateway: self.gateway,
+                bridge: BRIDGE.to_string(),
+                mtu: self.mtu,
+                endpoints: inner.endpoints.len(),
+                controller: match self.link.get() {
+                    Some(l) => l.controller_link(),
+                    None => ControllerLink {
+                        connected: false,
+                        address: None,
+                        since: None,
+                    },
                 },
-            },
-            peers: inner
-                .plans
-                .values()
-                .map(|p| Peer {
-                    name: p.name.clone(),
-                    subnet: p.subnet.to_string(),
-                    public_ip: p.public_ip,
-                    mode: p.mode.as_str().into(),
+                peers: inner
+                    .plans
+                    .values()
+                    .map(|p| Peer {
+                        name: p.name.clone(),
+                        subnet: p.subnet.to_string(),
+                        public_ip: p.public_ip,
+                        mode: p.mode.as_str().into(),
+                        reachable: None,
+                        rtt_ms: None,
+                    })
+                    .collect(),
+            }
+        };
+        if probe && !status.peers.is_empty() {
+            let targets: Vec<Ipv4Addr> = status
+                .peers
+                .iter()
+                .map(|p| {
+                    p.subnet
+                        .parse::<Ipv4Network>()
+                        .map_or(Ipv4Addr::UNSPECIFIED, gateway)
                 })
-                .collect(),
+                .collect();
+            let timeout = std::time::Duration::from_millis(PROBE_TIMEOUT_MS);
+            let res = tokio::task::spawn_blocking(move || crate::probe::probe(&targets, timeout))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r);
+            match res {
+                Ok(rtts) => {
+                    for (p, rtt) in status.peers.iter_mut().zip(rtts) {
+                        p.reachable = Some(rtt.is_some());
+                        p.rtt_ms = rtt.map(|d| d.as_secs_f64() * 1e3);
+                    }
+                }
+                // Reported as not probed (null), not as unreachable.
+                Err(e) => warn!("peer probe failed: {e}"),
+            }
         }
+        status
+    }
+}
+
+/// One line for a change of the nft VXLAN peer set.
+fn log_nft_peers(add: &[Ipv4Addr], del: &[Ipv4Addr], why: &str) {
+    fn list(ips: &[Ipv4Addr]) -> String {
+        const MAX: usize = 8;
+        let mut s: Vec<String> = ips.iter().take(MAX).map(|ip| ip.to_string()).collect();
+        if ips.len() > MAX {
+            s.push(format!("and {} more", ips.len() - MAX));
+        }
+        s.join(", ")
+    }
+    let set = format!("inet {NFT_TABLE} {}", crate::firewall::PEERS_SET);
+    match (add.is_empty(), del.is_empty()) {
+        (true, true) => {}
+        (false, true) => info!(
+            "nft add element {set} {{ {} }}: {} joined ({why})",
+            list(add),
+            if add.len() == 1 { "peer" } else { "peers" }
+        ),
+        (true, false) => info!(
+            "nft delete element {set} {{ {} }}: {} left ({why})",
+            list(del),
+            if del.len() == 1 { "peer" } else { "peers" }
+        ),
+        (false, false) => info!(
+            "nft add element {set} {{ {} }}, delete {{ {} }}: peers joined and left ({why})",
+            list(add),
+            list(del)
+        ),
     }
 }
 
@@ -1201,4 +1347,25 @@ impl std::fmt::Display for Phases {
         }
         Ok(())
     }
+}
+
+/// A first start (no `node.json`) on a host whose kernel still holds
+/// namespaces' veths (`wv…`) means the state was lost or `--state-dir`
+/// points elsewhere: starting empty would delete every one of them.
+async fn refuse_lost_state(host: &Netlink, cfg: &Config) -> anyhow::Result<()> {
+    let veths: Vec<String> = host
+        .links()
+        .await?
+        .into_iter()
+        .filter(|l| is_weft_veth_name(&l.name) && l.kind.as_deref() == Some("veth"))
+        .map(|l| l.name)
+        .collect();
+    if let Some(first) = veths.first() {
+        anyhow::bail!(
+            "state directory {} holds no node.json, but this host has {} weft namespace veth(s) ({first}…): the state was lost or --state-dir is wrong; nothing was changed: point --state-dir at the right directory or restore it, or delete the leftover veths (ip link del {first}) to start afresh",
+            cfg.state_dir.display(),
+            veths.len()
+        );
+    }
+    Ok(())
 }

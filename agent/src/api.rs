@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 use weft_common::api::{Request, Response, MAX_LINE};
@@ -57,32 +57,53 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) {
     }
 }
 
+/// A line from a client that is not a request: the error to answer, and
+/// whether to close the connection after it (a line over [`MAX_LINE`] is not
+/// read to its end).
+pub(crate) struct BadLine {
+    pub response: Response,
+    pub close: bool,
+}
+
+/// Reads one line (at most [`MAX_LINE`] bytes before its newline) into
+/// `line` and decodes it; `Ok(None)` at the end of the stream.
+pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(
+    rd: &mut R,
+    line: &mut Vec<u8>,
+) -> io::Result<Option<Result<Request, BadLine>>> {
+    line.clear();
+    let n = rd.take(MAX_LINE as u64 + 1).read_until(b'\n', line).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+        return Ok(Some(Err(BadLine {
+            response: Response::Error(format!("request longer than {MAX_LINE} bytes")),
+            close: true,
+        })));
+    }
+    Ok(Some(serde_json::from_slice::<Request>(line).map_err(|e| {
+        BadLine {
+            response: Response::Error(format!("malformed request: {e}")),
+            close: false,
+        }
+    })))
+}
+
 async fn handle_conn(stream: UnixStream, agent: Arc<Agent>) -> io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = (&mut rd)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if n == 0 {
-            return Ok(());
-        }
-        let too_long = line.len() > MAX_LINE;
-        let response = if too_long {
-            Response::Error(format!("request longer than {MAX_LINE} bytes"))
-        } else {
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => dispatch(&agent, req).await,
-                Err(e) => Response::Error(format!("malformed request: {e}")),
-            }
+        let (response, close) = match read_request(&mut rd, &mut line).await? {
+            None => return Ok(()),
+            Some(Ok(req)) => (dispatch(&agent, req).await, false),
+            Some(Err(bad)) => (bad.response, bad.close),
         };
         let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
         out.push(b'\n');
         wr.write_all(&out).await?;
-        if too_long {
+        if close {
             return Ok(());
         }
     }
@@ -96,19 +117,23 @@ async fn dispatch(agent: &Agent, req: Request) -> Response {
         }
     }
     match req {
-        Request::NsAdd { name, ip, publish } => match agent.ns_add(name, ip, publish).await {
-            Ok(ep) => ok(ep),
-            Err(e) => Response::Error(e.to_string()),
-        },
-        Request::NsDel { name } => match agent.ns_del(&name).await {
-            Ok(ep) => ok(ep),
-            Err(e) => Response::Error(e.to_string()),
-        },
+        Request::NsAdd { name, ip, publish } => {
+            match crate::metrics::endpoint_op("add", agent.ns_add(name, ip, publish).await) {
+                Ok(ep) => ok(ep),
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
+        Request::NsDel { name } => {
+            match crate::metrics::endpoint_op("del", agent.ns_del(&name).await) {
+                Ok(ep) => ok(ep),
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
         Request::NsList => ok(agent.ns_list().await),
         Request::NsShow { name } => match agent.ns_show(&name).await {
             Ok(ep) => ok(ep),
             Err(e) => Response::Error(e.to_string()),
         },
-        Request::Status => ok(agent.status().await),
+        Request::Status { probe } => ok(agent.status(probe).await),
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
+use weft_common::logging::LogFormat;
 use weft_common::validate_name;
 
 /// weft-agent: builds this host's bridge, namespaces, NAT and published ports.
@@ -58,6 +59,9 @@ pub struct Args {
     /// Address for Prometheus metrics and health checks.
     #[arg(long, env = "WEFT_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Log lines as human-readable text or one JSON object per line [default: text].
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<LogFormat>,
     /// Check the configuration, print it and exit without changing anything.
     #[arg(long)]
     pub check_config: bool,
@@ -79,6 +83,7 @@ struct FileConfig {
     direct_routing: Option<bool>,
     ns_pool: Option<usize>,
     metrics_listen: Option<String>,
+    log_format: Option<LogFormat>,
 }
 
 /// The checked configuration the agent runs with.
@@ -99,6 +104,10 @@ pub struct Config {
     pub netns_dir: PathBuf,
     /// Spare namespaces to keep ready (`--ns-pool`).
     pub ns_pool: usize,
+    /// `--metrics-listen`: where /metrics, /healthz and /readyz answer.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `--log-format`.
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -122,16 +131,17 @@ pub fn resolve(args: Args) -> Result<Config> {
     let direct = args.direct_routing || file.direct_routing.unwrap_or(false);
     let public_ip = args.public_ip.or(file.public_ip);
     let ns_pool = args.ns_pool.or(file.ns_pool).unwrap_or(DEFAULT_NS_POOL);
+    let log_format = args.log_format.or(file.log_format).unwrap_or_default();
     if ns_pool > crate::pool::MAX_POOL {
         bail!(
             "--ns-pool {ns_pool}: at most {} spare namespaces",
             crate::pool::MAX_POOL
         );
     }
-    // Refuse what this build cannot do rather than silently ignore it.
-    if let Some(m) = metrics {
-        bail!("--metrics-listen {m}: metrics are not available in this build of weft-agent yet");
-    }
+    let metrics_listen = match metrics {
+        Some(m) => Some(weft_common::http::parse_listen(&m)?),
+        None => None,
+    };
     let public_ip = match public_ip {
         None => None,
         Some(IpAddr::V4(ip))
@@ -197,6 +207,8 @@ pub fn resolve(args: Args) -> Result<Config> {
             .or(file.netns_dir)
             .unwrap_or_else(|| "/run/netns".into()),
         ns_pool,
+        metrics_listen,
+        log_format,
     })
 }
 

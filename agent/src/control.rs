@@ -30,13 +30,18 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 struct LinkState {
     connected: bool,
     address: Option<String>,
+    /// Unix seconds of the last change of `connected` (the start while
+    /// never connected).
+    since: u64,
     revision: i64,
     peers: BTreeMap<String, HostRecord>,
 }
 
 pub struct Link {
     controllers: Vec<String>,
-    tls: quinn::ClientConfig,
+    /// The client TLS config for the next connection (replaced when
+    /// `--tls-dir` is reloaded), and this host's certificate for logs.
+    tls: Mutex<(quinn::ClientConfig, Option<weft_common::tls::CertSummary>)>,
     endpoint: quinn::Endpoint,
     node: String,
     public_ip: Ipv4Addr,
@@ -46,6 +51,12 @@ pub struct Link {
     stopping: std::sync::atomic::AtomicBool,
     /// The peer set after each applied message, for the data plane.
     peers_tx: tokio::sync::watch::Sender<PeerSet>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Peers by name, shared between the link and the data plane.
@@ -68,7 +79,10 @@ impl Link {
         state_dir: PathBuf,
         saved: Option<PeersState>,
     ) -> std::io::Result<Link> {
-        let mut st = LinkState::default();
+        let mut st = LinkState {
+            since: unix_now(),
+            ..LinkState::default()
+        };
         if let Some(p) = saved {
             st.revision = p.revision;
             st.peers = p
@@ -82,7 +96,7 @@ impl Link {
         Ok(Link {
             peers_tx,
             controllers,
-            tls,
+            tls: Mutex::new((tls, None)),
             endpoint: weft_common::client::endpoint()?,
             node,
             public_ip,
@@ -91,6 +105,12 @@ impl Link {
             st: Mutex::new(st),
             stopping: Default::default(),
         })
+    }
+
+    /// Uses `tls` for the next connection (certificate rotation); the
+    /// session in progress keeps its connection.
+    pub fn set_tls(&self, tls: quinn::ClientConfig, cert: Option<weft_common::tls::CertSummary>) {
+        *self.tls.lock().expect("tls config") = (tls, cert);
     }
 
     fn register_msg(&self, serving: Option<Ipv4Network>) -> AgentMsg {
@@ -116,7 +136,9 @@ impl Link {
             let idx = (*next + i) % self.controllers.len();
             let addr = &self.controllers[idx];
             self.st.lock().expect("link state").address = Some(addr.clone());
-            match Session::open(&self.endpoint, addr, self.tls.clone(), &reg).await {
+            crate::metrics::controller(addr, false);
+            let (tls, cert) = self.tls.lock().expect("tls config").clone();
+            match Session::open(&self.endpoint, addr, tls, &reg).await {
                 Ok(s) => {
                     *next = idx;
                     return Ok(s);
@@ -124,6 +146,32 @@ impl Link {
                 Err(e) => {
                     match &e {
                         ClientError::Refused(..) => error!("{e}"),
+                        ClientError::Connect(c, why)
+                            if weft_common::tls::handshake_refused_by_peer(why) =>
+                        {
+                            let mine = cert.map_or_else(
+                                || "this host's certificate".to_string(),
+                                |s| {
+                                    format!(
+                                        "this host's certificate {} (valid until {})",
+                                        s.name,
+                                        s.valid_until()
+                                    )
+                                },
+                            );
+                            error!(
+                                "controller {c} refused {mine}: {}; retrying with backoff",
+                                weft_common::tls::describe_handshake_error(why)
+                            )
+                        }
+                        ClientError::Connect(c, why)
+                            if why.contains("invalid peer certificate") =>
+                        {
+                            error!(
+                                "refused the certificate of controller {c}: {}; retrying with backoff",
+                                weft_common::tls::describe_handshake_error(why)
+                            )
+                        }
                         _ => warn!("{e}"),
                     }
                     errors.push(e);
@@ -204,8 +252,12 @@ impl Link {
 
     fn set_connected(&self, up: bool, addr: &str) {
         let mut st = self.st.lock().expect("link state");
+        if st.connected != up {
+            st.since = unix_now();
+        }
         st.connected = up;
         st.address = Some(addr.to_string());
+        crate::metrics::controller(addr, up);
     }
 
     /// One registered session: apply what arrives, send heartbeats. Returns
@@ -236,6 +288,7 @@ impl Link {
 
     /// Applies one message to the peer set and saves it.
     fn apply(&self, msg: ControllerMsg) -> Result<(), String> {
+        let is_snapshot = matches!(msg, ControllerMsg::Snapshot { .. });
         let mut st = self.st.lock().expect("link state");
         match msg {
             ControllerMsg::Snapshot { revision, peers } => {
@@ -291,6 +344,11 @@ impl Link {
         };
         self.peers_tx
             .send_replace(std::sync::Arc::new(st.peers.clone()));
+        crate::metrics::peer_message(is_snapshot, st.revision);
+        if is_snapshot {
+            // After publishing the set (see the data plane's loop in main.rs).
+            crate::metrics::ready().snapshot_received();
+        }
         drop(st);
         if let Err(e) = save_peers(&self.state_dir, &saved) {
             warn!("save peer set: {e}");
@@ -303,6 +361,7 @@ impl Link {
         ControllerLink {
             connected: st.connected,
             address: st.address.clone(),
+            since: Some(st.since),
         }
     }
 

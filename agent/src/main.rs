@@ -6,13 +6,18 @@ mod config;
 mod control;
 mod firewall;
 mod ipam;
+mod metrics;
 mod netlink;
 mod netns;
 mod overlay;
 mod pool;
+mod probe;
 mod state;
 mod sysctl;
 mod watch;
+
+#[cfg(test)]
+mod fuzz;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,7 +30,6 @@ use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let args = config::Args::parse();
-    weft_common::logging::init();
     let check_only = args.check_config;
     let cfg = match config::resolve(args) {
         Ok(c) => c,
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    weft_common::logging::init(cfg.log_format);
     if check_only {
         println!(
             "{}",
@@ -63,6 +68,10 @@ fn main() -> ExitCode {
 
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let _one_agent = lock_netns()?;
+    if let Some(addr) = cfg.metrics_listen {
+        let l = weft_common::http::bind(addr).await?;
+        weft_common::http::spawn(l, metrics::endpoints());
+    }
     let socket = cfg.socket_path();
     netns::warn_if_private_mounts(&cfg.netns_dir);
     let store = state::Store::open(&cfg.state_dir)?;
@@ -85,6 +94,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
             (plan, None)
         }
         None => {
+            metrics::ready().cluster_mode();
             let tls = weft_common::tls::client_config(&cfg.tls_dir)
                 .with_context(|| format!("--tls-dir {}", cfg.tls_dir.display()))?;
             let vtep_mac = saved_vtep.unwrap_or_else(weft_common::MacAddr::random_local);
@@ -94,13 +104,27 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
             };
             let link = Arc::new(control::Link::new(
                 cfg.controllers.clone(),
-                tls,
+                tls.clone(),
                 cfg.node_name.clone(),
                 public_ip,
                 vtep_mac,
                 cfg.state_dir.clone(),
                 store.load_peers()?,
             )?);
+            // Certificate rotation: the next connection uses the new
+            // certificate; the session and the data plane are not touched.
+            let cert =
+                weft_common::tls_reload::log_startup(&cfg.tls_dir, weft_common::tls::Side::Client);
+            link.set_tls(tls, cert);
+            {
+                let l = link.clone();
+                weft_common::tls_reload::spawn(
+                    cfg.tls_dir.clone(),
+                    weft_common::tls::Side::Client,
+                    weft_common::tls::client_config,
+                    move |config, summary| l.set_tls(config, Some(summary.clone())),
+                );
+            }
             info!(
                 "weft-agent {} starting: node {}, public ip {public_ip}, controllers {}",
                 env!("CARGO_PKG_VERSION"),
@@ -125,6 +149,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
                 None => {
                     let want = loaded.node.as_ref().map(|n| n.subnet);
                     info!("waiting for a controller to assign this host's subnet");
+                    metrics::ready().stage("waiting for a controller to assign this host's subnet");
                     let s = link.until_assigned(&mut next, want).await;
                     info!("controller {} assigned subnet {}", s.controller, s.subnet);
                     (s.subnet, s.config.clone(), Some(s))
@@ -142,8 +167,12 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     };
     let listener = api::bind(&socket)?;
     let serving = plan.subnet;
+    metrics::ready().stage("programming the data plane");
     let agent = match agent::Agent::start(cfg, plan, store, loaded).await {
-        Ok(a) => a,
+        Ok(a) => {
+            metrics::ready().data_plane_programmed();
+            a
+        }
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
             return Err(e);
@@ -157,8 +186,16 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         let a = agent.clone();
         tokio::spawn(async move {
             while peers.changed().await.is_ok() {
+                // Read before taking the set: then the set holds the snapshot.
+                let snapshot = metrics::ready().has_snapshot();
                 let set = peers.borrow_and_update().clone();
                 a.set_peers(set, "controller").await;
+                if snapshot {
+                    metrics::ready().snapshot_applied();
+                } else if metrics::ready().has_snapshot() {
+                    // It may have come with the set just programmed: once more to be sure.
+                    peers.mark_changed();
+                }
             }
         });
         let l = link.clone();

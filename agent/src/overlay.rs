@@ -165,6 +165,22 @@ impl Diff {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The changes of `self` that are not in `other` (e.g. a reconcile's
+    /// repairs without what a plan change already explains and logs).
+    pub fn without(&self, other: &Diff) -> Diff {
+        fn minus<T: PartialEq + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+            a.iter().filter(|x| !b.contains(x)).copied().collect()
+        }
+        Diff {
+            add_neigh: minus(&self.add_neigh, &other.add_neigh),
+            add_fdb: minus(&self.add_fdb, &other.add_fdb),
+            add_routes: minus(&self.add_routes, &other.add_routes),
+            del_routes: minus(&self.del_routes, &other.del_routes),
+            del_fdb: minus(&self.del_fdb, &other.del_fdb),
+            del_neigh: minus(&self.del_neigh, &other.del_neigh),
+        }
+    }
 }
 
 impl fmt::Display for Diff {
@@ -197,16 +213,20 @@ pub struct Overlay {
 }
 
 /// Runs `jobs` with up to [`IN_FLIGHT`] of them at once; collects failures.
-async fn pipelined<F>(jobs: Vec<F>, errors: &mut Vec<NetlinkError>)
+/// Successes count as kernel changes of `kind` (metrics).
+async fn pipelined<F>(jobs: Vec<F>, errors: &mut Vec<NetlinkError>, kind: &'static str)
 where
     F: std::future::Future<Output = Result<(), NetlinkError>>,
 {
     let mut s = futures::stream::iter(jobs).buffer_unordered(IN_FLIGHT);
+    let mut ok = 0;
     while let Some(r) = s.next().await {
-        if let Err(e) = r {
-            errors.push(e);
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => errors.push(e),
         }
     }
+    crate::metrics::changes(kind, ok);
 }
 
 impl Overlay {
@@ -221,9 +241,16 @@ impl Overlay {
 
     /// Creates the vxlan device or corrects it in place (MTU, MAC, up, its
     /// address); re-creates it only if it was made with other parameters.
-    /// Returns its index.
-    pub async fn ensure_device(&self) -> Result<u32, NetlinkError> {
+    /// Returns its index. `start`: the agent is starting (for the log
+    /// lines' reasons: what is missing then was not deleted under it).
+    pub async fn ensure_device(&self, start: bool) -> Result<u32, NetlinkError> {
         let name = &self.spec.name;
+        let outside = if start {
+            "found so at agent start"
+        } else {
+            "changed outside weft"
+        };
+        let mut created = false;
         let link = match self.nl.link(name).await? {
             Some(l) if self.spec.matches(&l) => {
                 let mtu = (l.mtu != self.spec.mtu).then_some(self.spec.mtu);
@@ -233,23 +260,29 @@ impl Overlay {
                         .set_link(l.index, name, mtu, mac, None, true)
                         .await?;
                     info!(
-                        "corrected vxlan device {name}: mtu {} mac {} up (was mtu {} up={})",
+                        "link set {name} mtu {} address {} up: corrected (was mtu {} up={}; {outside})",
                         self.spec.mtu, self.spec.mac, l.mtu, l.up
                     );
                 }
                 l
             }
             other => {
-                if let Some(old) = other {
-                    warn!(
-                        "{name} exists with other parameters ({:?}, kind {:?}); re-creating it as vni {} port {} local {:?}",
-                        old.vxlan, old.kind, self.spec.vni, self.spec.port, self.spec.local
-                    );
-                    self.nl.delete_link(old.index, name).await?;
-                }
+                let why = match &other {
+                    Some(old) => {
+                        warn!(
+                            "{name} exists with other parameters ({:?}, kind {:?}); re-creating it as vni {} port {} local {:?}",
+                            old.vxlan, old.kind, self.spec.vni, self.spec.port, self.spec.local
+                        );
+                        self.nl.delete_link(old.index, name).await?;
+                        "re-created: it had other parameters"
+                    }
+                    None if start => "agent start (not present)",
+                    None => "restored (deleted outside weft)",
+                };
                 self.nl.create_vxlan(&self.spec).await?;
+                created = true;
                 info!(
-                    "created vxlan device {name}: vni {} port {} local {} mac {} mtu {}",
+                    "link add {name} type vxlan id {} dstport {} local {} address {} mtu {}: {why}",
                     self.spec.vni,
                     self.spec.port,
                     self.spec
@@ -269,12 +302,21 @@ impl Overlay {
         for (ip, len) in &addrs {
             if (*ip, *len) != want {
                 self.nl.delete_address(link.index, *ip, *len, name).await?;
-                info!("removed address {ip}/{len} from {name}: not this host's subnet address");
+                info!(
+                    "address del {ip}/{len} dev {name}: not this host's subnet address ({outside})"
+                );
             }
         }
         if !addrs.contains(&want) {
             self.nl.add_address(link.index, want.0, 32, name).await?;
-            info!("added {}/32 to {name}", want.0);
+            let why = if created {
+                "new device"
+            } else if start {
+                "missing at agent start"
+            } else {
+                "restored (removed outside weft)"
+            };
+            info!("address add {}/32 dev {name}: {why}", want.0);
         }
         Ok(link.index)
     }
@@ -374,6 +416,7 @@ impl Overlay {
                 .map(|(ip, mac)| nl.replace_neighbour(vxlan, *ip, *mac))
                 .collect(),
             &mut errors,
+            "neigh",
         )
         .await;
         pipelined(
@@ -382,6 +425,7 @@ impl Overlay {
                 .map(|(mac, ip)| nl.replace_fdb(vxlan, *mac, *ip))
                 .collect(),
             &mut errors,
+            "fdb",
         )
         .await;
         pipelined(
@@ -390,6 +434,7 @@ impl Overlay {
                 .map(|(dst, r)| nl.replace_route(*dst, r.gateway, r.oif, r.onlink))
                 .collect(),
             &mut errors,
+            "route",
         )
         .await;
         pipelined(
@@ -408,6 +453,7 @@ impl Overlay {
                 })
                 .collect(),
             &mut errors,
+            "route",
         )
         .await;
         pipelined(
@@ -416,6 +462,7 @@ impl Overlay {
                 .map(|(mac, ip)| nl.delete_fdb(vxlan, *mac, (!ip.is_unspecified()).then_some(*ip)))
                 .collect(),
             &mut errors,
+            "fdb",
         )
         .await;
         pipelined(
@@ -424,6 +471,7 @@ impl Overlay {
                 .map(|ip| nl.delete_neighbour(vxlan, *ip))
                 .collect(),
             &mut errors,
+            "neigh",
         )
         .await;
         if errors.is_empty() {
@@ -501,34 +549,106 @@ impl Overlay {
     }
 }
 
-/// Logs, entry by entry (up to a limit), what a reconcile is about to fix.
-pub fn log_repairs(dev: &str, d: &Diff) {
+/// Why a reconcile finds the kernel's overlay entries differing from the
+/// plan: the agent is starting (they changed while it was down, or are
+/// left over), or someone changed them under the running agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Start,
+    Outside,
+}
+
+/// Logs, entry by entry (up to a limit), what a reconcile is about to fix
+/// (`kernel` is what it found, `plans` the peers the entries are for).
+pub fn log_repairs(
+    dev: &str,
+    kernel: &Entries,
+    d: &Diff,
+    plans: &BTreeMap<String, PeerPlan>,
+    cause: Cause,
+) {
     if d.len() > LOG_EACH {
-        info!("reconcile: repairing {} overlay entries ({d})", d.len());
-        return;
-    }
-    for (ip, mac) in &d.add_neigh {
-        info!("reconcile: neighbour {ip} lladdr {mac} on {dev} was missing or wrong; restoring");
-    }
-    for (mac, ip) in &d.add_fdb {
-        info!("reconcile: fdb {mac} dst {ip} on {dev} was missing; restoring");
-    }
-    for (dst, r) in &d.add_routes {
+        let why = match cause {
+            Cause::Start => "agent start: they changed while it was down",
+            Cause::Outside => "they were changed outside weft",
+        };
         info!(
-            "reconcile: route {dst} via {} was missing or wrong; restoring",
-            r.gateway
+            "reconcile: repairing {} overlay entries ({d}): {why}",
+            d.len()
         );
-    }
-    for dst in &d.del_routes {
-        info!("reconcile: route {dst} belongs to no peer; removing");
-    }
-    for (mac, ip) in &d.del_fdb {
-        info!("reconcile: fdb {mac} dst {ip} on {dev} belongs to no peer; removing");
-    }
-    for ip in &d.del_neigh {
-        info!("reconcile: neighbour {ip} on {dev} belongs to no peer; removing");
+    } else {
+        for line in repair_lines(dev, kernel, d, plans, cause) {
+            info!("{line}");
+        }
     }
     debug!("reconcile diff: {d:?}");
+}
+
+/// One line per entry of `d`: what is done to the kernel, then why.
+pub fn repair_lines(
+    dev: &str,
+    kernel: &Entries,
+    d: &Diff,
+    plans: &BTreeMap<String, PeerPlan>,
+    cause: Cause,
+) -> Vec<String> {
+    let (missing, wrong, stale) = match cause {
+        Cause::Start => (
+            "restored at agent start (missing)",
+            "corrected at agent start (changed while the agent was down)",
+            "left over (its peer is gone)",
+        ),
+        Cause::Outside => (
+            "restored (deleted outside weft)",
+            "corrected (changed outside weft)",
+            "no peer has it (added outside weft, or left over)",
+        ),
+    };
+    let peer = |f: &dyn Fn(&PeerPlan) -> bool| {
+        plans
+            .values()
+            .find(|p| f(p))
+            .map_or_else(String::new, |p| format!(" for peer {}", p.name))
+    };
+    let mut out = Vec::new();
+    for (ip, mac) in &d.add_neigh {
+        let (verb, why) = match kernel.neigh.contains_key(ip) {
+            true => ("replace", wrong),
+            false => ("add", missing),
+        };
+        let of = peer(&|p| p.subnet.network() == *ip);
+        out.push(format!(
+            "neigh {verb} {ip} lladdr {mac} dev {dev} nud permanent{of}: {why}"
+        ));
+    }
+    for (mac, ip) in &d.add_fdb {
+        let of = peer(&|p| p.vtep_mac == *mac);
+        out.push(format!(
+            "fdb append {mac} dst {ip} dev {dev}{of}: {missing}"
+        ));
+    }
+    for (dst, r) in &d.add_routes {
+        let (verb, why) = match kernel.routes.contains_key(dst) {
+            true => ("replace", wrong),
+            false => ("add", missing),
+        };
+        let via = match r.onlink {
+            true => format!("via {} dev {dev} onlink", r.gateway),
+            false => format!("via {}", r.gateway),
+        };
+        let of = peer(&|p| p.subnet == *dst);
+        out.push(format!("route {verb} {dst} {via}{of}: {why}"));
+    }
+    for dst in &d.del_routes {
+        out.push(format!("route del {dst}: {stale}"));
+    }
+    for (mac, ip) in &d.del_fdb {
+        out.push(format!("fdb del {mac} dst {ip} dev {dev}: {stale}"));
+    }
+    for ip in &d.del_neigh {
+        out.push(format!("neigh del {ip} dev {dev}: {stale}"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -621,6 +741,45 @@ mod tests {
             c.neigh.remove(ip);
         }
         assert_eq!(c, b);
+    }
+
+    #[test]
+    fn repair_lines_say_what_and_why() {
+        let plans = set(&[peer(2, Mode::Vxlan), peer(3, Mode::Vxlan)]);
+        let want = Entries::of(&plans, 7, None);
+        // h3's route deleted outside weft, a stray route added, h2's
+        // neighbour changed.
+        let mut kernel = want.clone();
+        kernel.routes.remove(&"10.244.3.0/24".parse().unwrap());
+        kernel.routes.insert(
+            "10.244.9.0/24".parse().unwrap(),
+            RouteTo {
+                gateway: Ipv4Addr::new(10, 244, 9, 0),
+                oif: 7,
+                onlink: true,
+            },
+        );
+        kernel
+            .neigh
+            .insert(Ipv4Addr::new(10, 244, 2, 0), MacAddr([2, 0, 0, 0, 0, 9]));
+        let d = Diff::between(&kernel, &want);
+        let lines = repair_lines("weft.1", &kernel, &d, &plans, Cause::Outside);
+        assert_eq!(
+            lines,
+            [
+                "neigh replace 10.244.2.0 lladdr 02:00:00:00:00:02 dev weft.1 nud permanent for peer h2: corrected (changed outside weft)",
+                "route add 10.244.3.0/24 via 10.244.3.0 dev weft.1 onlink for peer h3: restored (deleted outside weft)",
+                "route del 10.244.9.0/24: no peer has it (added outside weft, or left over)",
+            ]
+        );
+        let start = repair_lines("weft.1", &kernel, &d, &plans, Cause::Start);
+        assert!(
+            start[1].ends_with(": restored at agent start (missing)"),
+            "{start:?}"
+        );
+        // A plan change's own entries are not repairs.
+        assert!(d.without(&d).is_empty());
+        assert_eq!(d.without(&Diff::default()), d);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
-    #[error("state file {path} is corrupt ({reason}); fix or remove it by hand, weft-agent will not guess")]
+    #[error("state file {path} is corrupt ({reason}); nothing was changed: restore it from a backup or repair it by hand, then start weft-agent again (deleting it makes weft-agent remove what it describes)")]
     Corrupt { path: PathBuf, reason: String },
     #[error("another weft-agent is already using state directory {0}")]
     Locked(PathBuf),
@@ -252,9 +252,17 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    serde_json::from_slice(bytes).map_err(|e| {
+        let mut reason = e.to_string();
+        if bytes.is_empty() {
+            reason = "the file is empty".into();
+        } else if reason.starts_with("unknown field") || reason.starts_with("unknown variant") {
+            reason.push_str("; a newer weft-agent may have written it");
+        }
+        StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        }
     })
 }
 

@@ -31,8 +31,16 @@ pub enum Request {
     NsShow {
         name: String,
     },
-    Status,
+    /// `probe`: also probe every peer's gateway through the tunnel (takes
+    /// up to [`PROBE_TIMEOUT_MS`]); without it only the state is reported.
+    Status {
+        #[serde(default)]
+        probe: bool,
+    },
 }
+
+/// How long a status probe waits for the peers' echo replies.
+pub const PROBE_TIMEOUT_MS: u64 = 1000;
 
 /// The agent's answer: exactly one of `ok` or `error`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,20 +69,32 @@ pub struct Endpoint {
 pub struct ControllerLink {
     pub connected: bool,
     pub address: Option<String>,
+    /// Unix seconds when the current link came up (connected) or went
+    /// down (not connected; the agent's start if it never connected).
+    #[serde(default)]
+    pub since: Option<u64>,
 }
 
 /// A remote host as this agent knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Peer {
     pub name: String,
     pub subnet: String,
     pub public_ip: Ipv4Addr,
     /// `vxlan` or `direct`.
     pub mode: String,
+    /// Whether the peer's gateway answered an ICMP echo through the tunnel
+    /// within the probe timeout; `None` when not probed.
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// The echo's round trip in milliseconds; `None` when unreachable or
+    /// not probed.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 /// Answer to [`Request::Status`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
     pub subnet: String,
@@ -108,6 +128,14 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"op":"ns_add","name":"a","bogus":1}"#).is_err()
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"rm_rf"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"status"}"#).unwrap(),
+            Request::Status { probe: false }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"status","probe":true}"#).unwrap(),
+            Request::Status { probe: true }
+        );
         let ok = serde_json::to_string(&Response::Ok(serde_json::json!(1))).unwrap();
         assert_eq!(ok, r#"{"ok":1}"#);
         let err = serde_json::to_string(&Response::Error("no".into())).unwrap();

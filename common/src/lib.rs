@@ -4,11 +4,13 @@
 pub mod api;
 pub mod client;
 pub mod cluster;
+pub mod http;
 pub mod logging;
 pub mod mac;
 pub mod name;
 pub mod publish;
 pub mod tls;
+pub mod tls_reload;
 pub mod wire;
 
 pub use mac::MacAddr;

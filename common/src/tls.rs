@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -86,6 +87,15 @@ pub enum TlsError {
     /// rustls or quinn refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// The certificate is well-formed but not usable (expired, not signed
+    /// by the CA, wrong role).
+    #[error("{}: {}", .path.display(), .reason)]
+    Invalid {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Reads every certificate from a PEM file (at least one).
@@ -280,6 +290,223 @@ pub fn io_msg(e: &io::Error) -> String {
     }
 }
 
+/// Which end of the agent⇄controller link a TLS directory is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A controller: its certificate must be valid for server authentication.
+    Server,
+    /// An agent: its certificate must be valid for client authentication.
+    Client,
+}
+
+/// What a checked TLS directory holds, for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// The certificate's name (common name or first DNS SAN; "?" if none).
+    pub name: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// `notAfter`, seconds since the epoch.
+    pub not_after: i64,
+}
+
+impl CertSummary {
+    /// Reads name, serial and `notAfter` of a DER certificate.
+    pub fn of(der: &CertificateDer<'_>) -> Option<CertSummary> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(CertSummary {
+            name: cert_name(der).unwrap_or_else(|| "?".into()),
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// `notAfter` as `YYYY-MM-DDTHH:MM:SSZ`.
+    pub fn valid_until(&self) -> String {
+        utc(self.not_after)
+    }
+
+    /// Whether `notAfter` has passed.
+    pub fn expired(&self) -> bool {
+        self.not_after < now_unix()
+    }
+}
+
+/// Checks a TLS directory completely, as [`server_config`] or
+/// [`client_config`] would use it, plus what those do not check: the
+/// certificate chains to `ca.pem`, is valid now, and is usable for `side`.
+/// A directory caught half-written (key of the new pair, certificate of the
+/// old one) fails here.
+pub fn check_dir(tls_dir: &Path, side: Side) -> Result<CertSummary, TlsError> {
+    let provider = provider();
+    let roots = load_roots(&tls_dir.join(CA_FILE))?;
+    let (certs, key) = load_identity(tls_dir)?;
+    let cert_path = tls_dir.join(CERT_FILE);
+    let summary = CertSummary::of(&certs[0]).ok_or_else(|| TlsError::BadPem {
+        path: cert_path.clone(),
+        reason: "not an X.509 certificate".into(),
+    })?;
+    // Key and certificate belong together.
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::BadKey {
+            path: tls_dir.join(KEY_FILE),
+            reason: e.to_string(),
+        })?;
+    rustls::sign::CertifiedKey::new(certs.clone(), signing)
+        .keys_match()
+        .map_err(|e| identity_err(tls_dir, e))?;
+    let now = rustls_pki_types::UnixTime::now();
+    let verified = match side {
+        Side::Client => WebPkiClientVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .verify_client_cert(&certs[0], &certs[1..], now)
+            .map(drop),
+        Side::Server => {
+            let name =
+                rustls_pki_types::ServerName::try_from(summary.name.clone()).map_err(|e| {
+                    TlsError::Invalid {
+                        path: cert_path.clone(),
+                        reason: format!("name {:?} is not a server name: {e}", summary.name),
+                    }
+                })?;
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?
+                .verify_server_cert(&certs[0], &certs[1..], &name, &[], now)
+                .map(drop)
+        }
+    };
+    verified.map_err(|e| TlsError::Invalid {
+        path: cert_path,
+        reason: format!("certificate {}: {}", summary.name, describe_cert_error(&e)),
+    })?;
+    Ok(summary)
+}
+
+/// A certificate verification error in words an operator acts on.
+pub fn describe_cert_error(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired => "expired".into(),
+            C::ExpiredContext { not_after, .. } => {
+                format!("expired at {}", utc(not_after.as_secs() as i64))
+            }
+            C::NotValidYet => "not valid yet".into(),
+            C::NotValidYetContext { not_before, .. } => {
+                format!("not valid before {}", utc(not_before.as_secs() as i64))
+            }
+            C::UnknownIssuer => "unknown issuer: not signed by the CA in ca.pem".into(),
+            C::BadSignature => "bad signature: not signed by the CA in ca.pem".into(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "not issued for this role (extended key usage)".into()
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "not valid for its own name".into()
+            }
+            other => format!("{other:?}"),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Why a QUIC handshake with a peer failed, from the error text quinn
+/// reports on either side, in an operator's words. Handshake failures carry
+/// the rustls reason on the side that refused and the TLS alert number on
+/// the other side.
+pub fn describe_handshake_error(text: &str) -> String {
+    // rustls on the refusing side.
+    if let Some(i) = text.find("certificate is not valid after ") {
+        let rest = &text[i + "certificate is not valid after ".len()..];
+        let secs: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(s) = secs.parse::<i64>() {
+            return format!("certificate expired at {}", utc(s));
+        }
+    }
+    for (needle, words) in [
+        (
+            "UnknownIssuer",
+            "certificate not signed by the cluster CA (unknown issuer)",
+        ),
+        (
+            "BadSignature",
+            "certificate not signed by the cluster CA (bad signature)",
+        ),
+        ("certificate expired", "certificate expired"),
+        ("NotValidYet", "certificate not valid yet"),
+        ("peer sent no certificates", "no client certificate"),
+        (
+            "InvalidPurpose",
+            "certificate not issued for this role (extended key usage)",
+        ),
+        (
+            "NotValidForName",
+            "certificate not valid for the address dialled",
+        ),
+    ] {
+        if text.contains(needle) {
+            return words.into();
+        }
+    }
+    // The TLS alert the refusing side sent, as the other side sees it.
+    if let Some(i) = text.find("the cryptographic handshake failed: error ") {
+        let rest = &text[i + "the cryptographic handshake failed: error ".len()..];
+        let code: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let words = match code.parse::<u16>().ok() {
+            Some(42) => Some("bad certificate"),
+            Some(45) => Some("certificate expired"),
+            Some(46) => Some("certificate unusable"),
+            Some(48) => Some("certificate not signed by a CA the controller trusts (unknown CA)"),
+            Some(51) => Some("certificate not signed by a CA the controller trusts"),
+            Some(116) => Some("certificate required"),
+            _ => None,
+        };
+        if let Some(w) = words {
+            return format!("{w} (TLS alert {code})");
+        }
+    }
+    text.to_string()
+}
+
+/// Whether a connection error says the peer refused the TLS handshake (as
+/// opposed to this side refusing the peer's certificate).
+pub fn handshake_refused_by_peer(text: &str) -> bool {
+    text.contains("aborted by peer") && text.contains("the cryptographic handshake failed")
+}
+
+/// Seconds since the epoch, now.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +648,12 @@ mod tests {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(msg).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
-        let echoed = recv.read_to_end(1024).await.map_err(|e| e.to_string())?;
+        // A refused handshake shows as a lost connection; the reason is
+        // the connection's close reason.
+        let echoed = recv.read_to_end(1024).await.map_err(|e| {
+            conn.close_reason()
+                .map_or_else(|| e.to_string(), |r| r.to_string())
+        })?;
         conn.close(0u32.into(), b"done");
         ep.wait_idle().await;
         Ok((echoed, server_name))
@@ -568,6 +800,107 @@ mod tests {
         // The untouched directory is fine.
         server_config(&b.0).unwrap();
         client_config(&b.0).unwrap();
+    }
+
+    /// Writes a TLS dir for client `name` whose certificate expired a day ago.
+    fn expired_node(ca: &Ca, name: &str) -> TempDir {
+        let dir = ca.node(name, false);
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name = dn(name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        std::fs::write(dir.0.join(CERT_FILE), cert.pem()).unwrap();
+        std::fs::write(dir.0.join(KEY_FILE), key.serialize_pem()).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn expired_client_is_refused_and_both_sides_say_why() {
+        let ca = Ca::new("test CA");
+        let ctl = ca.node(SERVER_NAME, true);
+        let agent = expired_node(&ca, "agent-7");
+        let (srv, cli) = run(&ctl.0, client_config(&agent.0).unwrap()).await;
+        let srv = srv.expect_err("server accepted an expired certificate");
+        assert_eq!(
+            describe_handshake_error(&srv),
+            "certificate expired at 2021-01-01T00:00:00Z",
+            "{srv}"
+        );
+        let cli = cli.expect_err("client exchanged data");
+        // quinn passes the refusing side's reason on to the other side.
+        assert_eq!(
+            describe_handshake_error(&cli),
+            "certificate expired at 2021-01-01T00:00:00Z",
+            "{cli}"
+        );
+        assert!(handshake_refused_by_peer(&cli), "{cli}");
+        assert!(!handshake_refused_by_peer(&srv), "{srv}");
+        // The agent's own check says the same before it even connects.
+        let e = check_dir(&agent.0, Side::Client).unwrap_err().to_string();
+        assert!(
+            e.ends_with("cert.pem: certificate agent-7: expired at 2021-01-01T00:00:00Z"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_client_refusal_is_described() {
+        let ca = Ca::new("test CA");
+        let other = Ca::new("test CA");
+        let ctl = ca.node(SERVER_NAME, true);
+        let agent = other.node("agent-7", false);
+        std::fs::copy(ctl.0.join(CA_FILE), agent.0.join(CA_FILE)).unwrap();
+        let (srv, cli) = run(&ctl.0, client_config(&agent.0).unwrap()).await;
+        let srv = srv.unwrap_err();
+        // Same CA name, other key: the signature does not verify.
+        assert_eq!(
+            describe_handshake_error(&srv),
+            "certificate not signed by the cluster CA (bad signature)",
+            "{srv}"
+        );
+        let cli = cli.unwrap_err();
+        assert_eq!(
+            describe_handshake_error(&cli),
+            "certificate not signed by the cluster CA (bad signature)",
+            "{cli}"
+        );
+        assert!(handshake_refused_by_peer(&cli), "{cli}");
+        let e = check_dir(&agent.0, Side::Client).unwrap_err().to_string();
+        assert!(e.contains("bad signature"), "{e}");
+    }
+
+    #[test]
+    fn check_dir_accepts_good_sets_and_refuses_half_written_ones() {
+        let ca = Ca::new("test CA");
+        let ctl = ca.node(SERVER_NAME, true);
+        let s = check_dir(&ctl.0, Side::Server).unwrap();
+        assert_eq!(s.name, SERVER_NAME);
+        assert!(!s.expired());
+        assert!(!s.serial.is_empty());
+        // A client-only certificate is no server certificate.
+        let agent = ca.node("agent-7", false);
+        check_dir(&agent.0, Side::Client).unwrap();
+        let e = check_dir(&agent.0, Side::Server).unwrap_err().to_string();
+        assert!(e.contains("extended key usage"), "{e}");
+        // New key, old certificate: refused.
+        let other = ca.node(SERVER_NAME, true);
+        std::fs::copy(other.0.join(KEY_FILE), ctl.0.join(KEY_FILE)).unwrap();
+        let e = check_dir(&ctl.0, Side::Server).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("key.pem does not match cert.pem in {}", ctl.0.display())
+        );
+    }
+
+    #[test]
+    fn utc_formats_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_609_459_200), "2021-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+        assert_eq!(utc(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     #[test]

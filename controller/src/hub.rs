@@ -76,6 +76,11 @@ impl Hub {
         }
     }
 
+    /// Deltas buffered for the slowest session (the fan-out backlog).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+
     /// A snapshot frame (every host) and a receiver for the deltas after it.
     /// Waits until the view has been loaded once.
     pub async fn subscribe(&self) -> (i64, Bytes, broadcast::Receiver<Arc<Frame>>) {
@@ -153,6 +158,8 @@ impl Hub {
             });
             // No receivers is fine: nobody is connected.
             let _ = self.tx.send(frame);
+            crate::metrics::get().delta_frames.inc();
+            crate::metrics::get().fanout_queue.set(self.tx.len() as i64);
         }
         drop(v);
         if !was_ready {

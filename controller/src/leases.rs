@@ -91,7 +91,8 @@ impl Leases {
     /// One keep-alive for `id`; marks it gone if etcd no longer has it.
     async fn refresh(&self, id: i64) -> Result<(), etcd_client::Error> {
         let mut c = self.store.client();
-        let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+        let (mut keeper, mut stream) =
+            crate::metrics::etcd("lease_keep_alive", c.lease_keep_alive(id)).await?;
         keeper.keep_alive().await?;
         let ttl = match stream.message().await? {
             Some(r) => r.ttl(),
@@ -99,6 +100,7 @@ impl Leases {
         };
         if ttl <= 0 {
             debug!("lease {id:x} is gone");
+            crate::metrics::get().lease_expiries.inc();
             if let Some(e) = self.held.lock().expect("leases").get(&id) {
                 e.gone.send_replace(true);
             }

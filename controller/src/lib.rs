@@ -1,9 +1,14 @@
 //! weft-controller: subnet allocation and the host registry in etcd, and the
 //! QUIC control channel to agents. `weftctl` shares the etcd code.
 
+pub mod backup;
+pub mod etcd_access;
+pub mod etcd_endpoints;
 pub mod hub;
 pub mod leases;
+pub mod metrics;
 pub mod pki;
+pub mod presence;
 pub mod server;
 pub mod store;
 

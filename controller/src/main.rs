@@ -28,6 +28,9 @@ struct Args {
         required = true
     )]
     etcd_endpoints: Vec<String>,
+    /// etcd TLS and user (--etcd-ca, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file).
+    #[command(flatten)]
+    etcd: weft_controller::etcd_access::EtcdFlags,
     /// Prefix of weft's keys in etcd.
     #[arg(long, env = "WEFT_ETCD_PREFIX", value_name = "PREFIX", default_value = DEFAULT_PREFIX)]
     etcd_prefix: String,
@@ -54,6 +57,14 @@ struct Args {
     #[arg(long, env = "WEFT_LEASE_TTL", value_name = "SECONDS", default_value_t = 86400,
           value_parser = clap::value_parser!(i64).range(2..=31_536_000))]
     lease_ttl: i64,
+    /// Log lines as human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        env = "WEFT_LOG_FORMAT",
+        value_name = "text|json",
+        default_value = "text"
+    )]
+    log_format: weft_common::logging::LogFormat,
     /// Check the configuration (flags, TLS files), print it and exit.
     #[arg(long)]
     check_config: bool,
@@ -75,7 +86,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    weft_common::logging::init();
+    weft_common::logging::init(args.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,9 +107,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(m) = &args.metrics_listen {
-        bail!("--metrics-listen {m}: metrics are not available in this build yet");
-    }
+    let metrics_listen = match &args.metrics_listen {
+        Some(m) => Some(weft_common::http::parse_listen(m)?),
+        None => None,
+    };
     for e in &args.etcd_endpoints {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             bail!("--etcd-endpoints {e:?}: expected a URL like http://127.0.0.1:2379");
@@ -110,6 +122,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.etcd_prefix
         );
     }
+    let etcd_access = args
+        .etcd
+        .resolve(
+            &args.etcd_endpoints,
+            std::env::var(weft_controller::etcd_access::PASSWORD_ENV).ok(),
+        )
+        .map_err(anyhow::Error::msg)?;
     let tls = weft_common::tls::server_config(&args.tls_dir)
         .with_context(|| format!("--tls-dir {}", args.tls_dir.display()))?;
     if args.check_config {
@@ -121,9 +140,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "listen": args.listen.to_string(),
                 "tls_dir": args.tls_dir,
                 "lease_ttl": args.lease_ttl,
+                "metrics_listen": metrics_listen.map(|a| a.to_string()),
+                "etcd_tls": etcd_access.tls(),
+                "etcd_user": etcd_access.user(),
+                "log_format": args.log_format,
             })
         );
         return Ok(());
+    }
+    // Health checks answer from the start (not ready until etcd is).
+    if let Some(addr) = metrics_listen {
+        let l = weft_common::http::bind(addr).await?;
+        weft_common::http::spawn(l, weft_controller::metrics::endpoints());
     }
     // One socket takes every agent's packets: while a fleet registers
     // at once, bursts of handshakes and acknowledgements outran a 4 MiB
@@ -137,6 +165,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(quinn::TokioRuntime),
     )
     .with_context(|| format!("listen on udp {}", args.listen))?;
+    // Certificate rotation: new connections get the new certificate, the
+    // sessions in progress keep theirs.
+    weft_common::tls_reload::log_startup(&args.tls_dir, weft_common::tls::Side::Server);
+    {
+        let ep = endpoint.clone();
+        weft_common::tls_reload::spawn(
+            args.tls_dir.clone(),
+            weft_common::tls::Side::Server,
+            weft_common::tls::server_config,
+            move |config, _| ep.set_server_config(Some(config)),
+        );
+    }
     info!(
         "weft-controller {} listening on udp {} (etcd {}, prefix {}, lease ttl {} s)",
         env!("CARGO_PKG_VERSION"),
@@ -148,26 +188,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // etcd may be down at boot: keep trying rather than exit.
     let mut backoff = Duration::from_millis(200);
     let store = loop {
-        match Store::connect(
+        match Store::connect_with(
             &args.etcd_endpoints,
             &args.etcd_prefix,
             Duration::from_secs(5),
+            &etcd_access,
         )
         .await
         {
             Ok(s) => break s,
             Err(e) => {
+                weft_controller::metrics::ready().connecting(format!("connect to etcd: {e}"));
                 warn!("connect to etcd: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     };
+    weft_controller::metrics::ready().connected(store.clone());
+    weft_controller::etcd_endpoints::spawn(store.client(), args.etcd_endpoints.clone());
     let hub = Arc::new(Hub::new());
     tokio::spawn(hub.clone().run(store.clone()));
+    if metrics_listen.is_some() {
+        // The fan-out backlog shrinks as sessions read: sample it.
+        let h = hub.clone();
+        tokio::spawn(async move {
+            loop {
+                weft_controller::metrics::get()
+                    .fanout_queue
+                    .set(h.queue_depth() as i64);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
     let leases = weft_controller::leases::Leases::new(store.clone(), args.lease_ttl);
     tokio::spawn(leases.clone().run());
+    let presence = weft_controller::presence::Presence::new(store.clone());
+    tokio::spawn(presence.clone().run());
     let ctl = Arc::new(Controller {
+        presence: presence.clone(),
+        listen: args.listen,
         leases,
         store,
         hub,
@@ -181,5 +241,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
     }
     endpoint.close(0u32.into(), b"controller stopping");
+    // This controller's agents show disconnected at once, not after the TTL.
+    let _ = tokio::time::timeout(Duration::from_secs(1), presence.revoke()).await;
     Ok(())
 }

@@ -38,6 +38,11 @@ pub struct Controller {
     pub leases: Arc<crate::leases::Leases>,
     /// Turns for sending snapshots ([`SNAPSHOTS_AT_ONCE`]).
     pub snapshots: Arc<tokio::sync::Semaphore>,
+    /// Which agents are connected here (`<prefix>/agents/`).
+    pub presence: Arc<crate::presence::Presence>,
+    /// This controller's address for the presence keys when a connection
+    /// does not tell which local address the agent dialled.
+    pub listen: SocketAddr,
 }
 
 /// Connections that may be between their first packet and their
@@ -67,6 +72,7 @@ struct Pending(Arc<AtomicUsize>);
 impl Drop for Pending {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::get().pending.dec();
     }
 }
 
@@ -86,6 +92,7 @@ pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
             continue;
         }
         pending.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::get().pending.inc();
         let guard = Pending(pending.clone());
         let ctl = ctl.clone();
         tokio::spawn(async move {
@@ -94,7 +101,15 @@ pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    info!("refused connection from {remote}: {e}");
+                    // A refused certificate (expired, another CA, none) is
+                    // said in words, with the TLS details after it.
+                    let text = e.to_string();
+                    let why = tls::describe_handshake_error(&text);
+                    if why != text {
+                        warn!("refused connection from {remote}: {why} ({text})");
+                    } else {
+                        info!("refused connection from {remote}: {e}");
+                    }
                     return;
                 }
             };
@@ -123,6 +138,13 @@ async fn handle(
     let mut node = None;
     let end = session(&conn, &cert, &ctl, &mut node, pending).await;
     pending.take();
+    if let Some(n) = &node {
+        // The session was assigned (or refused after registering): record
+        // when the host was last seen.
+        let store = ctl.store.clone();
+        let n = n.clone();
+        tokio::spawn(async move { crate::presence::touch_last_seen(&store, &n).await });
+    }
     let who = match &node {
         Some(n) => format!("host {n} ({remote})"),
         None => format!("{remote} (certificate {cert})"),
@@ -188,11 +210,13 @@ async fn session(
         return End::Protocol("out-of-order frame: heartbeat before register".into());
     };
     if let Err(e) = weft_common::validate_name(&node) {
+        crate::metrics::registration_refused();
         return refuse(&mut send, format!("invalid node name: {e}")).await;
     }
     // A certificate names one host: a stolen agent certificate cannot claim
     // another host's subnet.
     if cert != node {
+        crate::metrics::registration_refused();
         return refuse(
             &mut send,
             format!("node name {node:?} does not match the certificate's name {cert:?}"),
@@ -206,7 +230,9 @@ async fn session(
         vtep_mac,
         want: subnet,
     };
-    let registered = match ctl.store.register(&reg, ctl.lease_ttl).await {
+    let registered = ctl.store.register(&reg, ctl.lease_ttl).await;
+    crate::metrics::registration(&registered);
+    let registered = match registered {
         Ok(r) => r,
         Err(e) => return refuse(&mut send, format!("cannot register host {node}: {e}")).await,
     };
@@ -223,6 +249,16 @@ async fn session(
         return End::Protocol(format!("write assignment: {e}"));
     }
     pending.take();
+    let _connected = crate::metrics::connected();
+    // Connected from now until this session ends (the key is removed when
+    // `_present` is dropped).
+    let here = match conn.local_ip() {
+        Some(ip) => SocketAddr::new(ip, ctl.listen.port()).to_string(),
+        None => ctl.listen.to_string(),
+    };
+    let _present = ctl
+        .presence
+        .connected(&node, here, conn.remote_address().to_string());
     match stream(
         &mut send,
         &mut reader,
@@ -250,10 +286,12 @@ async fn stream(
     // SNAPSHOT_WAIT for its turn). A session subscribes only when its turn
     // comes, so until then nothing is buffered for it, and sessions that
     // wait together share one encoded snapshot of a later revision.
+    let waiting = crate::metrics::snapshot_waiter();
     let permit = tokio::time::timeout(SNAPSHOT_WAIT, ctl.snapshots.clone().acquire_owned())
         .await
         .ok()
         .and_then(Result::ok);
+    drop(waiting);
     // A turn ends when the snapshot is out or after SNAPSHOT_TURN, so an
     // agent that stops reading cannot hold one.
     let (done, turn_over) = tokio::sync::oneshot::channel::<()>();
@@ -270,6 +308,7 @@ async fn stream(
         return End::Protocol(format!("write snapshot: {e}"));
     }
     drop(done);
+    crate::metrics::get().snapshots.inc();
     debug!("snapshot at revision {rev} sent");
     loop {
         tokio::select! {
@@ -280,6 +319,7 @@ async fn stream(
                             return End::Protocol(format!("write delta: {e}"));
                         }
                         rev = f.revision;
+                        crate::metrics::get().deltas.inc();
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
@@ -290,6 +330,7 @@ async fn stream(
                     if let Err(e) = send.write_chunk(snap).await {
                         return End::Protocol(format!("write snapshot: {e}"));
                     }
+                    crate::metrics::get().snapshots.inc();
                 }
                 Err(RecvError::Closed) => return End::Protocol("controller shutting down".into()),
             },

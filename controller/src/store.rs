@@ -6,6 +6,8 @@
 //! - `<prefix>/config`: [`NetworkConfig`]
 //! - `<prefix>/subnets/<a.b.c.d-len>`: [`SubnetRecord`]
 //! - `<prefix>/hosts/<name>`: [`HostRecord`]
+//! - `<prefix>/agents/<name>`: which controller the host's agent is
+//!   connected to (`crate::presence`), on that controller's short lease
 //!
 //! A host's record and its (non-reserved) subnet key share one etcd lease;
 //! when the lease ends both vanish in one revision and the subnet is free.
@@ -116,11 +118,30 @@ impl Store {
     /// Connects to etcd. `timeout` bounds each request, so an unreachable
     /// etcd gives an error instead of a hang.
     pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Store> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(opts)).await?;
+        Self::connect_with(endpoints, prefix, timeout, &Default::default()).await
+    }
+
+    /// [`Store::connect`] over TLS and/or as an etcd user
+    /// (`crate::etcd_access`). A wrong password fails here, as
+    /// "etcd refused user NAME: authentication failed".
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+        access: &crate::etcd_access::EtcdAccess,
+    ) -> Result<Store> {
+        let opts = access.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(timeout)
+                .with_timeout(timeout)
+                .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5)),
+        );
+        let client = Client::connect(endpoints, Some(opts)).await.map_err(|e| {
+            match crate::etcd_access::access_error(&e, access) {
+                Some(why) => StoreError::Refused(why),
+                None => StoreError::Etcd(e),
+            }
+        })?;
         Ok(Store {
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
@@ -142,6 +163,13 @@ impl Store {
     pub fn host_key(&self, name: &str) -> String {
         format!("{}/hosts/{name}", self.prefix)
     }
+    /// `<prefix>/agents/`: which agents are connected (see `presence`).
+    pub fn agents_prefix(&self) -> String {
+        format!("{}/agents/", self.prefix)
+    }
+    pub fn agent_key(&self, name: &str) -> String {
+        format!("{}/agents/{name}", self.prefix)
+    }
     pub fn subnets_prefix(&self) -> String {
         format!("{}/subnets/", self.prefix)
     }
@@ -150,7 +178,7 @@ impl Store {
     }
 
     async fn get_one(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut r = self.client().get(key, None).await?;
+        let mut r = crate::metrics::etcd("get", self.client().get(key, None)).await?;
         Ok(r.take_kvs().into_iter().next())
     }
 
@@ -194,7 +222,10 @@ impl Store {
             let txn = Txn::new()
                 .when(when)
                 .and_then([TxnOp::put(key.as_str(), json(cfg), None)]);
-            if self.client().txn(txn).await?.succeeded() {
+            if crate::metrics::etcd("txn", self.client().txn(txn))
+                .await?
+                .succeeded()
+            {
                 return Ok(old_cfg);
             }
             if layout_changes {
@@ -213,10 +244,12 @@ impl Store {
 
     /// Every host record, with the revision the list reflects.
     pub async fn hosts(&self) -> Result<(i64, BTreeMap<String, HostRecord>)> {
-        let mut r = self
-            .client()
-            .get(self.hosts_prefix(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let mut r = crate::metrics::etcd(
+            "get",
+            self.client()
+                .get(self.hosts_prefix(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         let mut out = BTreeMap::new();
         for kv in r.take_kvs() {
@@ -259,10 +292,12 @@ impl Store {
 
     /// Every subnet key: held or reserved.
     pub async fn subnets(&self) -> Result<Subnets> {
-        let mut r = self
-            .client()
-            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let mut r = crate::metrics::etcd(
+            "get",
+            self.client()
+                .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         let mut out = BTreeMap::new();
         let p = self.subnets_prefix();
         for kv in r.take_kvs() {
@@ -306,7 +341,7 @@ impl Store {
                 let lease = match spare_lease {
                     Some(l) => l,
                     None => {
-                        let l = self.client().lease_grant(ttl, None).await?.id();
+                        let l = crate::metrics::etcd("lease_grant", self.client().lease_grant(ttl, None)).await?.id();
                         spare_lease = Some(l);
                         l
                     }
@@ -358,7 +393,7 @@ impl Store {
                     (t, rec)
                 };
                 let (txn, rec) = txn;
-                if self.client().txn(txn).await?.succeeded() {
+                if crate::metrics::etcd("txn", self.client().txn(txn)).await?.succeeded() {
                     spare_lease = None;
                     info!(node = %reg.node, subnet = %rec.subnet, public_ip = %rec.public_ip, "allocated subnet {} to host {}", rec.subnet, reg.node);
                     return Ok(Registered {
@@ -373,7 +408,7 @@ impl Store {
         }
         .await;
         if let Some(l) = spare_lease {
-            let _ = self.client().lease_revoke(l).await;
+            let _ = crate::metrics::etcd("lease_revoke", self.client().lease_revoke(l)).await;
         }
         result
     }
@@ -391,7 +426,9 @@ impl Store {
         let host_key = self.host_key(&reg.node);
         let mut lease = kv.lease();
         if lease == 0 {
-            lease = self.client().lease_grant(ttl, None).await?.id();
+            lease = crate::metrics::etcd("lease_grant", self.client().lease_grant(ttl, None))
+                .await?
+                .id();
         }
         let rec = HostRecord {
             public_ip: reg.public_ip,
@@ -421,7 +458,7 @@ impl Store {
                     let t = Txn::new()
                         .when(when)
                         .and_then([TxnOp::delete(host_key.as_str(), None)]);
-                    self.client().txn(t).await?;
+                    crate::metrics::etcd("txn", self.client().txn(t)).await?;
                     return Ok(None);
                 }
                 when.push(Compare::mod_revision(
@@ -457,7 +494,10 @@ impl Store {
             )));
         }
         let t = Txn::new().when(when).and_then(ops);
-        if !self.client().txn(t).await?.succeeded() {
+        if !crate::metrics::etcd("txn", self.client().txn(t))
+            .await?
+            .succeeded()
+        {
             return Ok(None);
         }
         if !rec.same_tunnel(&old) {
@@ -487,11 +527,12 @@ impl Store {
                 ops.push(TxnOp::delete(skey.as_str(), None));
             }
         }
-        self.client().txn(Txn::new().and_then(ops)).await?;
+        crate::metrics::etcd("txn", self.client().txn(Txn::new().and_then(ops))).await?;
         if kv.lease() != 0 {
             // Nothing else hangs on a host's lease; revoking it stops any
             // controller's keep-alive for it at once.
-            let _ = self.client().lease_revoke(kv.lease()).await;
+            let _ =
+                crate::metrics::etcd("lease_revoke", self.client().lease_revoke(kv.lease())).await;
         }
         Ok(rec)
     }
@@ -511,7 +552,10 @@ impl Store {
         let t = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), json(&rec), None)]);
-        if self.client().txn(t).await?.succeeded() {
+        if crate::metrics::etcd("txn", self.client().txn(t))
+            .await?
+            .succeeded()
+        {
             return Ok(rec);
         }
         let cur: SubnetRecord = match self.get_one(&key).await? {
@@ -564,7 +608,10 @@ impl Store {
                 kv.mod_revision(),
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        if !self.client().txn(t).await?.succeeded() {
+        if !crate::metrics::etcd("txn", self.client().txn(t))
+            .await?
+            .succeeded()
+        {
             return Err(StoreError::Refused(format!(
                 "subnet {net} changed while releasing it; try again"
             )));

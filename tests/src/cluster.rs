@@ -35,6 +35,12 @@ pub fn controller_addr(j: usize) -> String {
     format!("{}:{CONTROLLER_PORT}", controller_ip(j))
 }
 
+/// Where controller `j` serves `/metrics`, `/healthz` and `/readyz`
+/// (`--metrics-listen`, always given by [`Lab::start_controller`]).
+pub fn controller_metrics_addr(j: usize) -> std::net::SocketAddr {
+    (controller_ip(j), crate::http::CONTROLLER_METRICS_PORT).into()
+}
+
 pub fn etcd_url() -> String {
     format!("http://{ETCD_IP}:2379")
 }
@@ -49,6 +55,12 @@ pub struct ClusterInfo {
     /// `--lease-ttl` given to controllers.
     pub lease_ttl: Option<u64>,
     pub etcd_data: PathBuf,
+    /// etcd members ([`crate::etcd`]); 0 in old manifests means 1.
+    #[serde(default)]
+    pub etcd_members: usize,
+    /// A TLS etcd with users ([`crate::etcd_tls`]), if any.
+    #[serde(default)]
+    pub etcd_tls: Option<crate::etcd_tls::EtcdTls>,
 }
 
 impl Lab {
@@ -92,8 +104,19 @@ impl Lab {
             pki: pki.clone(),
             lease_ttl: opts.lease_ttl,
             etcd_data: self.dir.join("etcd"),
+            etcd_members: opts.etcd_members,
+            etcd_tls: None,
         };
+        if opts.etcd_tls && opts.etcd_members > 1 {
+            bail!("etcd_tls is for a single etcd member");
+        }
         *self.shared.cluster.lock().unwrap() = Some(info);
+        if opts.etcd_tls {
+            let t = self.make_etcd_pki()?;
+            if let Some(i) = self.shared.cluster.lock().unwrap().as_mut() {
+                i.etcd_tls = Some(t);
+            }
+        }
         self.write_manifest()?;
         self.weftctl_ok(&["certs", "init", "--dir", &pki.display().to_string()])?;
         for j in 1..=n {
@@ -102,7 +125,12 @@ impl Lab {
         for h in self.hosts() {
             self.issue_cert(&h.name, "agent", &[])?;
         }
-        self.start_etcd()?;
+        if opts.etcd_members > 1 {
+            self.start_etcd_cluster()?;
+        } else {
+            self.start_etcd()?;
+            self.enable_etcd_auth()?;
+        }
         let cidr = opts
             .cluster_cidr
             .clone()
@@ -171,46 +199,36 @@ impl Lab {
     /// Starts etcd (again: its data dir persists) and waits until it serves.
     pub fn start_etcd(&self) -> Result<()> {
         let data = self.cluster_info().etcd_data.display().to_string();
-        let url = etcd_url();
-        let p = spawn_logged(
-            &self.shared,
-            None,
+        let url = self.etcd_client_endpoints();
+        let tls = self.etcd_server_flags();
+        let mut args = vec![
             "etcd",
-            &self.control(),
-            &[
-                "etcd",
-                "--name",
-                "lab",
-                "--data-dir",
-                &data,
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "lab=http://127.0.0.1:2380",
-                "--log-level",
-                "warn",
-            ],
-            &[],
-        )?;
+            "--name",
+            "lab",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "lab=http://127.0.0.1:2380",
+            "--log-level",
+            "warn",
+        ];
+        args.extend(tls.iter().map(String::as_str));
+        let p = spawn_logged(&self.shared, None, "etcd", &self.control(), &args, &[])?;
         let deadline = Instant::now() + START_TIMEOUT;
+        let ctl_tls = self.etcdctl_tls_flags();
         loop {
-            let out = self.exec(
-                self.control(),
-                &[
-                    "etcdctl",
-                    "--endpoints",
-                    &url,
-                    "--dial-timeout=1s",
-                    "endpoint",
-                    "health",
-                ],
-            );
+            let mut health = vec!["etcdctl", "--endpoints", &url, "--dial-timeout=1s"];
+            health.extend(ctl_tls.iter().map(String::as_str));
+            health.extend(["endpoint", "health"]);
+            let out = self.exec(self.control(), &health);
             if out.status.success() {
                 break;
             }
@@ -235,7 +253,9 @@ impl Lab {
         let bin = bin.to_string_lossy();
         let tls = info.pki.join(format!("c{j}")).display().to_string();
         let listen = controller_addr(j);
-        let url = etcd_url();
+        let metrics = controller_metrics_addr(j).to_string();
+        let url = self.etcd_client_endpoints();
+        let etcd_flags = self.etcd_client_flags();
         let ttl = info.lease_ttl.map(|t| t.to_string());
         let mut cmd: Vec<&str> = vec![
             &bin,
@@ -245,10 +265,13 @@ impl Lab {
             &listen,
             "--tls-dir",
             &tls,
+            "--metrics-listen",
+            &metrics,
         ];
         if let Some(t) = &ttl {
             cmd.extend(["--lease-ttl", t.as_str()]);
         }
+        cmd.extend(etcd_flags.iter().map(String::as_str));
         cmd.extend_from_slice(extra);
         let mut p = spawn_logged(
             &self.shared,
@@ -292,7 +315,10 @@ impl Lab {
             },
         )
         .expect("control namespace");
-        c.arg("--etcd-endpoints").arg(etcd_url()).args(args);
+        c.arg("--etcd-endpoints")
+            .arg(self.etcd_client_endpoints())
+            .args(self.etcd_client_flags())
+            .args(args);
         netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
     }
 
@@ -330,17 +356,7 @@ impl Lab {
     /// Every key under `/weft/` as (key, JSON value), read with etcdctl
     /// straight from etcd (not through weft's code).
     pub fn etcd_dump(&self) -> Vec<(String, serde_json::Value)> {
-        let out = self.exec(
-            self.control(),
-            &[
-                "etcdctl",
-                "--endpoints",
-                &etcd_url(),
-                "get",
-                "--prefix",
-                "/weft/",
-            ],
-        );
+        let out = self.etcdctl(&["get", "--prefix", "/weft/"]);
         assert!(
             out.status.success(),
             "etcdctl get failed: {}",

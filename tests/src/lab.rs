@@ -120,6 +120,12 @@ pub struct LabOpts {
     /// Hosts (1-based) placed on a second segment behind the router
     /// ([`ROUTED_CIDR`]) instead of on the shared underlay; at most 13.
     pub routed: Vec<usize>,
+    /// Cluster mode: members of the etcd cluster (1 or 3, see
+    /// [`crate::etcd`]); default 1.
+    pub etcd_members: usize,
+    /// Cluster mode: etcd over TLS with client-certificate auth and etcd
+    /// users ([`crate::etcd_tls`]); single member only.
+    pub etcd_tls: bool,
 }
 
 impl Default for LabOpts {
@@ -135,6 +141,8 @@ impl Default for LabOpts {
             cluster_cidr: None,
             subnet_len: None,
             routed: Vec::new(),
+            etcd_members: 1,
+            etcd_tls: false,
         }
     }
 }
@@ -1056,7 +1064,8 @@ fn agent_answers(socket: &Path, deadline: Instant) -> bool {
         .clamp(Duration::from_millis(100), Duration::from_secs(2));
     let _ = s.set_read_timeout(Some(left));
     let _ = s.set_write_timeout(Some(left));
-    let req = serde_json::to_string(&weft_common::api::Request::Status).expect("encode request");
+    let req = serde_json::to_string(&weft_common::api::Request::Status { probe: false })
+        .expect("encode request");
     if s.write_all(format!("{req}\n").as_bytes()).is_err() {
         return false;
     }
@@ -1180,7 +1189,8 @@ impl Host {
     }
 
     /// The standard agent arguments for this host: `--subnet`,
-    /// `--node-name`, `--state-dir`, `--run-dir`, `--netns-dir`.
+    /// `--node-name`, `--state-dir`, `--run-dir`, `--netns-dir`,
+    /// `--metrics-listen <host ip>:7472`.
     pub fn agent_args(&self) -> Vec<String> {
         let p = |p: &Path| p.display().to_string();
         let mode = match &*self.shared.cluster.lock().unwrap() {
@@ -1202,8 +1212,16 @@ impl Host {
             p(&self.run_dir),
             "--netns-dir".into(),
             p(&self.netns_dir),
+            "--metrics-listen".into(),
+            self.metrics_addr().to_string(),
         ]);
         args
+    }
+
+    /// Where this host's agent serves `/metrics`, `/healthz` and `/readyz`
+    /// (`--metrics-listen`, always given by [`Host::agent_args`]).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        (self.ip, crate::http::AGENT_METRICS_PORT).into()
     }
 
     /// Starts `weft-agent` inside this host's namespace with

@@ -22,7 +22,12 @@
 //! Build them first with `cargo build --workspace --bins`.
 
 pub mod cleanup;
+pub mod clients;
 pub mod cluster;
+pub mod etcd;
+pub mod etcd_tls;
+pub mod health;
+pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod sock;

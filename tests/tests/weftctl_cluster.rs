@@ -706,11 +706,23 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
             "vtep_mac": saved_vtep_mac(h),
         })
     };
-    // The record without the volatile registration time.
+    // The record without the volatile times and the connection (every
+    // agent is connected, to the one controller).
     let strip = |v: &Value| {
         let mut v = v.clone();
         let o = v.as_object_mut().expect("host object");
         assert!(o.remove("last_seen").is_some_and(|t| t.is_u64()), "{o:?}");
+        if o.contains_key("connected") {
+            assert_eq!(o.remove("connected"), Some(json!(true)), "{o:?}");
+            assert!(
+                o.remove("controller").is_some_and(|c| c.is_string()),
+                "{o:?}"
+            );
+            assert!(
+                o.remove("connected_since").is_some_and(|t| t.is_u64()),
+                "{o:?}"
+            );
+        }
         v
     };
 
@@ -723,7 +735,7 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
     );
     let dump = etcd(&lab);
     for (h, v) in lab.hosts().iter().zip(list) {
-        assert_eq!(&dump[&format!("/weft/hosts/{}", h.name)], v);
+        assert_eq!(strip(&dump[&format!("/weft/hosts/{}", h.name)]), strip(v));
     }
 
     // list (table).
@@ -733,16 +745,16 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
         [
             "NAME",
             "SUBNET",
-            "PUBLIC",
-            "IP",
-            "VTEP",
-            "MAC",
-            "REGISTERED"
+            "PUBLIC-IP",
+            "VTEP-MAC",
+            "CONNECTED",
+            "CONTROLLER",
+            "LAST-SEEN"
         ]
     );
     assert_eq!(t.len(), 4, "{t:?}");
     for (h, r) in lab.hosts().iter().zip(&t[1..]) {
-        assert_eq!(r.len(), 6, "{r:?}");
+        assert_eq!(r.len(), 7, "{r:?}");
         assert_eq!(
             r[..4],
             [
@@ -752,7 +764,7 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
                 saved_vtep_mac(h)
             ]
         );
-        assert!(r[4].ends_with('s') && r[5] == "ago", "{r:?}");
+        assert!(r[4] == "yes" && r[6] == "now", "{r:?}");
     }
 
     // show, both forms.
@@ -771,7 +783,9 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
         ]
     );
     assert!(
-        lines.len() == 5 && lines[4].starts_with("registered:  ") && lines[4].ends_with(" ago"),
+        lines.len() == 6
+            && lines[4].starts_with("connected:   yes, to controller ")
+            && lines[5] == "last seen:   now",
         "{t}"
     );
 
@@ -864,7 +878,10 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
     assert_eq!(strip(&v), expect(lab.host(3)));
     let dump = etcd(&lab);
     assert_eq!(
-        dump.keys().cloned().collect::<Vec<_>>(),
+        dump.keys()
+            .filter(|k| !k.starts_with("/weft/agents/"))
+            .cloned()
+            .collect::<Vec<_>>(),
         [
             "/weft/config".to_string(),
             "/weft/hosts/h2".to_string(),

@@ -81,6 +81,8 @@ use nftables::types::NfFamily;
 use weft_common::Proto;
 
 pub use nft::NftError;
+/// The set of peers' public addresses the VXLAN port accepts packets from.
+pub const PEERS_SET: &str = ruleset::PEERS_SET;
 use ruleset::{Key, MapState};
 
 /// What the table must contain besides port forwards.

@@ -38,6 +38,7 @@ type Result<T> = std::result::Result<T, NetlinkError>;
 
 fn ctx(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     move |e| {
+        crate::metrics::netlink_error();
         let source = match &e {
             rtnetlink::Error::NetlinkError(m) => m.to_io(),
             other => io::Error::other(other.to_string()),
@@ -191,6 +192,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(ctx(format!("create bridge {name}")))?;
+        crate::metrics::change("link");
         self.link(name).await?.ok_or_else(|| NetlinkError {
             what: format!("create bridge {name}"),
             source: io::Error::other("the bridge vanished right after creation"),
@@ -227,6 +229,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(ctx(format!("set link {name}")))
+            .inspect(|_| crate::metrics::change("link"))
     }
 
     /// Renames a (down) link, makes it a port of `master` and brings it up,
@@ -243,6 +246,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(ctx(format!("rename {from} to {to}")))
+            .inspect(|_| crate::metrics::change("link"))
     }
 
     /// Creates a veth pair in one request, the host end up if `spec.up`. The peer stays
@@ -274,13 +278,16 @@ impl Netlink {
                 "create veth {} (peer {})",
                 spec.host_name, spec.peer_name
             )))
+            .inspect(|_| crate::metrics::change("link"))
     }
 
     /// Deletes a link; one that is already gone is not an error.
     pub async fn delete_link(&self, index: u32, name: &str) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(()),
-            r => r.map_err(ctx(format!("delete link {name}"))),
+            r => r
+                .map_err(ctx(format!("delete link {name}")))
+                .inspect(|_| crate::metrics::change("link")),
         }
     }
 
@@ -289,7 +296,9 @@ impl Netlink {
         let msg = LinkUnspec::new_with_name(name).build();
         match self.handle.link().del_with_message(msg).execute().await {
             Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(()),
-            r => r.map_err(ctx(format!("delete link {name}"))),
+            r => r
+                .map_err(ctx(format!("delete link {name}")))
+                .inspect(|_| crate::metrics::change("link")),
         }
     }
 
@@ -345,6 +354,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(ctx(format!("add address {ip}/{prefix} to {link_name}")))
+            .inspect(|_| crate::metrics::change("address"))
     }
 
     pub async fn delete_address(
@@ -366,6 +376,7 @@ impl Netlink {
             .map_err(ctx(format!(
                 "delete address {ip}/{prefix} from {link_name}"
             )))
+            .inspect(|_| crate::metrics::change("address"))
     }
 
     /// IPv4 routes of the main table.

@@ -145,6 +145,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(ctx(format!("create vxlan device {}", spec.name)))
+            .inspect(|_| crate::metrics::change("link"))
     }
 
     /// The neighbour table of one address family, for one device.

@@ -4,6 +4,7 @@
 //! error is one sentence on stderr and a non-zero exit; with `-o json` it is
 //! also `{"error": "..."}` on stdout.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,7 +20,9 @@ use serde_json::Value;
 use weft_common::api::{Endpoint, Request, Response, Status};
 use weft_common::cluster::{HostRecord, NetworkConfig, SubnetRecord};
 use weft_common::PortMapping;
+use weft_controller::backup;
 use weft_controller::pki::{self, Role};
+use weft_controller::presence::{self, AgentPresence};
 use weft_controller::store::{Store, StoreError};
 
 #[derive(Debug, Parser)]
@@ -67,6 +70,9 @@ struct Cli {
         value_name = "PREFIX"
     )]
     etcd_prefix: String,
+    /// etcd TLS and user (cluster, host and subnet commands).
+    #[command(flatten)]
+    etcd: weft_controller::etcd_access::EtcdFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,8 +88,12 @@ enum Command {
     /// Namespaces on this host.
     #[command(subcommand)]
     Ns(NsCommand),
-    /// The local agent: node, subnet, controller link, peers.
-    Status,
+    /// The local agent: node, subnet, controller link, peers and whether each is reachable through the tunnel.
+    Status {
+        /// Report the state only: do not probe the peers (no waiting for unreachable ones).
+        #[arg(long)]
+        no_probe: bool,
+    },
     /// The cluster CA and node certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -96,6 +106,18 @@ enum Command {
     /// Host subnets: who holds which, reservations.
     #[command(subcommand)]
     Subnet(SubnetCommand),
+    /// Print a shell completion script, e.g. `weftctl completions bash > /etc/bash_completion.d/weftctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +167,22 @@ enum ClusterCommand {
     },
     /// Show the network config.
     Show,
+    /// Write the config, every subnet and every host record (one etcd revision) as one JSON document.
+    Backup {
+        /// Write it here (atomically) instead of to stdout.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Write a backup into an empty prefix; each host gets a fresh lease and keeps its subnet if its agent returns.
+    Restore {
+        /// The backup (`-`: stdin).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Lease of each restored host: how long it keeps its subnet if its agent does not return.
+        #[arg(long, value_name = "SECONDS", default_value_t = 86400,
+              value_parser = clap::value_parser!(i64).range(2..=31_536_000))]
+        lease_ttl: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,8 +304,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let etcd = Etcd {
         endpoints: cli.etcd_endpoints,
         prefix: cli.etcd_prefix,
+        flags: cli.etcd,
     };
     match cli.command {
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "weftctl", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Certs(c) => certs(json, c),
         Command::Cluster(c) => etcd.run(|s| cluster(json, s, c)),
         Command::Host(c) => etcd.run(|s| host(json, s, c)),
@@ -298,8 +347,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let ep: Endpoint = decode(&v)?;
             exec_in(&ep, &cmd)
         }
-        Command::Status => {
-            let v = agent.call(&Request::Status)?;
+        Command::Status { no_probe } => {
+            let v = agent.call(&Request::Status { probe: !no_probe })?;
             let s: Status = decode(&v)?;
             if json {
                 println!("{v}");
@@ -319,10 +368,13 @@ impl Agent {
     fn call(&self, req: &Request) -> Result<Value, Failure> {
         let path = self.socket.display();
         let stream = UnixStream::connect(&self.socket).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Failure(
+                    format!("permission denied on {path}: weftctl must run as root (the agent socket is 0600 root)"),
+                    1,
+                );
+            }
             let hint = match e.kind() {
-                std::io::ErrorKind::PermissionDenied => {
-                    " (the agent socket is root-only: run weftctl as root)"
-                }
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                     " (is weft-agent running? --agent-socket sets the path)"
                 }
@@ -419,27 +471,73 @@ fn print_status(s: &Status) {
         s.subnet, s.gateway, s.bridge, s.mtu
     );
     println!("namespaces:  {}", s.endpoints);
-    match (&s.controller.connected, &s.controller.address) {
-        (true, Some(a)) => println!("controller:  connected to {a}"),
-        (false, Some(a)) => println!("controller:  not connected (last tried {a})"),
+    let now = weft_controller::store::now();
+    let since = |t: Option<u64>| match t {
+        Some(t) => format!(" since {}", span(now.saturating_sub(t))),
+        None => String::new(),
+    };
+    let c = &s.controller;
+    match (c.connected, &c.address) {
+        (true, Some(a)) => println!("controller:  connected to {a}{}", since(c.since)),
+        (false, Some(a)) => println!(
+            "controller:  DISCONNECTED{} (last tried {a}; the data plane stays as it is, the agent keeps retrying)",
+            since(c.since)
+        ),
+        (_, None) if c.since.is_some() => println!(
+            "controller:  none reached yet, DISCONNECTED{}",
+            since(c.since)
+        ),
         _ => println!("controller:  none (standalone)"),
     }
     if s.peers.is_empty() {
         println!("peers:       none");
-    } else {
-        let rows: Vec<[String; 4]> = s
-            .peers
-            .iter()
-            .map(|p| {
-                [
-                    p.name.clone(),
-                    p.subnet.clone(),
-                    p.public_ip.to_string(),
-                    p.mode.clone(),
-                ]
-            })
-            .collect();
-        print_table(["PEER", "SUBNET", "PUBLIC IP", "MODE"], &rows);
+        return;
+    }
+    let down = s
+        .peers
+        .iter()
+        .filter(|p| p.reachable == Some(false))
+        .count();
+    let probed = s.peers.iter().any(|p| p.reachable.is_some());
+    match (probed, down) {
+        (false, _) => println!("peers:       {} (not probed)", s.peers.len()),
+        (true, 0) => println!("peers:       {}, all reachable", s.peers.len()),
+        (true, d) => println!("peers:       {}, {d} UNREACHABLE", s.peers.len()),
+    }
+    let rows: Vec<[String; 6]> = s
+        .peers
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.subnet.clone(),
+                p.public_ip.to_string(),
+                p.mode.clone(),
+                match p.reachable {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => "-".into(),
+                },
+                match p.rtt_ms {
+                    Some(ms) => format!("{ms:.2} ms"),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        ["NAME", "SUBNET", "PUBLIC-IP", "MODE", "REACHABLE", "RTT"],
+        &rows,
+    );
+}
+
+/// A duration in the largest whole unit: `45s`, `3m`, `5h`, `2d`.
+fn span(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
     }
 }
 
@@ -520,6 +618,7 @@ fn certs(json: bool, c: CertsCommand) -> Result<(), Failure> {
 struct Etcd {
     endpoints: Vec<String>,
     prefix: String,
+    flags: weft_controller::etcd_access::EtcdFlags,
 }
 
 impl Etcd {
@@ -549,22 +648,36 @@ impl Etcd {
             .enable_all()
             .build()
             .map_err(|e| Failure(format!("start runtime: {e}"), 1))?;
+        let access = self
+            .flags
+            .resolve(
+                &self.endpoints,
+                std::env::var(weft_controller::etcd_access::PASSWORD_ENV).ok(),
+            )
+            .map_err(|e| Failure(e, 2))?;
         let eps = self.endpoints.join(",");
         let _ = ETCD_ENDPOINTS.set(eps.clone());
+        let _ = ETCD_ACCESS.set(access.clone());
         rt.block_on(async {
-            let store = Store::connect(&self.endpoints, &self.prefix, Duration::from_secs(5))
-                .await
-                .map_err(|e| match &e {
-                    // The client connects lazily: failing here means a URL it cannot use.
-                    StoreError::Etcd(etcd_client::Error::InvalidUri(u)) => Failure(
-                        format!("--etcd-endpoints {eps:?}: not a usable URL ({u})"),
-                        2,
-                    ),
-                    _ => Failure(
-                        format!("cannot reach etcd at {eps}: {}", etcd_reason(&e)),
-                        1,
-                    ),
-                })?;
+            let store = Store::connect_with(
+                &self.endpoints,
+                &self.prefix,
+                Duration::from_secs(5),
+                &access,
+            )
+            .await
+            .map_err(|e| match &e {
+                // The client connects lazily: failing here means a URL it cannot use.
+                StoreError::Etcd(etcd_client::Error::InvalidUri(u)) => Failure(
+                    format!("--etcd-endpoints {eps:?}: not a usable URL ({u})"),
+                    2,
+                ),
+                StoreError::Refused(why) => Failure(format!("{why} (etcd at {eps})"), 1),
+                _ => Failure(
+                    format!("cannot reach etcd at {eps}: {}", etcd_reason(&e)),
+                    1,
+                ),
+            })?;
             f(store).await
         })
     }
@@ -577,6 +690,8 @@ fn etcd_reason(e: &StoreError) -> String {
 
 /// The `--etcd-endpoints` of this run, for error messages.
 static ETCD_ENDPOINTS: OnceLock<String> = OnceLock::new();
+/// The etcd TLS and user of this run, for error messages.
+static ETCD_ACCESS: OnceLock<weft_controller::etcd_access::EtcdAccess> = OnceLock::new();
 
 /// Why etcd could not be reached, if that is what `e` is: the client
 /// connects lazily, so a refused connection, a failed name lookup or a
@@ -601,6 +716,18 @@ fn unreachable_reason(e: &etcd_client::Error) -> Option<String> {
 }
 
 fn store_err(e: StoreError) -> Failure {
+    if let StoreError::Etcd(err) = &e {
+        let access = ETCD_ACCESS.get().cloned().unwrap_or_default();
+        if let Some(why) = weft_controller::etcd_access::access_error(err, &access) {
+            return Failure(
+                format!(
+                    "{why} (etcd at {})",
+                    ETCD_ENDPOINTS.get().map_or("?", String::as_str)
+                ),
+                1,
+            );
+        }
+    }
     match &e {
         StoreError::Etcd(err) => match unreachable_reason(err) {
             Some(why) => Failure(
@@ -616,8 +743,85 @@ fn store_err(e: StoreError) -> Failure {
     }
 }
 
+fn backup_err(e: backup::BackupError) -> Failure {
+    use backup::BackupError as B;
+    match e {
+        B::Store(e) => store_err(e),
+        B::Etcd(e) => store_err(StoreError::Etcd(e)),
+        B::Invalid(_) | B::NotEmpty { .. } => Failure(e.to_string(), 2),
+        other => Failure(other.to_string(), 1),
+    }
+}
+
+/// Reads and checks a backup document before anything talks to etcd.
+fn read_backup(file: &std::path::Path) -> Result<backup::Backup, Failure> {
+    let name = file.display();
+    let text = if file.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| Failure(format!("read backup from stdin: {e}"), 1))?;
+        t
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Failure(format!("read backup {name}: {e}"), 1))?
+    };
+    let b: backup::Backup = serde_json::from_str(&text)
+        .map_err(|e| Failure(format!("backup {name} is not a weft backup: {e}"), 2))?;
+    backup::check(&b).map_err(|e| Failure(format!("backup {name} refused: {e}"), 2))?;
+    Ok(b)
+}
+
 async fn cluster(json: bool, store: Store, c: ClusterCommand) -> Result<(), Failure> {
     match c {
+        ClusterCommand::Backup { file } => {
+            let b = backup::take(&store).await.map_err(backup_err)?;
+            let doc = serde_json::to_string_pretty(&b).expect("backup serializes") + "\n";
+            let summary = format!(
+                "backed up {} at revision {}: config, {} hosts, {} subnets",
+                b.prefix,
+                b.revision,
+                b.hosts.len(),
+                b.subnets.len()
+            );
+            match file {
+                None => {
+                    print!("{doc}");
+                    eprintln!("weftctl: {summary}");
+                }
+                Some(f) => {
+                    let tmp = f.with_extension("tmp");
+                    std::fs::write(&tmp, &doc)
+                        .and_then(|_| std::fs::rename(&tmp, &f))
+                        .map_err(|e| Failure(format!("write backup {}: {e}", f.display()), 1))?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "file": f, "prefix": b.prefix, "revision": b.revision,
+                                "hosts": b.hosts.len(), "subnets": b.subnets.len(),
+                            })
+                        );
+                    } else {
+                        println!("{summary} → {}", f.display());
+                    }
+                }
+            }
+            Ok(())
+        }
+        ClusterCommand::Restore { file, lease_ttl } => {
+            let b = read_backup(&file)?;
+            let r = backup::restore(&store, &b, lease_ttl)
+                .await
+                .map_err(backup_err)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("summary serializes"));
+            } else {
+                println!(
+                    "restored {} hosts and {} subnets into {} (backup of {} at revision {}); each host keeps its subnet for {} s unless its agent returns",
+                    r.hosts, r.subnets, r.prefix, b.prefix, b.revision, r.lease_ttl
+                );
+            }
+            Ok(())
+        }
         ClusterCommand::Init {
             cidr,
             subnet_len,
@@ -689,26 +893,71 @@ fn print_config(cfg: &NetworkConfig, held: Option<usize>) {
     }
 }
 
-fn print_hosts(json: bool, hosts: &[HostRecord]) {
+/// A host record with whether its agent is connected (`<prefix>/agents/`):
+/// the record's keys plus `connected`, `controller` (the controller it is
+/// connected to, or null) and `connected_since` (unix seconds, or null);
+/// `last_seen` is now while connected, else when its last session ended
+/// (or it registered).
+fn host_json(h: &HostRecord, p: Option<&AgentPresence>, now: u64) -> Value {
+    let mut v = serde_json::to_value(h).expect("host serializes");
+    let o = v.as_object_mut().expect("host record is an object");
+    o.insert("connected".into(), Value::Bool(p.is_some()));
+    o.insert(
+        "controller".into(),
+        p.map_or(Value::Null, |p| Value::String(p.controller.clone())),
+    );
+    o.insert(
+        "connected_since".into(),
+        p.map_or(Value::Null, |p| Value::from(p.since)),
+    );
+    if p.is_some() {
+        o.insert("last_seen".into(), Value::from(now));
+    }
+    v
+}
+
+fn last_seen(h: &HostRecord, p: Option<&AgentPresence>, now: u64) -> String {
+    match p {
+        Some(_) => "now".into(),
+        None => ago(now.saturating_sub(h.last_seen)),
+    }
+}
+
+fn print_hosts(json: bool, hosts: &[HostRecord], present: &HashMap<String, AgentPresence>) {
+    let now = weft_controller::store::now();
     if json {
-        println!("{}", serde_json::to_string(hosts).expect("hosts serialize"));
+        let v: Vec<Value> = hosts
+            .iter()
+            .map(|h| host_json(h, present.get(&h.name), now))
+            .collect();
+        println!("{}", Value::Array(v));
         return;
     }
-    let now = weft_controller::store::now();
-    let rows: Vec<[String; 5]> = hosts
+    let rows: Vec<[String; 7]> = hosts
         .iter()
         .map(|h| {
+            let p = present.get(&h.name);
             [
                 h.name.clone(),
                 h.subnet.to_string(),
                 h.public_ip.to_string(),
                 h.vtep_mac.to_string(),
-                ago(now.saturating_sub(h.last_seen)),
+                if p.is_some() { "yes" } else { "NO" }.into(),
+                p.map_or_else(|| "-".into(), |p| p.controller.clone()),
+                last_seen(h, p, now),
             ]
         })
         .collect();
     print_table(
-        ["NAME", "SUBNET", "PUBLIC IP", "VTEP MAC", "REGISTERED"],
+        [
+            "NAME",
+            "SUBNET",
+            "PUBLIC-IP",
+            "VTEP-MAC",
+            "CONNECTED",
+            "CONTROLLER",
+            "LAST-SEEN",
+        ],
         &rows,
     );
 }
@@ -726,8 +975,9 @@ async fn host(json: bool, store: Store, c: HostCommand) -> Result<(), Failure> {
     match c {
         HostCommand::List => {
             let (_, hosts) = store.hosts().await.map_err(store_err)?;
+            let present = presence::list(&store).await.map_err(store_err)?;
             let list: Vec<HostRecord> = hosts.into_values().collect();
-            print_hosts(json, &list);
+            print_hosts(json, &list, &present);
             Ok(())
         }
         HostCommand::Show { name } => {
@@ -737,17 +987,26 @@ async fn host(json: bool, store: Store, c: HostCommand) -> Result<(), Failure> {
                 .await
                 .map_err(store_err)?
                 .ok_or_else(|| Failure(format!("no host named {name:?}"), 1))?;
+            let present = presence::list(&store).await.map_err(store_err)?;
+            let p = present.get(&name);
+            let now = weft_controller::store::now();
             if json {
-                println!("{}", serde_json::to_string(&h).expect("host serializes"));
+                println!("{}", host_json(&h, p, now));
             } else {
                 println!("name:        {}", h.name);
                 println!("subnet:      {}", h.subnet);
                 println!("public ip:   {}", h.public_ip);
                 println!("vtep mac:    {}", h.vtep_mac);
-                println!(
-                    "registered:  {}",
-                    ago(weft_controller::store::now().saturating_sub(h.last_seen))
-                );
+                match p {
+                    Some(p) => println!(
+                        "connected:   yes, to controller {} since {} (agent at {})",
+                        p.controller,
+                        span(now.saturating_sub(p.since)),
+                        p.remote
+                    ),
+                    None => println!("connected:   NO"),
+                }
+                println!("last seen:   {}", last_seen(&h, p, now));
             }
             Ok(())
         }

@@ -56,6 +56,7 @@ mod scale;
 #[derive(Parser)]
 #[command(
     name = "weft-bench",
+    version,
     about = "Measure weft against its peers, side by side"
 )]
 struct Cli {

@@ -1,0 +1,336 @@
+//! The agent's Prometheus metrics and its readiness (`--metrics-listen`,
+//! served by `weft_common::http`). One set per process: the agent is one
+//! daemon per network namespace.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::overlay::Mode;
+
+type Label = [(&'static str, String); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+fn label(k: &'static str, v: impl Into<String>) -> Label {
+    [(k, v.into())]
+}
+
+pub struct Metrics {
+    pub endpoints: Gauge,
+    pub peers: Family<Label, Gauge>,
+    pub reconcile_runs: Counter,
+    pub reconcile_errors: Counter,
+    pub reconcile_duration: Histogram,
+    pub changes: Family<Label, Counter>,
+    pub netlink_errors: Counter,
+    pub endpoint_ops: Family<Labels2, Counter>,
+    pub controller_connected: Gauge,
+    pub controller_info: Family<Label, Gauge>,
+    pub revision: Gauge,
+    pub snapshots: Counter,
+    pub deltas: Counter,
+    /// The address `controller_info` carries now.
+    controller_addr: Mutex<Option<String>>,
+    registry: Arc<Registry>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut r = Registry::with_prefix("weft_agent");
+        let endpoints = Gauge::default();
+        r.register(
+            "endpoints",
+            "Namespaces (endpoints) this agent serves",
+            endpoints.clone(),
+        );
+        let peers = Family::<Label, Gauge>::default();
+        r.register(
+            "peers",
+            "Remote hosts programmed in the data plane, by mode (vxlan or direct)",
+            peers.clone(),
+        );
+        for m in [Mode::Vxlan, Mode::Direct] {
+            let _ = peers.get_or_create(&label("mode", m.as_str()));
+        }
+        let reconcile_runs = Counter::default();
+        r.register(
+            "reconcile_runs",
+            "Reconciles of the kernel with the agent's state (at start, on kernel events, periodically)",
+            reconcile_runs.clone(),
+        );
+        let reconcile_errors = Counter::default();
+        r.register(
+            "reconcile_errors",
+            "Reconciles that failed (retried later)",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        r.register(
+            "reconcile_duration_seconds",
+            "How long one reconcile took",
+            reconcile_duration.clone(),
+        );
+        let changes = Family::<Label, Counter>::default();
+        r.register(
+            "changes_applied",
+            "Kernel changes applied, by kind: route, neigh, fdb (overlay entries), link (created, changed or deleted devices), address, nft (committed nftables transactions)",
+            changes.clone(),
+        );
+        for k in ["route", "neigh", "fdb", "link", "address", "nft"] {
+            let _ = changes.get_or_create(&label("kind", k));
+        }
+        let netlink_errors = Counter::default();
+        r.register(
+            "netlink_errors",
+            "Netlink requests the kernel refused or that failed",
+            netlink_errors.clone(),
+        );
+        let endpoint_ops = Family::<Labels2, Counter>::default();
+        r.register(
+            "endpoint_operations",
+            "ns add and ns del requests, by op (add, del) and result (ok, error)",
+            endpoint_ops.clone(),
+        );
+        for op in ["add", "del"] {
+            for res in ["ok", "error"] {
+                let _ = endpoint_ops.get_or_create(&[("op", op), ("result", res)]);
+            }
+        }
+        let controller_connected = Gauge::default();
+        r.register(
+            "controller_connected",
+            "1 while a session with a controller is up, else 0",
+            controller_connected.clone(),
+        );
+        let controller_info = Family::<Label, Gauge>::default();
+        r.register(
+            "controller",
+            "1 for the controller the agent is connected to or trying (label address)",
+            controller_info.clone(),
+        );
+        let revision = Gauge::default();
+        r.register(
+            "peer_revision",
+            "etcd revision of the last peer snapshot or delta applied",
+            revision.clone(),
+        );
+        let snapshots = Counter::default();
+        r.register(
+            "peer_snapshots",
+            "Peer snapshots received from controllers",
+            snapshots.clone(),
+        );
+        let deltas = Counter::default();
+        r.register(
+            "peer_deltas",
+            "Peer deltas received from controllers",
+            deltas.clone(),
+        );
+        Metrics {
+            endpoints,
+            peers,
+            reconcile_runs,
+            reconcile_errors,
+            reconcile_duration,
+            changes,
+            netlink_errors,
+            endpoint_ops,
+            controller_connected,
+            controller_info,
+            revision,
+            snapshots,
+            deltas,
+            controller_addr: Mutex::new(None),
+            registry: Arc::new(r),
+        }
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+}
+
+/// `n` kernel changes of `kind` were applied.
+pub fn changes(kind: &'static str, n: usize) {
+    if n > 0 {
+        get()
+            .changes
+            .get_or_create(&label("kind", kind))
+            .inc_by(n as u64);
+    }
+}
+
+/// One kernel change of `kind` was applied.
+pub fn change(kind: &'static str) {
+    changes(kind, 1);
+}
+
+pub fn netlink_error() {
+    get().netlink_errors.inc();
+}
+
+/// Peers by mode, from the plans now programmed.
+pub fn set_peers(modes: impl Iterator<Item = Mode>) {
+    let (mut vxlan, mut direct) = (0, 0);
+    for m in modes {
+        match m {
+            Mode::Vxlan => vxlan += 1,
+            Mode::Direct => direct += 1,
+        }
+    }
+    let m = get();
+    m.peers.get_or_create(&label("mode", "vxlan")).set(vxlan);
+    m.peers.get_or_create(&label("mode", "direct")).set(direct);
+}
+
+pub fn set_endpoints(n: usize) {
+    get().endpoints.set(n as i64);
+}
+
+/// Counts an `ns add` / `ns del` outcome.
+pub fn endpoint_op<T, E>(op: &'static str, r: Result<T, E>) -> Result<T, E> {
+    let res = if r.is_ok() { "ok" } else { "error" };
+    get()
+        .endpoint_ops
+        .get_or_create(&[("op", op), ("result", res)])
+        .inc();
+    r
+}
+
+/// Runs one reconcile, counting it and timing it.
+pub async fn reconcile<T, E>(f: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let started = Instant::now();
+    let r = f.await;
+    let m = get();
+    m.reconcile_runs.inc();
+    m.reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if r.is_err() {
+        m.reconcile_errors.inc();
+    }
+    r
+}
+
+/// The controller link: which controller, and whether a session is up.
+pub fn controller(address: &str, connected: bool) {
+    let m = get();
+    m.controller_connected.set(connected as i64);
+    let mut cur = m.controller_addr.lock().expect("metrics");
+    if cur.as_deref() != Some(address) {
+        if let Some(old) = cur.take() {
+            m.controller_info.remove(&label("address", old));
+        }
+        *cur = Some(address.to_string());
+    }
+    m.controller_info
+        .get_or_create(&label("address", address))
+        .set(1);
+}
+
+/// A peer snapshot (or delta) at `revision` was taken into the peer set.
+pub fn peer_message(snapshot: bool, revision: i64) {
+    let m = get();
+    if snapshot {
+        m.snapshots.inc();
+    } else {
+        m.deltas.inc();
+    }
+    m.revision.set(revision);
+}
+
+/// Readiness: the data plane is programmed and, with `--controller`, the
+/// first peer snapshot from a controller is applied.
+pub struct Ready {
+    /// What the agent is doing before its data plane is programmed.
+    stage: Mutex<String>,
+    data_plane: AtomicBool,
+    /// Cluster mode: a snapshot must be applied too.
+    cluster: AtomicBool,
+    /// A snapshot arrived (set by the controller link).
+    snapshot_received: AtomicBool,
+    /// The data plane has been programmed from a snapshot.
+    snapshot_applied: AtomicBool,
+}
+
+static READY: LazyLock<Ready> = LazyLock::new(|| Ready {
+    stage: Mutex::new("starting".into()),
+    data_plane: AtomicBool::new(false),
+    cluster: AtomicBool::new(false),
+    snapshot_received: AtomicBool::new(false),
+    snapshot_applied: AtomicBool::new(false),
+});
+
+pub fn ready() -> &'static Ready {
+    &READY
+}
+
+impl Ready {
+    /// What the agent is busy with while not ready.
+    pub fn stage(&self, what: impl Into<String>) {
+        *self.stage.lock().expect("ready") = what.into();
+    }
+
+    pub fn cluster_mode(&self) {
+        self.cluster.store(true, Ordering::SeqCst);
+    }
+
+    pub fn data_plane_programmed(&self) {
+        self.data_plane.store(true, Ordering::SeqCst);
+    }
+
+    /// The link took a snapshot into the peer set (call after publishing it).
+    pub fn snapshot_received(&self) {
+        self.snapshot_received.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a snapshot had been received: read before taking the peer
+    /// set that is then programmed, so that set includes it.
+    pub fn has_snapshot(&self) -> bool {
+        self.snapshot_received.load(Ordering::SeqCst)
+    }
+
+    pub fn snapshot_applied(&self) {
+        self.snapshot_applied.store(true, Ordering::SeqCst);
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if !self.data_plane.load(Ordering::SeqCst) {
+            return Err(self.stage.lock().expect("ready").clone());
+        }
+        if self.cluster.load(Ordering::SeqCst) && !self.snapshot_applied.load(Ordering::SeqCst) {
+            let m = get();
+            let addr = m.controller_addr.lock().expect("metrics").clone();
+            let link = match (m.controller_connected.get() == 1, addr) {
+                (true, Some(a)) => format!("connected to controller {a}"),
+                (false, Some(a)) => format!("no controller connected, trying {a}"),
+                (_, None) => "no controller connected".to_string(),
+            };
+            return Err(format!(
+                "no peer snapshot from a controller applied yet ({link}); serving the saved peer set"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `--metrics-listen` serves.
+pub fn endpoints() -> weft_common::http::Endpoints {
+    weft_common::http::Endpoints {
+        registry: get().registry(),
+        ready: weft_common::http::ready_fn(|| ready().check()),
+    }
+}

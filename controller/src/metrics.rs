@@ -1,0 +1,315 @@
+//! The controller's Prometheus metrics and its readiness (`--metrics-listen`,
+//! served by `weft_common::http`). One set per process.
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::store::{Store, StoreError};
+
+type Label = [(&'static str, &'static str); 1];
+
+/// etcd operations timed by [`etcd`].
+pub const ETCD_OPS: [&str; 5] = [
+    "get",
+    "txn",
+    "lease_grant",
+    "lease_revoke",
+    "lease_keep_alive",
+];
+
+pub struct Metrics {
+    pub connected_agents: Gauge,
+    pub registrations: Family<Label, Counter>,
+    pub allocations: Counter,
+    pub lease_expiries: Counter,
+    pub etcd_latency: Family<Label, Histogram>,
+    pub etcd_errors: Family<Label, Counter>,
+    pub fanout_queue: Gauge,
+    pub deltas: Counter,
+    pub delta_frames: Counter,
+    pub snapshots: Counter,
+    pub snapshot_waiters: Gauge,
+    pub pending: Gauge,
+    registry: Arc<Registry>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut r = Registry::with_prefix("weft_controller");
+        let connected_agents = Gauge::default();
+        r.register(
+            "connected_agents",
+            "Agents with a registered session on this controller",
+            connected_agents.clone(),
+        );
+        let registrations = Family::<Label, Counter>::default();
+        r.register(
+            "registrations",
+            "Registrations by result: ok, refused (bad name, certificate mismatch, cluster not initialised, no free subnet) or error (etcd failed)",
+            registrations.clone(),
+        );
+        for res in ["ok", "refused", "error"] {
+            let _ = registrations.get_or_create(&[("result", res)]);
+        }
+        let allocations = Counter::default();
+        r.register(
+            "allocations",
+            "New subnets handed out by this controller",
+            allocations.clone(),
+        );
+        let lease_expiries = Counter::default();
+        r.register(
+            "lease_expiries",
+            "Host leases found gone while a session held them (expired, or revoked by weftctl host rm)",
+            lease_expiries.clone(),
+        );
+        let etcd_latency = Family::<Label, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
+        );
+        r.register(
+            "etcd_request_duration_seconds",
+            "etcd request latency by op (get, txn, lease_grant, lease_revoke, lease_keep_alive)",
+            etcd_latency.clone(),
+        );
+        let etcd_errors = Family::<Label, Counter>::default();
+        r.register(
+            "etcd_errors",
+            "Failed etcd requests by op",
+            etcd_errors.clone(),
+        );
+        for op in ETCD_OPS {
+            let _ = etcd_latency.get_or_create(&[("op", op)]);
+            let _ = etcd_errors.get_or_create(&[("op", op)]);
+        }
+        let fanout_queue = Gauge::default();
+        r.register(
+            "fanout_queue_depth",
+            "Deltas buffered for the slowest session (fan-out backlog; a session more than 4096 behind is resynced with a snapshot)",
+            fanout_queue.clone(),
+        );
+        let deltas = Counter::default();
+        r.register(
+            "deltas_sent",
+            "Delta frames written to agent sessions",
+            deltas.clone(),
+        );
+        let delta_frames = Counter::default();
+        r.register(
+            "deltas_broadcast",
+            "Delta frames produced by the host watch (each goes to every session)",
+            delta_frames.clone(),
+        );
+        let snapshots = Counter::default();
+        r.register(
+            "snapshots_sent",
+            "Peer snapshots written to agent sessions (first ones and resyncs)",
+            snapshots.clone(),
+        );
+        let snapshot_waiters = Gauge::default();
+        r.register(
+            "snapshot_waiters",
+            "Sessions waiting for their turn to receive a snapshot",
+            snapshot_waiters.clone(),
+        );
+        let pending = Gauge::default();
+        r.register(
+            "pending_connections",
+            "Connections between their first packet and their assignment",
+            pending.clone(),
+        );
+        Metrics {
+            connected_agents,
+            registrations,
+            allocations,
+            lease_expiries,
+            etcd_latency,
+            etcd_errors,
+            fanout_queue,
+            deltas,
+            delta_frames,
+            snapshots,
+            snapshot_waiters,
+            pending,
+            registry: Arc::new(r),
+        }
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+}
+
+/// Times one etcd request and counts its failure.
+pub async fn etcd<T, E>(op: &'static str, f: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let started = Instant::now();
+    let r = f.await;
+    let m = get();
+    m.etcd_latency
+        .get_or_create(&[("op", op)])
+        .observe(started.elapsed().as_secs_f64());
+    if r.is_err() {
+        m.etcd_errors.get_or_create(&[("op", op)]).inc();
+    }
+    r
+}
+
+/// Counts a registration's outcome.
+pub fn registration(result: &Result<crate::store::Registered, StoreError>) {
+    let res = match result {
+        Ok(r) => {
+            if r.allocated {
+                get().allocations.inc();
+            }
+            "ok"
+        }
+        Err(StoreError::Etcd(_) | StoreError::TooManyRaces(_) | StoreError::Corrupt { .. }) => {
+            "error"
+        }
+        Err(_) => "refused",
+    };
+    get().registrations.get_or_create(&[("result", res)]).inc();
+}
+
+/// A registration refused before it reached etcd (bad name, certificate).
+pub fn registration_refused() {
+    get()
+        .registrations
+        .get_or_create(&[("result", "refused")])
+        .inc();
+}
+
+/// Adds `by` to a gauge until dropped.
+pub struct GaugeGuard(&'static Gauge);
+
+impl GaugeGuard {
+    pub fn new(g: &'static Gauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One connected agent until dropped.
+pub fn connected() -> GaugeGuard {
+    GaugeGuard::new(&get().connected_agents)
+}
+
+/// One session waiting for a snapshot turn until dropped.
+pub fn snapshot_waiter() -> GaugeGuard {
+    GaugeGuard::new(&get().snapshot_waiters)
+}
+
+/// How long a readiness answer is reused.
+pub const READY_CACHE: Duration = Duration::from_secs(1);
+/// The longest the etcd check may take (within `/readyz`'s own limit).
+pub const READY_ETCD_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// The controller's readiness: connected to etcd, etcd answers, and the
+/// network config is there. Checked at most once per [`READY_CACHE`], by
+/// one request at a time; others get the last answer.
+pub struct Ready {
+    store: Mutex<Option<Store>>,
+    /// Why etcd is not connected yet (before the store exists).
+    connecting: Mutex<String>,
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
+    checking: tokio::sync::Mutex<()>,
+}
+
+static READY: LazyLock<Arc<Ready>> = LazyLock::new(|| {
+    Arc::new(Ready {
+        store: Mutex::new(None),
+        connecting: Mutex::new("connecting to etcd".into()),
+        last: Mutex::new(None),
+        checking: tokio::sync::Mutex::new(()),
+    })
+});
+
+pub fn ready() -> &'static Arc<Ready> {
+    &READY
+}
+
+impl Ready {
+    pub fn connecting(&self, why: impl Into<String>) {
+        *self.connecting.lock().expect("ready") = why.into();
+    }
+
+    pub fn connected(&self, store: Store) {
+        *self.store.lock().expect("ready") = Some(store);
+    }
+
+    fn cached(&self) -> Option<Result<(), String>> {
+        let last = self.last.lock().expect("ready");
+        match &*last {
+            Some((at, r)) if at.elapsed() < READY_CACHE => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    pub async fn check(&self) -> Result<(), String> {
+        if let Some(r) = self.cached() {
+            return r;
+        }
+        let Some(store) = self.store.lock().expect("ready").clone() else {
+            return Err(format!(
+                "not connected to etcd yet: {}",
+                self.connecting.lock().expect("ready")
+            ));
+        };
+        let _one = match self.checking.try_lock() {
+            Ok(g) => g,
+            // Another request is checking: wait for it (bounded by /readyz).
+            Err(_) => {
+                let _ = self.checking.lock().await;
+                return self
+                    .cached()
+                    .unwrap_or_else(|| Err("etcd did not answer the readiness check".into()));
+            }
+        };
+        let r = match tokio::time::timeout(READY_ETCD_TIMEOUT, store.config()).await {
+            Ok(Ok(Some(_))) => Ok(()),
+            Ok(Ok(None)) => Err(
+                "no network config in etcd: the cluster is not initialised (run `weftctl cluster init --cidr CIDR`)"
+                    .to_string(),
+            ),
+            Ok(Err(StoreError::Corrupt { key, reason })) => Err(format!(
+                "the network config in etcd is unreadable ({key}: {reason})"
+            )),
+            Ok(Err(e)) => Err(format!("etcd is not reachable: {e}")),
+            Err(_) => Err(format!(
+                "etcd is not reachable: no answer within {READY_ETCD_TIMEOUT:?}"
+            )),
+        };
+        *self.last.lock().expect("ready") = Some((Instant::now(), r.clone()));
+        r
+    }
+}
+
+/// What `--metrics-listen` serves.
+pub fn endpoints() -> weft_common::http::Endpoints {
+    weft_common::http::Endpoints {
+        registry: get().registry(),
+        ready: Arc::new(|| {
+            let r = ready().clone();
+            Box::pin(async move { r.check().await })
+        }),
+    }
+}

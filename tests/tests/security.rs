@@ -1,0 +1,765 @@
+//! Security end to end: etcd over TLS with client certificates and etcd
+//! users, certificate rotation without dropping traffic (same CA, then a
+//! wholly new CA), expired and foreign agent certificates refused with a
+//! log line on both sides, and the agent socket closed to non-root users.
+//! Real etcd, real controller and agent processes in simulated hosts.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rustls::pki_types::CertificateDer;
+use weft_common::tls::{self, CertSummary};
+use weft_tests::cluster::{controller_addr, controller_ip, CONTROLLER_PORT};
+use weft_tests::lab::{host_ip, log_tail, Host, Lab, LabOpts};
+use weft_tests::netns::{self, command_in, describe_status, SpawnOpts};
+use weft_tests::{bin_path, in_netns, wait_until};
+
+/// Bound of each wait for a log line, a connection or a reload.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn cluster_lab(hosts: usize, etcd_tls: bool) -> Lab {
+    Lab::new(LabOpts {
+        etcd_tls,
+        ..LabOpts::cluster(hosts, 1)
+    })
+}
+
+/// `weftctl ARGS…` in the control namespace with exactly the given
+/// environment (no lab flags added).
+fn weftctl_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let bin = bin_path("weftctl");
+    let mut c = command_in(
+        lab.control(),
+        &bin,
+        SpawnOpts {
+            own_group: true,
+            ..Default::default()
+        },
+    )
+    .expect("control namespace");
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
+}
+
+/// Asserts `out` failed with exactly one stderr line containing `want`.
+fn assert_one_line_failure(what: &str, out: &Output, want: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        !out.status.success(),
+        "{what}: expected failure, got {}; stdout {}",
+        describe_status(&out.status),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.lines().count(), 1, "{what}: not one line: {stderr}");
+    assert!(
+        stderr.contains(want),
+        "{what}: stderr {stderr:?} does not contain {want:?}"
+    );
+    stderr
+}
+
+fn wait_connected(h: &Host) {
+    let mut last = serde_json::Value::Null;
+    let ok = wait_until(LIMIT, || {
+        last = h.weftctl_json(&["status"]);
+        last["controller"]["connected"] == true
+    });
+    assert!(
+        ok,
+        "agent {} not connected within {LIMIT:?}: {last}; log:\n{}",
+        h.name,
+        log_tail(&h.agent_log(), 30)
+    );
+}
+
+/// Lines of `log` containing every one of `needles`.
+fn lines_with(log: &Path, needles: &[&str]) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `log` has more than `before` lines containing all `needles`;
+/// returns the newest one.
+fn await_lines(log: &Path, needles: &[&str], before: usize) -> String {
+    let mut found = Vec::new();
+    wait_until(LIMIT, || {
+        found = lines_with(log, needles);
+        found.len() > before
+    });
+    assert!(
+        found.len() > before,
+        "{} has no new line with {needles:?} within {LIMIT:?}; tail:\n{}",
+        log.display(),
+        log_tail(log, 40)
+    );
+    found.last().unwrap().clone()
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates_and_users() {
+    let lab = cluster_lab(2, true);
+    let t = lab.etcd_tls().expect("TLS etcd");
+    let _agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
+    for h in lab.hosts() {
+        wait_connected(h);
+    }
+    // The controller's watch works as the weft user too: h1 learns of h2.
+    let ok = wait_until(LIMIT, || {
+        lab.host(1).weftctl_json(&["status"])["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "h2"))
+    });
+    assert!(ok, "h1 never saw peer h2 through a TLS etcd with auth");
+    // The controller and the lab's weftctl use TLS, a client certificate
+    // and the weft user: both hosts are registered.
+    let hosts = lab.weftctl_etcd_json(&["host", "list"]);
+    let mut names: Vec<&str> = hosts
+        .as_array()
+        .expect("host list is an array")
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["h1", "h2"]);
+    let dump = lab.etcd_dump();
+    assert!(
+        dump.iter().any(|(k, _)| k == "/weft/hosts/h1"),
+        "etcdctl over TLS sees no host record: {dump:?}"
+    );
+    // The weft user may touch /weft only.
+    let pw = t.password();
+    let out = lab.exec(
+        lab.control(),
+        &[
+            "etcdctl",
+            "--endpoints",
+            &lab.etcd_client_endpoints(),
+            &format!("--cacert={}", t.ca().display()),
+            &format!("--cert={}", t.client().join("cert.pem").display()),
+            &format!("--key={}", t.client().join("key.pem").display()),
+            &format!("--user=weft:{pw}"),
+            "put",
+            "/other",
+            "x",
+        ],
+    );
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "user weft wrote outside /weft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let eps = lab.etcd_client_endpoints();
+    let ca = t.ca().display().to_string();
+    let cert = t.client().join("cert.pem").display().to_string();
+    let key = t.client().join("key.pem").display().to_string();
+    let pwfile = t.password_file().display().to_string();
+    let base = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["--etcd-endpoints".into(), eps.clone()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |args: Vec<String>, env: &[(&str, &str)]| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        weftctl_env(&lab, &a, env)
+    };
+    // Everything given, as flags after the subcommand, password by env.
+    let mut a = base(&[]);
+    a.extend(
+        [
+            "host",
+            "list",
+            "-o",
+            "json",
+            "--etcd-ca",
+            &ca,
+            "--etcd-cert",
+            &cert,
+            "--etcd-key",
+            &key,
+            "--etcd-user",
+            "weft",
+        ]
+        .map(String::from),
+    );
+    let out = run(a, &[("WEFT_ETCD_PASSWORD", pw.as_str())]);
+    assert!(
+        out.status.success(),
+        "weftctl host list with flags failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same from WEFT_* variables only.
+    let out = run(
+        vec!["host".into(), "list".into()],
+        &[
+            ("WEFT_ETCD_ENDPOINTS", eps.as_str()),
+            ("WEFT_ETCD_CA", ca.as_str()),
+            ("WEFT_ETCD_CERT", cert.as_str()),
+            ("WEFT_ETCD_KEY", key.as_str()),
+            ("WEFT_ETCD_USER", "weft"),
+            ("WEFT_ETCD_PASSWORD_FILE", pwfile.as_str()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "weftctl host list from WEFT_* failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Wrong password.
+    let mut a = base(&[]);
+    a.extend(
+        [
+            "--etcd-ca",
+            &ca,
+            "--etcd-cert",
+            &cert,
+            "--etcd-key",
+            &key,
+            "--etcd-user",
+            "weft",
+            "host",
+            "list",
+        ]
+        .map(String::from),
+    );
+    let out = run(a.clone(), &[("WEFT_ETCD_PASSWORD", "wrong")]);
+    assert_one_line_failure(
+        "wrong password",
+        &out,
+        "etcd refused user weft: authentication failed",
+    );
+    // No client certificate: etcd refuses the TLS handshake.
+    let mut a = base(&[]);
+    a.extend(
+        [
+            "--etcd-ca",
+            &ca,
+            "--etcd-user",
+            "weft",
+            "--etcd-password-file",
+            &pwfile,
+            "host",
+            "list",
+        ]
+        .map(String::from),
+    );
+    assert_one_line_failure(
+        "no client certificate",
+        &run(a, &[]),
+        "etcd closed the TLS connection: it requires a client certificate (--etcd-cert and --etcd-key)",
+    );
+    // https without a CA, a certificate without its key, a password on
+    // the command line, a missing CA file: refused before connecting.
+    let mut a = base(&[]);
+    a.extend(["host", "list"].map(String::from));
+    assert_one_line_failure("https without CA", &run(a, &[]), "https:// needs --etcd-ca");
+    let mut a = base(&[]);
+    a.extend(["--etcd-ca", &ca, "--etcd-cert", &cert, "host", "list"].map(String::from));
+    assert_one_line_failure("cert without key", &run(a, &[]), "needs --etcd-key");
+    let mut a = base(&[]);
+    a.extend(
+        [
+            "--etcd-ca",
+            &ca,
+            "--etcd-user",
+            "weft",
+            "--etcd-password",
+            "pw",
+            "host",
+            "list",
+        ]
+        .map(String::from),
+    );
+    assert_one_line_failure("password flag", &run(a, &[]), "visible to every user");
+    let mut a = base(&[]);
+    a.extend(["--etcd-ca", "/nonexistent/ca.pem", "host", "list"].map(String::from));
+    assert_one_line_failure(
+        "missing CA file",
+        &run(a, &[]),
+        "--etcd-ca: cannot read /nonexistent/ca.pem: No such file or directory",
+    );
+
+    // The controller names a wrong password too (and keeps retrying).
+    lab.kill_held("controller-c1");
+    let bad = lab.dir.join("bad.password");
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let bad = bad.display().to_string();
+    let tls_dir = lab.cluster_info().pki.join("c1").display().to_string();
+    let listen = controller_addr(1);
+    let bin = bin_path("weft-controller").display().to_string();
+    let mut p = lab.spawn(
+        lab.control(),
+        &[
+            &bin,
+            "--etcd-endpoints",
+            &eps,
+            "--etcd-ca",
+            &ca,
+            "--etcd-cert",
+            &cert,
+            "--etcd-key",
+            &key,
+            "--etcd-user",
+            "weft",
+            "--etcd-password-file",
+            &bad,
+            "--listen",
+            &listen,
+            "--tls-dir",
+            &tls_dir,
+        ],
+    );
+    let ok = wait_until(LIMIT, || {
+        p.log_text()
+            .contains("etcd refused user weft: authentication failed")
+    });
+    assert!(ok, "controller log:\n{}", p.log_text());
+    p.kill();
+}
+
+/// Name, serial and expiry of the certificate controller c1 serves now,
+/// read by a fresh QUIC client in h1's namespace presenting `client_dir`.
+fn served_certificate(lab: &Lab, client_dir: &Path) -> CertSummary {
+    let config = tls::client_config(client_dir).expect("client config");
+    let ns = lab.host(1).netns.clone();
+    in_netns(&ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let ep = weft_common::client::endpoint().expect("client endpoint");
+                let addr = std::net::SocketAddr::from((controller_ip(1), CONTROLLER_PORT));
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    ep.connect_with(config, addr, &controller_ip(1).to_string())
+                        .expect("connect"),
+                )
+                .await
+                .expect("handshake timed out")
+                .expect("handshake");
+                let certs = conn
+                    .peer_identity()
+                    .expect("peer identity")
+                    .downcast::<Vec<CertificateDer<'static>>>()
+                    .expect("certificates");
+                let s = CertSummary::of(&certs[0]).expect("parse served certificate");
+                conn.close(0u32.into(), b"done");
+                ep.wait_idle().await;
+                s
+            })
+    })
+    .expect("join h1's namespace")
+}
+
+fn summary_of(dir: &Path) -> CertSummary {
+    CertSummary::of(&tls::load_certs(&dir.join(tls::CERT_FILE)).unwrap()[0]).unwrap()
+}
+
+/// Replaces `file` atomically with `contents` (write aside, rename).
+fn replace(file: &Path, contents: &[u8]) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+fn weftctl_ok(lab: &Lab, args: &[&str]) {
+    let out = lab.weftctl_plain(args);
+    assert!(
+        out.status.success(),
+        "weftctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sighup(h: &Host) {
+    let pid = h.agent_pid().expect("agent runs");
+    kill(Pid::from_raw(pid), Signal::SIGHUP).expect("SIGHUP");
+}
+
+/// A bounded ping from an endpoint on h1 to one on h2, run in the
+/// background: `count` probes every 50 ms.
+fn ping_in_background(lab: &Lab, to: &str, count: u32) -> std::thread::JoinHandle<Output> {
+    let ns = lab.host(1).endpoint("a");
+    let to = to.to_string();
+    std::thread::spawn(move || {
+        netns::exec_in_timeout(
+            &ns,
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+                &to,
+            ],
+            Duration::from_secs(u64::from(count) / 20 + 30),
+        )
+        .expect("ping")
+    })
+}
+
+fn assert_no_loss(out: Output) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0% packet loss"),
+        "pings were lost during the reload:\n{text}"
+    );
+}
+
+#[test]
+fn certificates_rotate_without_dropping_traffic() {
+    let lab = cluster_lab(2, false);
+    let _agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
+    for h in lab.hosts() {
+        wait_connected(h);
+    }
+    lab.host(1).ns_add("a", &[]);
+    let b = lab.host(2).ns_add("b", &[]);
+    let b_ip = b["ip"].as_str().unwrap().to_string();
+    assert!(
+        lab.ping(lab.host(1).endpoint("a"), &b_ip),
+        "a cannot reach b"
+    );
+    let pki = lab.cluster_info().pki;
+    let pki_s = pki.display().to_string();
+    let c1_dir = pki.join("c1");
+    let clog = lab.held_log("controller-c1");
+    let reloaded = ["reloaded TLS from"];
+
+    // 1. Same CA: a new controller certificate, file replaced (no signal).
+    let before = served_certificate(&lab, &pki.join("h1"));
+    let n = lines_with(&clog, &reloaded).len();
+    let ping = ping_in_background(&lab, &b_ip, 200);
+    let ip = controller_ip(1).to_string();
+    weftctl_ok(
+        &lab,
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            &pki_s,
+            "--name",
+            "c1",
+            "--role",
+            "controller",
+            "--ip",
+            &ip,
+            "--force",
+        ],
+    );
+    let line = await_lines(&clog, &reloaded, n);
+    let now = summary_of(&c1_dir);
+    assert!(
+        line.contains(&format!("certificate c1 valid until {}", now.valid_until())),
+        "{line}"
+    );
+    let after = served_certificate(&lab, &pki.join("h1"));
+    assert_ne!(before.serial, after.serial, "still the old certificate");
+    assert_eq!(after.serial, now.serial, "not the new certificate");
+    // 2. A new certificate for h1, taken on SIGHUP.
+    let alog = lab.host(1).agent_log();
+    let an = lines_with(&alog, &reloaded).len();
+    weftctl_ok(
+        &lab,
+        &[
+            "certs", "issue", "--dir", &pki_s, "--name", "h1", "--role", "agent", "--force",
+        ],
+    );
+    sighup(lab.host(1));
+    let line = await_lines(&alog, &reloaded, an);
+    assert!(
+        line.contains("(SIGHUP)") || line.contains("files changed"),
+        "{line}"
+    );
+    assert_no_loss(ping.join().unwrap());
+    // The sessions in progress were not dropped.
+    for h in lab.hosts() {
+        assert!(
+            lines_with(&h.agent_log(), &["lost controller"]).is_empty(),
+            "{} lost its session during the reload:\n{}",
+            h.name,
+            log_tail(&h.agent_log(), 20)
+        );
+    }
+
+    // 3. A wholly new CA, in the safe order: trust both CAs everywhere,
+    // then new certificates, then trust only the new CA.
+    let pki2 = lab.dir.join("pki2");
+    let pki2_s = pki2.display().to_string();
+    weftctl_ok(&lab, &["certs", "init", "--dir", &pki2_s]);
+    weftctl_ok(
+        &lab,
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            &pki2_s,
+            "--name",
+            "c1",
+            "--role",
+            "controller",
+            "--ip",
+            &ip,
+        ],
+    );
+    for h in ["h1", "h2"] {
+        weftctl_ok(
+            &lab,
+            &[
+                "certs", "issue", "--dir", &pki2_s, "--name", h, "--role", "agent",
+            ],
+        );
+    }
+    let old_ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let new_ca = std::fs::read(pki2.join("ca.pem")).unwrap();
+    let both: Vec<u8> = [old_ca.as_slice(), new_ca.as_slice()].concat();
+    let dirs = ["c1", "h1", "h2"];
+    let logs = [
+        clog.clone(),
+        lab.host(1).agent_log(),
+        lab.host(2).agent_log(),
+    ];
+    let ping = ping_in_background(&lab, &b_ip, 400);
+    let step = |what: &str, write: &dyn Fn(&Path, &Path)| {
+        let counts: Vec<usize> = logs
+            .iter()
+            .map(|l| lines_with(l, &reloaded).len())
+            .collect();
+        for d in dirs {
+            write(&pki.join(d), &pki2.join(d));
+        }
+        for (l, n) in logs.iter().zip(counts) {
+            let line = await_lines(l, &reloaded, n);
+            assert!(line.contains("reloaded TLS"), "{what}: {line}");
+        }
+    };
+    step("both CAs", &|dir, _| replace(&dir.join("ca.pem"), &both));
+    step("new certificates", &|dir, new| {
+        // Key and certificate as one change: write both aside, then
+        // rename the key and the certificate right after each other.
+        let key = std::fs::read(new.join("key.pem")).unwrap();
+        let cert = std::fs::read(new.join("cert.pem")).unwrap();
+        replace(&dir.join("key.pem"), &key);
+        replace(&dir.join("cert.pem"), &cert);
+    });
+    step("new CA only", &|dir, _| {
+        replace(&dir.join("ca.pem"), &new_ca)
+    });
+    assert_no_loss(ping.join().unwrap());
+    let served = served_certificate(&lab, &pki.join("h1"));
+    assert_eq!(served.serial, summary_of(&pki2.join("c1")).serial);
+    // New connections work only with the new CA: restart the controller,
+    // the agents reconnect with their new certificates.
+    let counts: Vec<usize> = lab
+        .hosts()
+        .iter()
+        .map(|h| lines_with(&h.agent_log(), &["connected to controller"]).len())
+        .collect();
+    lab.kill_held("controller-c1");
+    lab.start_controller(1, &[]).expect("restart controller");
+    let t0 = Instant::now();
+    for (h, n) in lab.hosts().iter().zip(counts) {
+        await_lines(&h.agent_log(), &["connected to controller"], n);
+        wait_connected(h);
+        await_lines(
+            &lab.held_log("controller-c1"),
+            &[&format!("host {} registered", h.name)],
+            0,
+        );
+    }
+    assert!(t0.elapsed() < LIMIT * 2);
+    assert!(
+        lab.ping(lab.host(1).endpoint("a"), &b_ip),
+        "a cannot reach b after rotation"
+    );
+    // A half-written set is not taken: a key without its certificate.
+    let n = lines_with(&clog_after(&lab), &["not reloading TLS"]).len();
+    let other = lab.dir.join("pki2").join("h2").join("key.pem");
+    replace(
+        &pki.join("c1").join("key.pem"),
+        &std::fs::read(other).unwrap(),
+    );
+    let line = await_lines(&clog_after(&lab), &["not reloading TLS"], n);
+    assert!(line.contains("key.pem does not match cert.pem"), "{line}");
+    assert!(line.contains("keeping the certificate in use"), "{line}");
+    assert_eq!(
+        served_certificate(&lab, &pki.join("h1")).serial,
+        summary_of(&pki2.join("c1")).serial,
+        "the controller took a broken set"
+    );
+}
+
+fn clog_after(lab: &Lab) -> PathBuf {
+    lab.held_log("controller-c1")
+}
+
+/// Writes a certificate for `name` signed by the CA in `pki` that expired
+/// on 2021-01-01, into `dir` (cert.pem, key.pem).
+fn write_expired(pki: &Path, name: &str, dir: &Path) {
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca-key.pem")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    replace(&dir.join("key.pem"), key.serialize_pem().as_bytes());
+    replace(&dir.join("cert.pem"), cert.pem().as_bytes());
+}
+
+#[test]
+fn expired_and_foreign_agent_certificates_are_refused_on_both_sides() {
+    let lab = cluster_lab(1, false);
+    let pki = lab.cluster_info().pki;
+    let h1 = lab.host(1);
+    let dir = pki.join("h1");
+    write_expired(&pki, "h1", &dir);
+    let clog = lab.held_log("controller-c1");
+    let mut agent = h1.spawn_agent(&[]).expect("spawn agent");
+    let from = format!("refused connection from {}:", host_ip(1));
+    let ctl_line = await_lines(
+        &clog,
+        &[&from, "certificate expired at 2021-01-01T00:00:00Z"],
+        0,
+    );
+    assert!(ctl_line.contains("WARN"), "{ctl_line}");
+    let alog = h1.agent_log();
+    let want = format!(
+        "controller {} refused this host's certificate h1 (valid until 2021-01-01T00:00:00Z): certificate expired at 2021-01-01T00:00:00Z; retrying with backoff",
+        controller_addr(1)
+    );
+    let agent_line = await_lines(&alog, &[&want], 0);
+    eprintln!("controller: {ctl_line}\nagent: {agent_line}");
+    // Backoff, not a tight loop: a handful of attempts in 6 s.
+    let start = lines_with(&clog, &[&from]).len();
+    std::thread::sleep(Duration::from_secs(6));
+    let attempts = lines_with(&clog, &[&from]).len() - start;
+    assert!(
+        (1..=6).contains(&attempts),
+        "{attempts} attempts in 6 s; controller log:\n{}",
+        log_tail(&clog, 20)
+    );
+    // The expired set is not taken on reload either (the agent already
+    // runs with it: it just logs why).
+    agent.kill();
+
+    // A certificate from another CA (h1's directory still trusts the lab CA).
+    let other = lab.dir.join("other-pki");
+    let other_s = other.display().to_string();
+    weftctl_ok(&lab, &["certs", "init", "--dir", &other_s]);
+    weftctl_ok(
+        &lab,
+        &[
+            "certs", "issue", "--dir", &other_s, "--name", "h1", "--role", "agent",
+        ],
+    );
+    let n_ctl = lines_with(&clog, &[&from, "not signed by the cluster CA"]).len();
+    let n_agent = lines_with(&alog, &["refused this host's certificate h1"]).len();
+    for f in ["key.pem", "cert.pem"] {
+        replace(
+            &dir.join(f),
+            &std::fs::read(other.join("h1").join(f)).unwrap(),
+        );
+    }
+    let mut agent = h1.spawn_agent(&[]).expect("spawn agent");
+    let line = await_lines(&clog, &[&from, "not signed by the cluster CA"], n_ctl);
+    assert!(line.contains("WARN"), "{line}");
+    let line = await_lines(&alog, &["refused this host's certificate h1"], n_agent);
+    assert!(line.contains("not signed by the cluster CA"), "{line}");
+    // Fixing the certificate while the agent retries: SIGHUP, and it joins.
+    let pki_s = pki.display().to_string();
+    weftctl_ok(
+        &lab,
+        &[
+            "certs", "issue", "--dir", &pki_s, "--name", "h1", "--role", "agent", "--force",
+        ],
+    );
+    sighup(h1);
+    await_lines(&alog, &["reloaded TLS from"], 0);
+    agent
+        .wait_ready(Duration::from_secs(30))
+        .expect("agent joins with its new certificate");
+    wait_connected(h1);
+    // Node name = certificate name is enforced by the controller
+    // (tests/tests/control_refusals.rs covers it).
+}
+
+#[test]
+fn non_root_weftctl_gets_a_clear_permission_error() {
+    let lab = Lab::new(LabOpts::hosts(1));
+    let h = lab.host(1);
+    let _agent = h.start_agent(&[]);
+    let sock = h.socket();
+    let meta = std::fs::metadata(&sock).expect("agent socket");
+    assert_eq!(meta.uid(), 0, "agent socket owner");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "agent socket mode"
+    );
+    // weftctl must be executable by nobody: copy it somewhere world-readable.
+    let dir = std::env::temp_dir().join(format!("weft-sec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("weftctl");
+    std::fs::copy(bin_path("weftctl"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = command_in(
+        &h.netns,
+        &bin,
+        SpawnOpts {
+            own_group: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    c.arg("--agent-socket").arg(&sock).arg("status");
+    // After command_in's setns: drop to nobody.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl");
+    let _ = std::fs::remove_dir_all(&dir);
+    let want = format!(
+        "weftctl: permission denied on {}: weftctl must run as root (the agent socket is 0600 root)",
+        sock.display()
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), want);
+    // As root it works.
+    h.weftctl_json(&["status"]);
+}
