@@ -201,9 +201,6 @@ impl Agent {
             })?;
         }
         let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
-        if loaded.node.is_none() {
-            refuse_lost_state(&host, &cfg).await?;
-        }
         // The interface holding the public IP carries the tunnel, so its
         // MTU is the one that counts.
         let holder = match plan.public_ip {
@@ -332,8 +329,10 @@ impl Agent {
         }
         let started = std::time::Instant::now();
         match ov.apply(vx, &d).await {
-            // Each change was logged above (log_change): this is a summary.
-            Ok(()) if !d.is_empty() => debug!(
+            // Each change was logged above (log_change), before it was
+            // made; this line says the batch is in the kernel, and how
+            // long it took (weft-bench converge times it).
+            Ok(()) if !d.is_empty() => info!(
                 "overlay programmed: {} peers, {} kernel changes in {:.1} ms ({d})",
                 plans.len(),
                 d.len(),
@@ -1351,8 +1350,11 @@ impl std::fmt::Display for Phases {
 
 /// A first start (no `node.json`) on a host whose kernel still holds
 /// namespaces' veths (`wv…`) means the state was lost or `--state-dir`
-/// points elsewhere: starting empty would delete every one of them.
-async fn refuse_lost_state(host: &Netlink, cfg: &Config) -> anyhow::Result<()> {
+/// points elsewhere: starting empty would delete every one of them. Checked
+/// before anything else (in cluster mode before the controller is asked
+/// for a subnet, so a refused start allocates nothing).
+pub async fn refuse_lost_state(cfg: &Config) -> anyhow::Result<()> {
+    let host = Netlink::connect().map_err(|e| anyhow::anyhow!("open netlink socket: {e}"))?;
     let veths: Vec<String> = host
         .links()
         .await?

@@ -16,7 +16,7 @@ use ipnetwork::Ipv4Network;
 use tracing::{debug, error, info, warn};
 use weft_common::api::ControllerLink;
 use weft_common::client::{ClientError, Session};
-use weft_common::cluster::HostRecord;
+use weft_common::cluster::{served_subnet_refusal, HostRecord};
 use weft_common::wire::{AgentMsg, ControllerMsg, PeerChange};
 use weft_common::MacAddr;
 
@@ -25,6 +25,17 @@ use crate::state::{save_peers, PeersState};
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A refusal repeated with the same reason is logged at error level at
+/// most this often; the repeats in between go to debug.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The last refusal logged at error level, and how many repeats of it were
+/// not.
+#[derive(Default)]
+struct Refusals {
+    last: Option<(String, tokio::time::Instant)>,
+    repeats: u32,
+}
 
 #[derive(Default)]
 struct LinkState {
@@ -48,6 +59,7 @@ pub struct Link {
     vtep_mac: MacAddr,
     state_dir: PathBuf,
     st: Mutex<LinkState>,
+    refusals: Mutex<Refusals>,
     stopping: std::sync::atomic::AtomicBool,
     /// The peer set after each applied message, for the data plane.
     peers_tx: tokio::sync::watch::Sender<PeerSet>,
@@ -103,6 +115,7 @@ impl Link {
             vtep_mac,
             state_dir,
             st: Mutex::new(st),
+            refusals: Default::default(),
             stopping: Default::default(),
         })
     }
@@ -145,7 +158,19 @@ impl Link {
                 }
                 Err(e) => {
                     match &e {
-                        ClientError::Refused(..) => error!("{e}"),
+                        ClientError::Refused(c, why) => self.note_refusal(
+                            why,
+                            format!(
+                                "controller {c} refused this host ({}; retrying every {MAX_BACKOFF:?} or so): {why}",
+                                match serving {
+                                    Some(s) => format!(
+                                        "changing nothing on it: it serves {s}, state in {}",
+                                        self.state_dir.display()
+                                    ),
+                                    None => "nothing changed".to_string(),
+                                },
+                            ),
+                        ),
                         ClientError::Connect(c, why)
                             if weft_common::tls::handshake_refused_by_peer(why) =>
                         {
@@ -182,16 +207,61 @@ impl Link {
         Err(errors)
     }
 
+    /// Logs a refusal at error level, unless the same one was logged less
+    /// than [`REFUSAL_LOG_EVERY`] ago (then at debug): an agent refused
+    /// for a reason only an operator can fix retries for as long as it
+    /// runs, and says so once a minute, not on every retry.
+    /// `reason` identifies the refusal (the same from every controller).
+    fn note_refusal(&self, reason: &str, line: String) {
+        let mut r = self.refusals.lock().expect("refusals");
+        let now = tokio::time::Instant::now();
+        if let Some((last, at)) = &r.last {
+            if last == reason && now.duration_since(*at) < REFUSAL_LOG_EVERY {
+                r.repeats += 1;
+                debug!("{line}");
+                return;
+            }
+        }
+        match std::mem::take(&mut r.repeats) {
+            0 => error!("{line}"),
+            n => error!("{line} ({n} more times since the last such line)"),
+        }
+        r.last = Some((reason.to_string(), now));
+    }
+
+    /// Whether a failed round had a controller refuse the subnet this host
+    /// serves (`want`): it refuses again until an operator acts, so the
+    /// retries go at the slowest pace. Other refusals (an etcd leader
+    /// change, …) may pass at once and are retried as usual.
+    fn subnet_refused(&self, errors: &[ClientError], want: Option<Ipv4Network>) -> bool {
+        let Some(w) = want else { return false };
+        let about = served_subnet_refusal(&self.node, w);
+        errors
+            .iter()
+            .any(|e| matches!(e, ClientError::Refused(_, why) if why.contains(&about)))
+    }
+
     /// Blocks until some controller assigns a subnet (first start of a host
     /// without saved state: there is nothing to serve before that).
     pub async fn until_assigned(&self, next: &mut usize, want: Option<Ipv4Network>) -> Session {
         let mut backoff = MIN_BACKOFF;
         loop {
             match self.connect_round(next, want).await {
-                Ok(s) => return s,
-                Err(_) => {
+                Ok(s) => {
+                    *self.refusals.lock().expect("refusals") = Refusals::default();
+                    return s;
+                }
+                Err(errors) => {
+                    let refused = self.subnet_refused(&errors, want);
+                    if refused {
+                        backoff = MAX_BACKOFF;
+                    }
                     let d = jitter(backoff);
-                    warn!("no controller assigned a subnet yet; retrying in {d:.1?}");
+                    if refused {
+                        debug!("no controller assigned a subnet; retrying in {d:.1?}");
+                    } else {
+                        warn!("no controller assigned a subnet yet; retrying in {d:.1?}");
+                    }
                     tokio::time::sleep(d).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -207,17 +277,23 @@ impl Link {
                 Some(s) => Ok(s),
                 None => self.connect_round(&mut next, Some(serving)).await,
             };
-            match session {
+            let refused = match session {
                 Ok(s) if s.subnet != serving => {
-                    error!(
-                        "controller {} assigned subnet {} but this host serves {}; not following it (run `weftctl host rm {}` and `weftctl subnet reserve {} --host {}` to give this host its subnet back)",
-                        s.controller, s.subnet, serving, self.node, serving, self.node
-                    );
+                    // A controller of this version refuses instead (nothing
+                    // allocated); an older one, or a hand-edited etcd, may
+                    // still assign another subnet.
+                    let (n, x, y) = (&self.node, s.subnet, serving);
+                    self.note_refusal(&format!("assigned {x}"), format!(
+                        "controller {} assigned subnet {x} but this host serves {y}; not following it (that would re-address its namespaces); keeping the data plane as it is and retrying every {MAX_BACKOFF:?} or so. To give this host {y} back: `weftctl host rm {n}` (frees {x}), free {y} if another host holds it (`weftctl subnet list`), then `weftctl subnet reserve {y} --host {n}`; or start this host afresh on a new subnet: delete its namespaces (`weftctl ns del NAME`), stop weft-agent, remove {} and start it again",
+                        s.controller,
+                        self.state_dir.display()
+                    ));
                     s.conn.close(0u32.into(), b"subnet mismatch");
-                    backoff = MAX_BACKOFF;
+                    true
                 }
                 Ok(s) => {
                     backoff = MIN_BACKOFF;
+                    *self.refusals.lock().expect("refusals") = Refusals::default();
                     let addr = s.controller.clone();
                     info!("connected to controller {addr}: subnet {}", s.subnet);
                     self.set_connected(true, &addr);
@@ -230,12 +306,19 @@ impl Link {
                     next = (next + 1) % self.controllers.len();
                     continue;
                 }
-                Err(_) => {}
+                Err(errors) => self.subnet_refused(&errors, Some(serving)),
+            };
+            if refused {
+                backoff = MAX_BACKOFF;
             }
             let d = jitter(backoff);
-            warn!(
-                "no controller reachable; keeping the data plane as it is and retrying in {d:.1?}"
-            );
+            if refused {
+                debug!("refused; retrying in {d:.1?}");
+            } else {
+                warn!(
+                    "no controller reachable; keeping the data plane as it is and retrying in {d:.1?}"
+                );
+            }
             tokio::time::sleep(d).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

@@ -67,15 +67,26 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    // SIGHUP (`systemctl reload`) never ends the agent: in cluster mode it
+    // reloads --tls-dir (tls_reload), standalone there is nothing to reload.
+    // tokio keeps a handler installed for the life of the process.
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let _one_agent = lock_netns()?;
     if let Some(addr) = cfg.metrics_listen {
         let l = weft_common::http::bind(addr).await?;
-        weft_common::http::spawn(l, metrics::endpoints());
+        weft_common::http::spawn(l, metrics::endpoints()).map_err(|e| {
+            anyhow::anyhow!("--metrics-listen {addr}: cannot start the listener: {e}")
+        })?;
     }
     let socket = cfg.socket_path();
     netns::warn_if_private_mounts(&cfg.netns_dir);
     let store = state::Store::open(&cfg.state_dir)?;
     let loaded = store.load()?;
+    if loaded.node.is_none() {
+        // Before any controller contact: a host whose state was lost must
+        // not register as a new host (and be allocated a subnet) first.
+        agent::refuse_lost_state(&cfg).await?;
+    }
     let saved_vtep = loaded.node.as_ref().and_then(|n| n.vtep_mac);
     let (plan, link) = match cfg.subnet {
         Some(subnet) => {
@@ -147,7 +158,15 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
                     (subnet, cluster, None)
                 }
                 None => {
-                    let want = loaded.node.as_ref().map(|n| n.subnet);
+                    // Saved state of another mode or name: its subnet is
+                    // asked for only when namespaces use it (the controller
+                    // then gives that one or none; without namespaces any
+                    // subnet will do).
+                    let want = loaded
+                        .node
+                        .as_ref()
+                        .filter(|_| !loaded.endpoints.is_empty())
+                        .map(|n| n.subnet);
                     info!("waiting for a controller to assign this host's subnet");
                     metrics::ready().stage("waiting for a controller to assign this host's subnet");
                     let s = link.until_assigned(&mut next, want).await;

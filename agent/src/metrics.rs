@@ -5,13 +5,13 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use weft_common::metrics::{register, timed};
 
 use crate::overlay::Mode;
 
@@ -51,94 +51,94 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let mut r = Registry::with_prefix("weft_agent");
-        let endpoints = Gauge::default();
-        r.register(
+        let endpoints = register(
+            &mut r,
             "endpoints",
             "Namespaces (endpoints) this agent serves",
-            endpoints.clone(),
+            Gauge::default(),
         );
-        let peers = Family::<Label, Gauge>::default();
-        r.register(
+        let peers = register(
+            &mut r,
             "peers",
             "Remote hosts programmed in the data plane, by mode (vxlan or direct)",
-            peers.clone(),
+            Family::<Label, Gauge>::default(),
         );
         for m in [Mode::Vxlan, Mode::Direct] {
             let _ = peers.get_or_create(&label("mode", m.as_str()));
         }
-        let reconcile_runs = Counter::default();
-        r.register(
+        let reconcile_runs = register(
+            &mut r,
             "reconcile_runs",
             "Reconciles of the kernel with the agent's state (at start, on kernel events, periodically)",
-            reconcile_runs.clone(),
+            Counter::default(),
         );
-        let reconcile_errors = Counter::default();
-        r.register(
+        let reconcile_errors = register(
+            &mut r,
             "reconcile_errors",
             "Reconciles that failed (retried later)",
-            reconcile_errors.clone(),
+            Counter::default(),
         );
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        r.register(
+        let reconcile_duration = register(
+            &mut r,
             "reconcile_duration_seconds",
             "How long one reconcile took",
-            reconcile_duration.clone(),
+            Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         );
-        let changes = Family::<Label, Counter>::default();
-        r.register(
+        let changes = register(
+            &mut r,
             "changes_applied",
             "Kernel changes applied, by kind: route, neigh, fdb (overlay entries), link (created, changed or deleted devices), address, nft (committed nftables transactions)",
-            changes.clone(),
+            Family::<Label, Counter>::default(),
         );
         for k in ["route", "neigh", "fdb", "link", "address", "nft"] {
             let _ = changes.get_or_create(&label("kind", k));
         }
-        let netlink_errors = Counter::default();
-        r.register(
+        let netlink_errors = register(
+            &mut r,
             "netlink_errors",
             "Netlink requests the kernel refused or that failed",
-            netlink_errors.clone(),
+            Counter::default(),
         );
-        let endpoint_ops = Family::<Labels2, Counter>::default();
-        r.register(
+        let endpoint_ops = register(
+            &mut r,
             "endpoint_operations",
             "ns add and ns del requests, by op (add, del) and result (ok, error)",
-            endpoint_ops.clone(),
+            Family::<Labels2, Counter>::default(),
         );
         for op in ["add", "del"] {
             for res in ["ok", "error"] {
                 let _ = endpoint_ops.get_or_create(&[("op", op), ("result", res)]);
             }
         }
-        let controller_connected = Gauge::default();
-        r.register(
+        let controller_connected = register(
+            &mut r,
             "controller_connected",
             "1 while a session with a controller is up, else 0",
-            controller_connected.clone(),
+            Gauge::default(),
         );
-        let controller_info = Family::<Label, Gauge>::default();
-        r.register(
+        let controller_info = register(
+            &mut r,
             "controller",
             "1 for the controller the agent is connected to or trying (label address)",
-            controller_info.clone(),
+            Family::<Label, Gauge>::default(),
         );
-        let revision = Gauge::default();
-        r.register(
+        let revision = register(
+            &mut r,
             "peer_revision",
             "etcd revision of the last peer snapshot or delta applied",
-            revision.clone(),
+            Gauge::default(),
         );
-        let snapshots = Counter::default();
-        r.register(
+        let snapshots = register(
+            &mut r,
             "peer_snapshots",
             "Peer snapshots received from controllers",
-            snapshots.clone(),
+            Counter::default(),
         );
-        let deltas = Counter::default();
-        r.register(
+        let deltas = register(
+            &mut r,
             "peer_deltas",
             "Peer deltas received from controllers",
-            deltas.clone(),
+            Counter::default(),
         );
         Metrics {
             endpoints,
@@ -213,15 +213,9 @@ pub fn endpoint_op<T, E>(op: &'static str, r: Result<T, E>) -> Result<T, E> {
 
 /// Runs one reconcile, counting it and timing it.
 pub async fn reconcile<T, E>(f: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-    let started = Instant::now();
-    let r = f.await;
     let m = get();
+    let r = timed(&m.reconcile_duration, &m.reconcile_errors, f).await;
     m.reconcile_runs.inc();
-    m.reconcile_duration
-        .observe(started.elapsed().as_secs_f64());
-    if r.is_err() {
-        m.reconcile_errors.inc();
-    }
     r
 }
 
@@ -330,6 +324,7 @@ impl Ready {
 /// What `--metrics-listen` serves.
 pub fn endpoints() -> weft_common::http::Endpoints {
     weft_common::http::Endpoints {
+        heartbeat: Default::default(),
         registry: get().registry(),
         ready: weft_common::http::ready_fn(|| ready().check()),
     }

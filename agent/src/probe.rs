@@ -26,16 +26,26 @@ pub type Rtt = Option<Duration>;
 
 /// Sends one echo request to each of `targets` and waits up to `timeout`
 /// for the replies. The result is in the order of `targets`. Fails only if
-/// the socket cannot be opened (e.g. without CAP_NET_RAW); a failed send
-/// counts as no reply.
+/// the socket cannot be opened or read (e.g. without CAP_NET_RAW); a target
+/// whose request cannot be sent before the timeout counts as no reply.
+///
+/// With thousands of peers the requests outrun the socket's buffers: a
+/// send that would block waits for room, and replies are read between
+/// sends, so that neither a full send buffer nor a full receive buffer
+/// turns a reachable peer into an unreachable one.
 pub fn probe(targets: &[Ipv4Addr], timeout: Duration) -> io::Result<Vec<Rtt>> {
-    let mut out: Vec<Rtt> = vec![None; targets.len()];
+    let mut run = Run {
+        targets,
+        id: rand::random(),
+        sent: vec![None; targets.len()],
+        out: vec![None; targets.len()],
+        waiting: 0,
+    };
     if targets.is_empty() {
-        return Ok(out);
+        return Ok(run.out);
     }
     let sock = open()?;
-    let id: u16 = rand::random();
-    let mut sent: Vec<Option<Instant>> = vec![None; targets.len()];
+    let deadline = Instant::now() + timeout;
     for (i, ip) in targets.iter().enumerate() {
         // Sequence numbers are 16 bits: beyond that many peers, the rest
         // is reported unreachable rather than mismatched.
@@ -43,47 +53,92 @@ pub fn probe(targets: &[Ipv4Addr], timeout: Duration) -> io::Result<Vec<Rtt>> {
         if ip.is_unspecified() {
             continue; // no address to probe (would reach this host itself)
         }
-        let pkt = echo_request(id, seq, PAYLOAD);
-        if send_to(&sock, &pkt, *ip).is_ok() {
-            sent[i] = Some(Instant::now());
+        let pkt = echo_request(run.id, seq, PAYLOAD);
+        loop {
+            match send_to(&sock, &pkt, *ip) {
+                Ok(()) => {
+                    run.sent[i] = Some(Instant::now());
+                    run.waiting += 1;
+                    break;
+                }
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS))
+                        && Instant::now() < deadline =>
+                {
+                    run.drain(&sock, None)?;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(_) => break,
+            }
+        }
+        if i % 64 == 63 {
+            run.drain(&sock, None)?;
         }
     }
-    let deadline = Instant::now() + timeout;
-    let mut waiting = sent.iter().filter(|s| s.is_some()).count();
-    let mut buf = [0u8; 1500];
-    while waiting > 0 {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
+    run.drain(&sock, Some(deadline))?;
+    Ok(run.out)
+}
+
+/// One probe run's bookkeeping.
+struct Run<'a> {
+    targets: &'a [Ipv4Addr],
+    id: u16,
+    sent: Vec<Option<Instant>>,
+    out: Vec<Rtt>,
+    /// Requests sent and not answered yet.
+    waiting: usize,
+}
+
+impl Run<'_> {
+    /// Reads replies: without `until`, those already there; with it, until
+    /// every request is answered or the time is up.
+    fn drain(&mut self, sock: &OwnedFd, until: Option<Instant>) -> io::Result<()> {
+        let mut buf = [0u8; 1500];
+        while self.waiting > 0 {
+            let flags = match until {
+                None => libc::MSG_DONTWAIT,
+                Some(t) => {
+                    let now = Instant::now();
+                    if now >= t {
+                        break;
+                    }
+                    set_recv_timeout(sock, t - now)?;
+                    0
+                }
+            };
+            let (n, from) = match recv_from(sock, &mut buf, flags) {
+                Ok(r) => r,
+                Err(e) if until.is_none() && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            self.record(&buf[..n], from);
         }
-        set_recv_timeout(&sock, deadline - now)?;
-        let (n, from) = match recv_from(&sock, &mut buf) {
-            Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
-        };
-        let Some((rid, seq)) = parse_echo_reply(&buf[..n]) else {
-            continue;
+        Ok(())
+    }
+
+    fn record(&mut self, pkt: &[u8], from: Ipv4Addr) {
+        let Some((rid, seq)) = parse_echo_reply(pkt) else {
+            return;
         };
         let i = seq as usize;
-        if rid != id || i >= targets.len() || targets[i] != from || out[i].is_some() {
-            continue;
+        if rid != self.id || i >= self.targets.len() || self.targets[i] != from {
+            return;
         }
-        if let Some(t) = sent[i] {
-            out[i] = Some(t.elapsed());
-            waiting -= 1;
+        if let (Some(t), None) = (self.sent[i], self.out[i]) {
+            self.out[i] = Some(t.elapsed());
+            self.waiting -= 1;
         }
     }
-    Ok(out)
 }
 
 fn open() -> io::Result<OwnedFd> {
@@ -115,6 +170,21 @@ fn open() -> io::Result<OwnedFd> {
             1, // ICMP_FILTER
             &filter as *const u32 as *const libc::c_void,
             size_of::<u32>() as libc::socklen_t,
+        );
+    }
+    // Room for the replies of a few thousand peers arriving together (a
+    // reply costs about a kilobyte of buffer). FORCE works for root beyond
+    // net.core.rmem_max; failing that the default buffer stays, and the
+    // sender reads replies between sends anyway.
+    let rcvbuf: libc::c_int = 4 << 20;
+    // SAFETY: the option value is a c_int of the given size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &rcvbuf as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
     Ok(sock)
@@ -171,7 +241,7 @@ fn send_to(sock: &OwnedFd, pkt: &[u8], ip: Ipv4Addr) -> io::Result<()> {
     Ok(())
 }
 
-fn recv_from(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Ipv4Addr)> {
+fn recv_from(sock: &OwnedFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<(usize, Ipv4Addr)> {
     // SAFETY: zeroed sockaddr_in is valid; buf and sa are valid for writes
     // of the given lengths.
     let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -181,7 +251,7 @@ fn recv_from(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Ipv4Addr)> {
             sock.as_raw_fd(),
             buf.as_mut_ptr() as *mut libc::c_void,
             buf.len(),
-            0,
+            flags,
             &mut sa as *mut libc::sockaddr_in as *mut libc::sockaddr,
             &mut len,
         )
@@ -274,6 +344,34 @@ mod tests {
             Ok(r) => {
                 assert_eq!(r.len(), 2);
                 assert!(r[0].is_some() && r[1].is_some(), "{r:?}");
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI runs as root: the raw socket must open ({e})"
+                );
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Thousands of peers at once: none is lost to a full send or receive
+    /// buffer (every 127.x address answers on loopback).
+    #[test]
+    fn thousands_of_targets_all_answer() {
+        let t: Vec<Ipv4Addr> = (0..4000u32)
+            .map(|i| Ipv4Addr::new(127, 1 + (i / 250) as u8, 0, 1 + (i % 250) as u8))
+            .collect();
+        match probe(&t, Duration::from_secs(3)) {
+            Ok(r) => {
+                let lost: Vec<_> = t.iter().zip(&r).filter(|(_, r)| r.is_none()).collect();
+                assert!(
+                    lost.is_empty(),
+                    "{} of {} unanswered, e.g. {:?}",
+                    lost.len(),
+                    t.len(),
+                    &lost[..lost.len().min(3)]
+                );
             }
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 assert!(

@@ -1,15 +1,18 @@
 //! The daemons' small HTTP listener (`--metrics-listen ADDR`):
 //!
 //! - `GET /metrics`: every metric of a [`Registry`] in the OpenMetrics text format;
-//! - `GET /healthz`: `200 ok` while the process's runtime answers;
+//! - `GET /healthz`: `200 ok` while the daemon's runtime makes progress (a
+//!   task on it ticks every [`TICK`]; no tick for [`STALL_LIMIT`] is `503`);
 //! - `GET /readyz`: `200 ready`, or `503` with one line saying what is not ready;
 //! - any other path `404`, any other method `405`.
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections at once (more wait in
 //! the listen backlog), [`HEADER_TIMEOUT`] to send a request's headers,
 //! one request per connection, [`CONNECTION_LIMIT`] for the whole exchange,
-//! and the readiness check is cut off after [`READY_TIMEOUT`]. Every
-//! connection is its own task, so nothing here waits on the daemon's locks.
+//! and the readiness check is cut off after [`READY_TIMEOUT`]. The listener
+//! runs on a thread and runtime of its own: a daemon whose cores are busy
+//! (a registration storm) still answers at once, and nothing here waits on
+//! the daemon's locks.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -36,6 +39,11 @@ pub const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 /// The longest `/readyz` waits for the readiness check.
 pub const READY_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How often the daemon's runtime proves it is alive.
+pub const TICK: Duration = Duration::from_millis(250);
+/// No tick for this long and `/healthz` says the daemon is stalled.
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
+
 /// The content type of `/metrics`.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -50,6 +58,46 @@ pub type ReadyCheck = Arc<dyn Fn() -> ReadyFuture + Send + Sync>;
 pub struct Endpoints {
     pub registry: Arc<Registry>,
     pub ready: ReadyCheck,
+    /// Set by [`spawn`]: the daemon runtime's last sign of life.
+    pub heartbeat: Heartbeat,
+}
+
+/// The last time a task on the daemon's runtime ran. The default never
+/// ticks and never counts as stalled (for tests of the routing).
+#[derive(Clone, Default)]
+pub struct Heartbeat(Option<Arc<(std::time::Instant, std::sync::atomic::AtomicU64)>>);
+
+impl Heartbeat {
+    /// Starts ticking on the current runtime.
+    fn start() -> Heartbeat {
+        let beat = Arc::new((
+            std::time::Instant::now(),
+            std::sync::atomic::AtomicU64::new(0),
+        ));
+        let b = beat.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let ms = b.0.elapsed().as_millis() as u64;
+                b.1.store(ms, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        Heartbeat(Some(beat))
+    }
+
+    /// How long since the last tick, when that is over [`STALL_LIMIT`].
+    fn stalled(&self) -> Option<Duration> {
+        self.stalled_at(std::time::Instant::now())
+    }
+
+    fn stalled_at(&self, now: std::time::Instant) -> Option<Duration> {
+        let b = self.0.as_ref()?;
+        let last = Duration::from_millis(b.1.load(std::sync::atomic::Ordering::Relaxed));
+        let since = now.saturating_duration_since(b.0).saturating_sub(last);
+        (since > STALL_LIMIT).then_some(since)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +126,35 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
         .map_err(|source| HttpError::Bind { addr, source })
 }
 
-/// Serves `listener` until the process ends (a task of its own).
-pub fn spawn(listener: TcpListener, endpoints: Endpoints) -> tokio::task::JoinHandle<()> {
+/// Serves `listener` until the process ends, on a thread with a runtime of
+/// its own; the heartbeat ticks on the caller's runtime (call from inside it).
+pub fn spawn(listener: TcpListener, mut endpoints: Endpoints) -> std::io::Result<()> {
     if let Ok(a) = listener.local_addr() {
         info!("metrics and health checks on http://{a}/metrics, /healthz, /readyz");
     }
-    tokio::spawn(serve(listener, endpoints))
+    endpoints.heartbeat = Heartbeat::start();
+    let listener = listener.into_std()?;
+    std::thread::Builder::new()
+        .name("weft-http".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!("metrics listener: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, endpoints).await,
+                    Err(e) => warn!("metrics listener: {e}"),
+                }
+            });
+        })?;
+    Ok(())
 }
 
 async fn serve(listener: TcpListener, endpoints: Endpoints) {
@@ -176,7 +247,17 @@ pub async fn respond(
                 ),
             }
         }
-        "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
+        "/healthz" => match ep.heartbeat.stalled() {
+            None => (StatusCode::OK, TEXT, "ok\n".into()),
+            Some(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!(
+                    "stalled: the daemon's runtime has not run for {:.1} s\n",
+                    d.as_secs_f64()
+                ),
+            ),
+        },
         _ => match tokio::time::timeout(READY_TIMEOUT, (ep.ready)()).await {
             Ok(Ok(())) => (StatusCode::OK, TEXT, "ready\n".into()),
             Ok(Err(why)) => (
@@ -218,6 +299,7 @@ mod tests {
         c.inc_by(3);
         reg.register("weft_test_things", "Things counted", c);
         Endpoints {
+            heartbeat: Heartbeat::default(),
             registry: Arc::new(reg),
             ready: ready_fn(move || {
                 if ready.load(Ordering::SeqCst) {
@@ -252,8 +334,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_runtime_fails_the_health_check() {
+        let beat = Heartbeat::start();
+        tokio::time::sleep(TICK * 2).await;
+        let now = std::time::Instant::now();
+        assert_eq!(beat.stalled_at(now), None, "ticking");
+        let later = beat.stalled_at(now + STALL_LIMIT * 2).expect("stalled");
+        assert!(later > STALL_LIMIT, "{later:?}");
+        let ep = Endpoints {
+            heartbeat: beat,
+            ..endpoints(Arc::new(AtomicBool::new(true)))
+        };
+        let (s, _, b) = respond(&Method::GET, "/healthz", &ep).await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "ok\n"));
+        // What a stalled daemon answers.
+        let stalled = Heartbeat(Some(Arc::new((now, std::sync::atomic::AtomicU64::new(0)))));
+        assert!(stalled.stalled_at(now + STALL_LIMIT * 3).is_some());
+    }
+
+    #[tokio::test]
     async fn slow_readiness_is_cut_off() {
         let ep = Endpoints {
+            heartbeat: Heartbeat::default(),
             registry: Arc::new(Registry::default()),
             ready: Arc::new(|| {
                 Box::pin(async {
@@ -289,7 +391,7 @@ mod tests {
         let taken = rt.block_on(bind(addr)).unwrap_err().to_string();
         assert!(taken.contains(&addr.to_string()), "{taken}");
         rt.block_on(async {
-            spawn(listener, endpoints(Arc::new(AtomicBool::new(true))));
+            spawn(listener, endpoints(Arc::new(AtomicBool::new(true)))).unwrap();
         });
         let get = |req: &str| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();

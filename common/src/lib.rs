@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod http;
 pub mod logging;
 pub mod mac;
+pub mod metrics;
 pub mod name;
 pub mod publish;
 pub mod tls;

@@ -174,6 +174,12 @@ impl EtcdFlags {
                 if p.is_empty() {
                     return Err(format!("--etcd-password-file {} is empty", f.display()));
                 }
+                if p.contains('\n') {
+                    return Err(format!(
+                        "--etcd-password-file {}: more than one line (the password is the file's one line)",
+                        f.display()
+                    ));
+                }
                 Some(p)
             }
             None => password_env.filter(|p| !p.is_empty()),
@@ -385,6 +391,12 @@ mod tests {
             .resolve(&["http://127.0.0.1:2379".into()], None)
             .unwrap_err();
         assert!(e.ends_with("is empty"), "{e}");
+        std::fs::write(&p, "s3cret\nextra\n").unwrap();
+        let e = f
+            .resolve(&["http://127.0.0.1:2379".into()], None)
+            .unwrap_err();
+        assert!(e.contains("more than one line"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

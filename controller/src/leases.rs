@@ -117,7 +117,14 @@ impl Leases {
             let ids: Vec<i64> = self.held.lock().expect("leases").keys().copied().collect();
             let me = &self;
             let failed = stream::iter(ids)
-                .map(|id| async move { me.refresh(id).await.err() })
+                // A keep-alive stream has no request timeout of its own:
+                // one that hangs must not stall the whole round.
+                .map(|id| async move {
+                    match tokio::time::timeout(me.interval, me.refresh(id)).await {
+                        Ok(r) => r.err().map(|e| e.to_string()),
+                        Err(_) => Some(format!("no answer within {:?}", me.interval)),
+                    }
+                })
                 .buffer_unordered(CONCURRENCY)
                 .filter_map(|e| async move { e })
                 .collect::<Vec<_>>()

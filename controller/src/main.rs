@@ -107,6 +107,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // SIGHUP reloads the TLS files once the endpoint is up; before that it
+    // must not end the process (tokio's handler stays for the process).
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let metrics_listen = match &args.metrics_listen {
         Some(m) => Some(weft_common::http::parse_listen(m)?),
         None => None,
@@ -143,6 +146,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "metrics_listen": metrics_listen.map(|a| a.to_string()),
                 "etcd_tls": etcd_access.tls(),
                 "etcd_user": etcd_access.user(),
+                "etcd_ca": args.etcd.etcd_ca,
+                "etcd_cert": args.etcd.etcd_cert,
+                "etcd_key": args.etcd.etcd_key,
+                "etcd_password_file": args.etcd.etcd_password_file,
                 "log_format": args.log_format,
             })
         );
@@ -151,7 +158,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Health checks answer from the start (not ready until etcd is).
     if let Some(addr) = metrics_listen {
         let l = weft_common::http::bind(addr).await?;
-        weft_common::http::spawn(l, weft_controller::metrics::endpoints());
+        weft_common::http::spawn(l, weft_controller::metrics::endpoints()).map_err(|e| {
+            anyhow::anyhow!("--metrics-listen {addr}: cannot start the listener: {e}")
+        })?;
     }
     // One socket takes every agent's packets: while a fleet registers
     // at once, bursts of handshakes and acknowledgements outran a 4 MiB

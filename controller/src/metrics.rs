@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+pub use weft_common::metrics::GaugeGuard;
+use weft_common::metrics::{register, timed};
 
 use crate::store::{Store, StoreError};
 
@@ -50,86 +52,86 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let mut r = Registry::with_prefix("weft_controller");
-        let connected_agents = Gauge::default();
-        r.register(
+        let connected_agents = register(
+            &mut r,
             "connected_agents",
             "Agents with a registered session on this controller",
-            connected_agents.clone(),
+            Gauge::default(),
         );
-        let registrations = Family::<Label, Counter>::default();
-        r.register(
+        let registrations = register(
+            &mut r,
             "registrations",
             "Registrations by result: ok, refused (bad name, certificate mismatch, cluster not initialised, no free subnet) or error (etcd failed)",
-            registrations.clone(),
+            Family::<Label, Counter>::default(),
         );
         for res in ["ok", "refused", "error"] {
             let _ = registrations.get_or_create(&[("result", res)]);
         }
-        let allocations = Counter::default();
-        r.register(
+        let allocations = register(
+            &mut r,
             "allocations",
             "New subnets handed out by this controller",
-            allocations.clone(),
+            Counter::default(),
         );
-        let lease_expiries = Counter::default();
-        r.register(
+        let lease_expiries = register(
+            &mut r,
             "lease_expiries",
             "Host leases found gone while a session held them (expired, or revoked by weftctl host rm)",
-            lease_expiries.clone(),
+            Counter::default(),
         );
-        let etcd_latency = Family::<Label, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
-        );
-        r.register(
+        let etcd_latency = register(
+            &mut r,
             "etcd_request_duration_seconds",
             "etcd request latency by op (get, txn, lease_grant, lease_revoke, lease_keep_alive)",
-            etcd_latency.clone(),
+            Family::<Label, Histogram>::new_with_constructor(
+                (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
+            ),
         );
-        let etcd_errors = Family::<Label, Counter>::default();
-        r.register(
+        let etcd_errors = register(
+            &mut r,
             "etcd_errors",
             "Failed etcd requests by op",
-            etcd_errors.clone(),
+            Family::<Label, Counter>::default(),
         );
         for op in ETCD_OPS {
             let _ = etcd_latency.get_or_create(&[("op", op)]);
             let _ = etcd_errors.get_or_create(&[("op", op)]);
         }
-        let fanout_queue = Gauge::default();
-        r.register(
+        let fanout_queue = register(
+            &mut r,
             "fanout_queue_depth",
             "Deltas buffered for the slowest session (fan-out backlog; a session more than 4096 behind is resynced with a snapshot)",
-            fanout_queue.clone(),
+            Gauge::default(),
         );
-        let deltas = Counter::default();
-        r.register(
+        let deltas = register(
+            &mut r,
             "deltas_sent",
             "Delta frames written to agent sessions",
-            deltas.clone(),
+            Counter::default(),
         );
-        let delta_frames = Counter::default();
-        r.register(
+        let delta_frames = register(
+            &mut r,
             "deltas_broadcast",
             "Delta frames produced by the host watch (each goes to every session)",
-            delta_frames.clone(),
+            Counter::default(),
         );
-        let snapshots = Counter::default();
-        r.register(
+        let snapshots = register(
+            &mut r,
             "snapshots_sent",
             "Peer snapshots written to agent sessions (first ones and resyncs)",
-            snapshots.clone(),
+            Counter::default(),
         );
-        let snapshot_waiters = Gauge::default();
-        r.register(
+        let snapshot_waiters = register(
+            &mut r,
             "snapshot_waiters",
             "Sessions waiting for their turn to receive a snapshot",
-            snapshot_waiters.clone(),
+            Gauge::default(),
         );
-        let pending = Gauge::default();
-        r.register(
+        let pending = register(
+            &mut r,
             "pending_connections",
             "Connections between their first packet and their assignment",
-            pending.clone(),
+            Gauge::default(),
         );
         Metrics {
             connected_agents,
@@ -155,16 +157,11 @@ impl Metrics {
 
 /// Times one etcd request and counts its failure.
 pub async fn etcd<T, E>(op: &'static str, f: impl Future<Output = Result<T, E>>) -> Result<T, E> {
-    let started = Instant::now();
-    let r = f.await;
     let m = get();
-    m.etcd_latency
-        .get_or_create(&[("op", op)])
-        .observe(started.elapsed().as_secs_f64());
-    if r.is_err() {
-        m.etcd_errors.get_or_create(&[("op", op)]).inc();
-    }
-    r
+    // Handles, not the families' guards: nothing is locked across the await.
+    let latency = m.etcd_latency.get_or_create(&[("op", op)]).clone();
+    let errors = m.etcd_errors.get_or_create(&[("op", op)]).clone();
+    timed(&latency, &errors, f).await
 }
 
 /// Counts a registration's outcome.
@@ -190,22 +187,6 @@ pub fn registration_refused() {
         .registrations
         .get_or_create(&[("result", "refused")])
         .inc();
-}
-
-/// Adds `by` to a gauge until dropped.
-pub struct GaugeGuard(&'static Gauge);
-
-impl GaugeGuard {
-    pub fn new(g: &'static Gauge) -> GaugeGuard {
-        g.inc();
-        GaugeGuard(g)
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// One connected agent until dropped.
@@ -306,6 +287,7 @@ impl Ready {
 /// What `--metrics-listen` serves.
 pub fn endpoints() -> weft_common::http::Endpoints {
     weft_common::http::Endpoints {
+        heartbeat: Default::default(),
         registry: get().registry(),
         ready: Arc::new(|| {
             let r = ready().clone();

@@ -122,8 +122,11 @@ impl Presence {
             tokio::select! {
                 _ = self.dirty.notified() => tokio::time::sleep(BATCH_WINDOW).await,
                 _ = tick.tick() => {
-                    if let Err(e) = self.keep_alive().await {
-                        debug!("presence lease keep-alive: {e}");
+                    // A keep-alive stream has no request timeout of its own.
+                    match tokio::time::timeout(keepalive, self.keep_alive()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!("presence lease keep-alive: {e}"),
+                        Err(_) => debug!("presence lease keep-alive: no answer within {keepalive:?}"),
                     }
                 }
             }

@@ -23,7 +23,9 @@ use etcd_client::{
 };
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info};
-use weft_common::cluster::{parse_subnet_key, subnet_key, HostRecord, NetworkConfig, SubnetRecord};
+use weft_common::cluster::{
+    parse_subnet_key, served_subnet_refusal, subnet_key, HostRecord, NetworkConfig, SubnetRecord,
+};
 use weft_common::{validate_name, MacAddr};
 
 pub const DEFAULT_PREFIX: &str = "/weft";
@@ -314,11 +316,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Gives `reg.node` its subnet: the one its host record holds, else the
-    /// one reserved for it, else the one it asks for if free, else a free
-    /// one at random. Allocation is one transaction that creates the subnet
-    /// key only if it does not exist, so two controllers can never hand one
-    /// subnet to two hosts; a lost race is retried with a fresh view.
+    /// Gives `reg.node` its subnet: the one its host record holds, else (see
+    /// [`choose`]) the one it serves (`want`) if free or reserved for it,
+    /// else for a new host the one reserved for it or a free one at random.
+    /// A host that serves a subnet is never given another one: when that
+    /// subnet is held by or reserved for another host, is not a host subnet
+    /// of the cluster, or differs from its record or its reservation, the
+    /// registration is refused and nothing is written. Allocation is one
+    /// transaction that creates the subnet key only if it does not exist,
+    /// so two controllers can never hand one subnet to two hosts; a lost
+    /// race is retried with a fresh view.
     pub async fn register(&self, reg: &Registration, ttl: i64) -> Result<Registered> {
         validate_name(&reg.node).map_err(|e| StoreError::Refused(e.to_string()))?;
         let cfg = self.require_config().await?;
@@ -332,12 +339,24 @@ impl Store {
                 let existing = self.get_one(&host_key).await?;
                 if let Some(kv) = existing {
                     let old: HostRecord = parse(&kv)?;
+                    if let Some(w) = reg.want.filter(|w| *w != old.subnet) {
+                        return Err(StoreError::Refused(format!(
+                            "{}, but its host record holds {s} (another agent registered as {n}, or this host's state was replaced): nothing changed. To give {w} back to {n}: `weftctl host rm {n}` if no agent uses {s} any more; or {}",
+                            served_subnet_refusal(&reg.node, w),
+                            afresh(&reg.node),
+                            n = reg.node,
+                            s = old.subnet,
+                        )));
+                    }
                     if let Some(r) = self.renew(reg, &cfg, &kv, old, ttl).await? {
                         return Ok(r);
                     }
                     continue;
                 }
                 let subnets = self.fresh_subnets().await?;
+                // Decided before anything is written: a refusal leaves etcd
+                // as it was (no lease, no key).
+                let choice = choose(&cfg, &reg.node, reg.want, &subnets, |(r, _)| r)?;
                 let lease = match spare_lease {
                     Some(l) => l,
                     None => {
@@ -346,53 +365,40 @@ impl Store {
                         l
                     }
                 };
-                let pinned = subnets.iter().find(|(net, (rec, _))| {
-                    rec.reserved && rec.host.as_deref() == Some(reg.node.as_str()) && cfg.is_host_subnet(**net)
-                });
-                let record = |subnet| HostRecord {
+                let rec = HostRecord {
                     name: reg.node.clone(),
                     public_ip: reg.public_ip,
                     vtep_mac: reg.vtep_mac,
-                    subnet,
+                    subnet: choice.subnet(),
                     last_seen: now(),
                 };
-                let put_host = |rec: &HostRecord| {
-                    TxnOp::put(host_key.as_str(), json(rec), Some(PutOptions::new().with_lease(lease)))
-                };
-                let txn = if let Some((net, (_, kv))) = pinned {
-                    let rec = record(*net);
-                    let t = Txn::new()
-                        .when([
-                            Compare::version(host_key.as_str(), CompareOp::Equal, 0),
-                            Compare::mod_revision(kv.key(), CompareOp::Equal, kv.mod_revision()),
-                        ])
-                        .and_then([put_host(&rec)]);
-                    (t, rec)
-                } else {
-                    let used: HashSet<Ipv4Network> = subnets.keys().copied().collect();
-                    let net = pick_free(&cfg, &used, reg.want).ok_or(StoreError::Exhausted {
-                        cidr: cfg.cidr,
-                        len: cfg.subnet_len,
-                        count: cfg.subnet_count(),
-                    })?;
-                    let rec = record(net);
-                    let skey = self.subnet_key(net);
+                let put_host = TxnOp::put(host_key.as_str(), json(&rec), Some(PutOptions::new().with_lease(lease)));
+                let skey = self.subnet_key(rec.subnet);
+                let put_subnet = || {
                     let srec = SubnetRecord {
                         host: Some(reg.node.clone()),
                         reserved: false,
                     };
-                    let t = Txn::new()
-                        .when([
-                            Compare::version(host_key.as_str(), CompareOp::Equal, 0),
-                            Compare::version(skey.as_str(), CompareOp::Equal, 0),
-                        ])
-                        .and_then([
-                            TxnOp::put(skey.as_str(), json(&srec), Some(PutOptions::new().with_lease(lease))),
-                            put_host(&rec),
-                        ]);
-                    (t, rec)
+                    TxnOp::put(skey.as_str(), json(&srec), Some(PutOptions::new().with_lease(lease)))
                 };
-                let (txn, rec) = txn;
+                let unchanged = |net: &Ipv4Network| {
+                    let (_, kv) = &subnets[net];
+                    Compare::mod_revision(kv.key(), CompareOp::Equal, kv.mod_revision())
+                };
+                let no_record = Compare::version(host_key.as_str(), CompareOp::Equal, 0);
+                let txn = match choice {
+                    // The reservation stays as it is (leaseless).
+                    Choice::Pinned(net) => Txn::new().when([no_record, unchanged(&net)]).and_then([put_host]),
+                    // A key naming this host without a record: it gets the
+                    // record's lease again.
+                    Choice::Reclaim(net) => Txn::new()
+                        .when([no_record, unchanged(&net)])
+                        .and_then([put_subnet(), put_host]),
+                    // Created only if nobody else created it meanwhile.
+                    Choice::Free(_) => Txn::new()
+                        .when([no_record, Compare::version(skey.as_str(), CompareOp::Equal, 0)])
+                        .and_then([put_subnet(), put_host]),
+                };
                 if crate::metrics::etcd("txn", self.client().txn(txn)).await?.succeeded() {
                     spare_lease = None;
                     info!(node = %reg.node, subnet = %rec.subnet, public_ip = %rec.public_ip, "allocated subnet {} to host {}", rec.subnet, reg.node);
@@ -630,18 +636,113 @@ fn check_subnet(cfg: &NetworkConfig, net: Ipv4Network) -> Result<()> {
     Ok(())
 }
 
-/// The wanted subnet if it is valid and free, else a free one starting at a
-/// random place (so concurrent allocators rarely collide).
-pub fn pick_free(
-    cfg: &NetworkConfig,
-    used: &HashSet<Ipv4Network>,
-    want: Option<Ipv4Network>,
-) -> Option<Ipv4Network> {
-    if let Some(w) = want {
-        if cfg.is_host_subnet(w) && !used.contains(&w) {
-            return Some(w);
+/// Where a registration without a host record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// A subnet reserved for this host (the reservation stays, leaseless).
+    Pinned(Ipv4Network),
+    /// A subnet whose key names this host though it has no record (a
+    /// hand-edited or half-restored etcd): taken over as it is.
+    Reclaim(Ipv4Network),
+    /// A free subnet: its key is created.
+    Free(Ipv4Network),
+}
+
+impl Choice {
+    pub fn subnet(self) -> Ipv4Network {
+        match self {
+            Choice::Pinned(n) | Choice::Reclaim(n) | Choice::Free(n) => n,
         }
     }
+}
+
+/// The other remedy of every refusal: the host gives up its subnet.
+fn afresh(node: &str) -> String {
+    format!("start {node} afresh on a new subnet: delete its namespaces (`weftctl ns del NAME` on {node}), stop its agent, remove its state directory and start the agent again")
+}
+
+/// Decides the subnet of `node`, which has no host record, from every
+/// subnet key (`rec` gives a key's record). `want` is the subnet the host
+/// already serves: it keeps that one or nothing. Refused (nothing to
+/// write) when `want` is not a host subnet of the cluster, is held by or
+/// reserved for another host (or for none), or another subnet is reserved
+/// for this host. Without `want`: the subnet reserved for it, else a free
+/// one.
+pub fn choose<V>(
+    cfg: &NetworkConfig,
+    node: &str,
+    want: Option<Ipv4Network>,
+    subnets: &BTreeMap<Ipv4Network, V>,
+    rec: impl Fn(&V) -> &SubnetRecord,
+) -> Result<Choice> {
+    let mine = |r: &SubnetRecord| r.host.as_deref() == Some(node);
+    let pinned = subnets
+        .iter()
+        .find(|(net, v)| rec(v).reserved && mine(rec(v)) && cfg.is_host_subnet(**net))
+        .map(|(net, _)| *net);
+    let Some(want) = want else {
+        if let Some(net) = pinned {
+            return Ok(Choice::Pinned(net));
+        }
+        let used: HashSet<Ipv4Network> = subnets.keys().copied().collect();
+        return pick_free(cfg, &used)
+            .map(Choice::Free)
+            .ok_or(StoreError::Exhausted {
+                cidr: cfg.cidr,
+                len: cfg.subnet_len,
+                count: cfg.subnet_count(),
+            });
+    };
+    // What happened, then how to give the host its subnet back (if it can
+    // be), then the other way out.
+    let refuse = |why: String, back: Option<String>| {
+        let back = back.map_or_else(
+            || " To go on:".to_string(),
+            |b| format!(" To give {want} back to {node}: {b}; or"),
+        );
+        Err(StoreError::Refused(format!(
+            "{}, {why}: nothing allocated.{back} {}",
+            served_subnet_refusal(node, want),
+            afresh(node)
+        )))
+    };
+    if !cfg.is_host_subnet(want) {
+        return refuse(
+            format!(
+                "which is not a /{} subnet of the cluster cidr {}",
+                cfg.subnet_len, cfg.cidr
+            ),
+            None,
+        );
+    }
+    match subnets.get(&want).map(&rec) {
+        Some(r) if mine(r) && r.reserved => Ok(Choice::Pinned(want)),
+        Some(r) if mine(r) => Ok(Choice::Reclaim(want)),
+        Some(SubnetRecord { reserved: false, host: Some(h) }) => refuse(
+            format!("which is now held by host {h} ({node}'s lease ended while it was away, or it was removed)"),
+            Some(format!("stop the agent of {h} (its namespaces use {want}), `weftctl host rm {h}`, then `weftctl subnet reserve {want} --host {node}`")),
+        ),
+        Some(SubnetRecord { reserved: true, host: Some(h) }) => refuse(
+            format!("which is reserved for host {h}"),
+            Some(format!("`weftctl subnet release {want}`, then `weftctl subnet reserve {want} --host {node}`")),
+        ),
+        Some(SubnetRecord { host: None, .. }) => refuse(
+            "which is reserved".to_string(),
+            Some(format!("`weftctl subnet release {want}`, then `weftctl subnet reserve {want} --host {node}`")),
+        ),
+        None => match pinned {
+            Some(p) => refuse(
+                format!("but {p} is reserved for it"),
+                Some(format!("`weftctl subnet release {p}` (it then keeps {want})")),
+            ),
+            None => Ok(Choice::Free(want)),
+        },
+    }
+}
+
+/// A free subnet, starting at a random place (so concurrent allocators
+/// rarely collide); `None` when every subnet is used.
+pub fn pick_free(cfg: &NetworkConfig, used: &HashSet<Ipv4Network>) -> Option<Ipv4Network> {
     let n = cfg.subnet_count();
     if used.len() as u64 >= n {
         return None;
@@ -658,21 +759,200 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn cfg(len: u8) -> NetworkConfig {
+        NetworkConfig {
+            subnet_len: len,
+            ..NetworkConfig::new("10.244.0.0/16".parse().unwrap())
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn held(h: &str) -> SubnetRecord {
+        SubnetRecord {
+            host: Some(h.into()),
+            reserved: false,
+        }
+    }
+
+    fn reserved(h: Option<&str>) -> SubnetRecord {
+        SubnetRecord {
+            host: h.map(str::to_string),
+            reserved: true,
+        }
+    }
+
+    fn choose_in(
+        subnets: &[(&str, SubnetRecord)],
+        want: Option<&str>,
+    ) -> std::result::Result<Choice, String> {
+        let map: BTreeMap<Ipv4Network, SubnetRecord> =
+            subnets.iter().map(|(n, r)| (net(n), r.clone())).collect();
+        choose(&cfg(24), "h3", want.map(net), &map, |r| r).map_err(|e| e.to_string())
+    }
+
+    /// A host that comes back to find its subnet taken is refused with
+    /// both names and both remedies; it is never given another subnet.
+    #[test]
+    fn a_taken_subnet_is_refused_not_swapped() {
+        let y = "10.244.2.0/24";
+        let e = choose_in(&[(y, held("h4"))], Some(y)).unwrap_err();
+        assert_eq!(
+            e,
+            "host h3 serves 10.244.2.0/24, which is now held by host h4 (h3's lease ended while it was away, or it was removed): nothing allocated. \
+             To give 10.244.2.0/24 back to h3: stop the agent of h4 (its namespaces use 10.244.2.0/24), `weftctl host rm h4`, then `weftctl subnet reserve 10.244.2.0/24 --host h3`; \
+             or start h3 afresh on a new subnet: delete its namespaces (`weftctl ns del NAME` on h3), stop its agent, remove its state directory and start the agent again"
+        );
+        for part in [
+            "host h3 serves 10.244.2.0/24, which is now held by host h4",
+            "nothing allocated",
+            "`weftctl host rm h4`",
+            "`weftctl subnet reserve 10.244.2.0/24 --host h3`",
+            "start h3 afresh",
+        ] {
+            assert!(e.contains(part), "{part:?} missing: {e}");
+        }
+        let e = choose_in(&[(y, reserved(Some("h5")))], Some(y)).unwrap_err();
+        assert!(
+            e.contains("which is reserved for host h5")
+                && e.contains("`weftctl subnet release 10.244.2.0/24`"),
+            "{e}"
+        );
+        let e = choose_in(&[(y, reserved(None))], Some(y)).unwrap_err();
+        assert!(
+            e.contains("which is reserved: nothing allocated. To give"),
+            "{e}"
+        );
+        // Outside the cluster: no way back, only the other way out.
+        let e = choose_in(&[], Some("10.245.2.0/24")).unwrap_err();
+        assert!(
+            e.ends_with("nothing allocated. To go on: start h3 afresh on a new subnet: delete its namespaces (`weftctl ns del NAME` on h3), stop its agent, remove its state directory and start the agent again"),
+            "{e}"
+        );
+        for bad in ["10.245.2.0/24", "10.244.2.0/25"] {
+            let e = choose_in(&[], Some(bad)).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "host h3 serves {bad}, which is not a /24 subnet of the cluster cidr 10.244.0.0/16"
+                )),
+                "{e}"
+            );
+        }
+        // Another subnet reserved for it: it cannot follow, so refused too.
+        let e = choose_in(&[("10.244.7.0/24", reserved(Some("h3")))], Some(y)).unwrap_err();
+        assert!(
+            e.contains("but 10.244.7.0/24 is reserved for it")
+                && e.contains("`weftctl subnet release 10.244.7.0/24`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_served_subnet_that_is_free_or_its_own_is_given_back() {
+        let y = "10.244.2.0/24";
+        assert_eq!(
+            choose_in(&[("10.244.1.0/24", held("h4"))], Some(y)),
+            Ok(Choice::Free(net(y)))
+        );
+        assert_eq!(
+            choose_in(&[(y, reserved(Some("h3")))], Some(y)),
+            Ok(Choice::Pinned(net(y)))
+        );
+        // Its own reservation wins over another one pinned to it.
+        assert_eq!(
+            choose_in(
+                &[
+                    ("10.244.1.0/24", reserved(Some("h3"))),
+                    (y, reserved(Some("h3")))
+                ],
+                Some(y)
+            ),
+            Ok(Choice::Pinned(net(y)))
+        );
+        assert_eq!(
+            choose_in(&[(y, held("h3"))], Some(y)),
+            Ok(Choice::Reclaim(net(y)))
+        );
+        // A new host: its reservation, else any free subnet.
+        assert_eq!(
+            choose_in(&[(y, reserved(Some("h3")))], None),
+            Ok(Choice::Pinned(net(y)))
+        );
+        match choose_in(&[(y, held("h4"))], None) {
+            Ok(Choice::Free(n)) => assert_ne!(n, net(y)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn record(host: u8, reserved: bool) -> SubnetRecord {
+        SubnetRecord {
+            host: (host < 4).then(|| format!("h{host}")),
+            reserved,
+        }
+    }
+
     proptest! {
         /// pick_free never returns a used subnet or one outside the cidr, and
         /// finds one whenever one is free.
         #[test]
-        fn pick_free_is_sound(len in 17u8..22, used_idx in proptest::collection::hash_set(0u64..32, 0..32), want in proptest::option::of(0u64..40)) {
-            let cfg = NetworkConfig { subnet_len: len, ..NetworkConfig::new("10.244.0.0/16".parse().unwrap()) };
+        fn pick_free_is_sound(len in 17u8..22, used_idx in proptest::collection::hash_set(0u64..32, 0..32)) {
+            let cfg = cfg(len);
             let used: HashSet<Ipv4Network> = used_idx.iter().filter_map(|i| cfg.nth_subnet(*i)).collect();
-            let want = want.and_then(|i| cfg.nth_subnet(i));
-            match pick_free(&cfg, &used, want) {
+            match pick_free(&cfg, &used) {
                 Some(s) => {
                     prop_assert!(cfg.is_host_subnet(s));
                     prop_assert!(!used.contains(&s));
-                    if let Some(w) = want { if !used.contains(&w) { prop_assert_eq!(s, w); } }
                 }
                 None => prop_assert_eq!(used.len() as u64, cfg.subnet_count()),
+            }
+        }
+
+        /// Whatever etcd holds, `choose` never hands out a subnet another
+        /// host holds or that is reserved for another host (or for none),
+        /// gives a host that serves a subnet that subnet or nothing, and
+        /// refuses only for one of the documented reasons.
+        #[test]
+        fn choose_is_sound(
+            len in 17u8..22,
+            keys in proptest::collection::btree_map(0u64..32, (0u8..5, any::<bool>()), 0..32),
+            want in proptest::option::of(0u64..40),
+            outside in any::<bool>(),
+        ) {
+            let cfg = cfg(len);
+            let subnets: BTreeMap<Ipv4Network, SubnetRecord> = keys
+                .iter()
+                .filter_map(|(i, (h, r))| Some((cfg.nth_subnet(*i)?, record(*h, *r))))
+                .collect();
+            let want = match (want, outside) {
+                (Some(_), true) => Some(net("10.99.0.0/24")),
+                (w, _) => w.and_then(|i| cfg.nth_subnet(i)),
+            };
+            match choose(&cfg, "h3", want, &subnets, |r| r) {
+                Ok(c) => {
+                    let s = c.subnet();
+                    prop_assert!(cfg.is_host_subnet(s));
+                    if let Some(w) = want { prop_assert_eq!(s, w); }
+                    match (c, subnets.get(&s)) {
+                        (Choice::Free(_), None) => {}
+                        (Choice::Pinned(_), Some(r)) => prop_assert!(r.reserved && r.host.as_deref() == Some("h3")),
+                        (Choice::Reclaim(_), Some(r)) => prop_assert!(!r.reserved && r.host.as_deref() == Some("h3")),
+                        (c, r) => prop_assert!(false, "{c:?} of a key {r:?}"),
+                    }
+                }
+                Err(StoreError::Exhausted { .. }) => {
+                    prop_assert!(want.is_none());
+                    prop_assert_eq!(subnets.len() as u64, cfg.subnet_count());
+                }
+                Err(StoreError::Refused(why)) => {
+                    let w = want.expect("a new host is never refused");
+                    prop_assert!(why.starts_with(&format!("host h3 serves {w}")), "{}", why);
+                    let theirs = subnets.get(&w).is_some_and(|r| r.host.as_deref() != Some("h3"));
+                    let pinned_elsewhere = subnets.iter().any(|(n, r)| *n != w && r.reserved && r.host.as_deref() == Some("h3"));
+                    prop_assert!(!cfg.is_host_subnet(w) || theirs || pinned_elsewhere, "{}", why);
+                }
+                Err(e) => prop_assert!(false, "{e}"),
             }
         }
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use weft_common::client::{ClientError, Session};
 use weft_common::wire::AgentMsg;
 use weft_common::MacAddr;
@@ -27,19 +27,30 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T>,
 {
-    in_netns(ns, move || {
+    try_run_in(ns, f).expect("run in the namespace")
+}
+
+/// [`run_in`], with an error where the namespace cannot be joined or the
+/// runtime cannot be built.
+pub fn try_run_in<T, F, Fut>(ns: &Path, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    in_netns(ns, move || -> Result<T> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .expect("tokio runtime");
+            .context("tokio runtime")?;
         let out = rt.block_on(f());
         // Tasks still running (sessions the test left open) are dropped
         // without a word on the wire: their sockets just go silent.
         rt.shutdown_background();
-        out
+        Ok(out)
     })
-    .expect("join the namespace")
+    .with_context(|| format!("join namespace {}", ns.display()))?
 }
 
 /// A registration for simulated agent `name` (the `i`-th): a public IP and
@@ -56,7 +67,7 @@ pub fn register_msg(name: &str, i: usize) -> AgentMsg {
 }
 
 /// Issues agent certificates for `names` in `pki` (a few threads at once).
-pub fn issue_agents(pki: &Path, names: &[String]) -> Result<()> {
+pub fn issue_agents<S: AsRef<str> + Sync>(pki: &Path, names: &[S]) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -69,7 +80,7 @@ pub fn issue_agents(pki: &Path, names: &[String]) -> Result<()> {
                     for n in chunk {
                         weft_controller::pki::issue(
                             pki,
-                            n,
+                            n.as_ref(),
                             weft_controller::pki::Role::Agent,
                             &[],
                             false,

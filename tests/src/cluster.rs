@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bin_path;
 use crate::lab::{ip_batch, log_tail, spawn_logged, Lab, LabOpts, Process, CLUSTER_CIDR};
-use crate::netns::{self, command_in, describe_status, SpawnOpts};
+use crate::netns::describe_status;
 
 /// Address of etcd in the control namespace.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -32,7 +32,12 @@ pub fn controller_ip(j: usize) -> Ipv4Addr {
 }
 
 pub fn controller_addr(j: usize) -> String {
-    format!("{}:{CONTROLLER_PORT}", controller_ip(j))
+    controller_sockaddr(j).to_string()
+}
+
+/// Where controller `j` listens (UDP, QUIC).
+pub fn controller_sockaddr(j: usize) -> std::net::SocketAddr {
+    (controller_ip(j), CONTROLLER_PORT).into()
 }
 
 /// Where controller `j` serves `/metrics`, `/healthz` and `/readyz`
@@ -190,7 +195,7 @@ impl Lab {
             .unwrap_or_else(|| panic!("no process {label} held by the lab"))
     }
 
-    fn hold(&self, label: &str, p: Process) {
+    pub(crate) fn hold(&self, label: &str, p: Process) {
         if let Some(mut old) = self.held.lock().unwrap().insert(label.to_string(), p) {
             old.kill();
         }
@@ -200,49 +205,18 @@ impl Lab {
     pub fn start_etcd(&self) -> Result<()> {
         let data = self.cluster_info().etcd_data.display().to_string();
         let url = self.etcd_client_endpoints();
-        let tls = self.etcd_server_flags();
-        let mut args = vec![
-            "etcd",
-            "--name",
+        let mut args = crate::etcd::etcd_command(
             "lab",
-            "--data-dir",
             &data,
-            "--listen-client-urls",
             &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
             "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
             "lab=http://127.0.0.1:2380",
-            "--log-level",
-            "warn",
-        ];
-        args.extend(tls.iter().map(String::as_str));
+        );
+        args.extend(self.etcd_server_flags());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = spawn_logged(&self.shared, None, "etcd", &self.control(), &args, &[])?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        let ctl_tls = self.etcdctl_tls_flags();
-        loop {
-            let mut health = vec!["etcdctl", "--endpoints", &url, "--dial-timeout=1s"];
-            health.extend(ctl_tls.iter().map(String::as_str));
-            health.extend(["endpoint", "health"]);
-            let out = self.exec(self.control(), &health);
-            if out.status.success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd did not become healthy within {START_TIMEOUT:?}; log {}:\n{}",
-                    p.log.display(),
-                    log_tail(&p.log, 30)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
         self.hold("etcd", p);
-        Ok(())
+        self.wait_etcd_healthy(&url)
     }
 
     /// Starts controller `j` (1-based) with the lab's settings plus `extra`
@@ -305,34 +279,21 @@ impl Lab {
     /// Runs `weftctl --etcd-endpoints <lab etcd> ARGS…` in the control
     /// namespace.
     pub fn weftctl_etcd(&self, args: &[&str]) -> Output {
-        let bin = bin_path("weftctl");
-        let mut c = command_in(
-            self.control(),
-            &bin,
-            SpawnOpts {
-                own_group: true,
-                ..Default::default()
-            },
-        )
-        .expect("control namespace");
-        c.arg("--etcd-endpoints")
-            .arg(self.etcd_client_endpoints())
-            .args(self.etcd_client_flags())
-            .args(args);
-        netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
+        let a = self.with_etcd_flags(args);
+        self.weftctl_plain(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// `--etcd-endpoints <lab etcd>`, the TLS flags if any, then `args`.
+    fn with_etcd_flags(&self, args: &[&str]) -> Vec<String> {
+        let mut a = vec!["--etcd-endpoints".to_string(), self.etcd_client_endpoints()];
+        a.extend(self.etcd_client_flags());
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
     }
 
     fn weftctl_ok(&self, args: &[&str]) -> Result<()> {
-        let out = self.weftctl_etcd(args);
-        if !out.status.success() {
-            bail!(
-                "weftctl {} failed ({}): {}",
-                args.join(" "),
-                describe_status(&out.status),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        let a = self.with_etcd_flags(args);
+        self.weftctl_plain_ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// `weftctl -o json ARGS…` against the lab's etcd; panics unless it

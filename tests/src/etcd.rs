@@ -41,6 +41,38 @@ pub fn member_url(k: usize) -> String {
     format!("http://{}:2379", member_ip(k))
 }
 
+/// etcd's command line for member `name` with its data dir, client URL
+/// (listened on and advertised), peer URL (likewise) and initial cluster.
+pub(crate) fn etcd_command(
+    name: &str,
+    data: &str,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> Vec<String> {
+    [
+        "etcd",
+        "--name",
+        name,
+        "--data-dir",
+        data,
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial_cluster,
+        "--log-level",
+        "warn",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 impl Lab {
     /// Number of etcd members (1 unless built with `etcd_members`).
     pub fn etcd_members(&self) -> usize {
@@ -93,76 +125,49 @@ impl Lab {
             .collect();
         let initial = initial.join(",");
         let name = format!("m{k}");
-        let token = format!("{}-etcd", self.prefix);
-        let p = spawn_logged(
-            &self.shared,
-            None,
-            &format!("etcd-m{k}"),
-            &self.control(),
-            &[
-                "etcd",
-                "--name",
-                &name,
-                "--data-dir",
-                &data,
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &initial,
-                "--initial-cluster-token",
-                &token,
-                "--initial-cluster-state",
-                "new",
-                "--log-level",
-                "warn",
-            ],
-            &[],
-        )?;
-        if let Some(mut old) = self.held.lock().unwrap().insert(format!("etcd-m{k}"), p) {
-            old.kill();
-        }
+        let mut args = etcd_command(&name, &data, &url, &peer, &initial);
+        args.extend([
+            "--initial-cluster-token".to_string(),
+            format!("{}-etcd", self.prefix),
+            "--initial-cluster-state".to_string(),
+            "new".to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let label = format!("etcd-m{k}");
+        let p = spawn_logged(&self.shared, None, &label, &self.control(), &args, &[])?;
+        self.hold(&label, p);
         Ok(())
     }
 
-    fn wait_etcd_healthy(&self, endpoints: &str) -> Result<()> {
+    /// Waits until every etcd in `endpoints` answers `endpoint health`
+    /// (with the lab's etcdctl TLS flags, if any); on timeout, the error
+    /// carries the tail of each held etcd's log.
+    pub(crate) fn wait_etcd_healthy(&self, endpoints: &str) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
+        let tls = self.etcdctl_tls_flags();
+        let mut cmd = vec![
+            "etcdctl",
+            "--endpoints",
+            endpoints,
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+        ];
+        cmd.extend(tls.iter().map(String::as_str));
+        cmd.extend(["endpoint", "health"]);
         loop {
-            let out = self.exec(
-                self.control(),
-                &[
-                    "etcdctl",
-                    "--endpoints",
-                    endpoints,
-                    "--dial-timeout=1s",
-                    "--command-timeout=2s",
-                    "endpoint",
-                    "health",
-                ],
-            );
+            let out = self.exec(self.control(), &cmd);
             if out.status.success() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> = (1..=self.etcd_members())
-                    .filter_map(|k| {
-                        let l = self
-                            .held
-                            .lock()
-                            .unwrap()
-                            .get(&format!("etcd-m{k}"))?
-                            .log
-                            .clone();
-                        Some(format!(
-                            "--- etcd-m{k} {}:\n{}",
-                            l.display(),
-                            log_tail(&l, 15)
-                        ))
+                let logs: Vec<String> = self
+                    .held
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(label, _)| *label == "etcd" || label.starts_with("etcd-m"))
+                    .map(|(label, p)| {
+                        format!("--- {label} {}:\n{}", p.log.display(), log_tail(&p.log, 15))
                     })
                     .collect();
                 bail!(

@@ -96,6 +96,12 @@ impl Lab {
 
     /// `weftctl ARGS…` in the control namespace with no etcd flags added.
     pub fn weftctl_plain(&self, args: &[&str]) -> Output {
+        self.weftctl_env(args, &[])
+    }
+
+    /// `weftctl ARGS…` in the control namespace with exactly `args` (no
+    /// etcd flags added) and the variables `env` set.
+    pub fn weftctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let bin = bin_path("weftctl");
         let mut c = command_in(
             self.control(),
@@ -107,7 +113,25 @@ impl Lab {
         )
         .expect("control namespace");
         c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
         netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
+    }
+
+    /// [`Lab::weftctl_plain`], or an error naming the command, its exit
+    /// and its stderr.
+    pub(crate) fn weftctl_plain_ok(&self, args: &[&str]) -> Result<()> {
+        let out = self.weftctl_plain(args);
+        if !out.status.success() {
+            bail!(
+                "weftctl {} failed ({}): {}",
+                args.join(" "),
+                describe_status(&out.status),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Creates the etcd PKI and passwords (first start of a TLS lab).
@@ -137,15 +161,7 @@ impl Lab {
                 "certs", "issue", "--dir", &dir, "--name", ETCD_USER, "--role", "agent",
             ],
         ] {
-            let out = self.weftctl_plain(&args);
-            if !out.status.success() {
-                bail!(
-                    "weftctl {} failed ({}): {}",
-                    args.join(" "),
-                    describe_status(&out.status),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            self.weftctl_plain_ok(&args)?;
         }
         write_secret(&t.password_file(), &random_password()?)?;
         write_secret(&t.root_password_file(), &random_password()?)?;

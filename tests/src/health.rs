@@ -15,8 +15,8 @@
 //! `bridge -j`, `nft -j`), are compared with it:
 //!
 //! - etcd: every host record's subnet is distinct, its subnet key names it
-//!   (not a reservation), and every subnet key held by a host has that
-//!   host's record;
+//!   (held, or reserved for it), and every subnet key held by a host has
+//!   that host's record;
 //! - agents: each reports its own node name and the subnet etcd gives it,
 //!   and as peers exactly the other hosts of etcd with their subnets;
 //! - data plane: every endpoint of every live host pings every endpoint of
@@ -182,7 +182,7 @@ fn check_state(lab: &Lab, opts: &Opts, r: &mut Report) {
                 "etcd: {n} holds {} but there is no subnet key for it",
                 x.subnet
             )),
-            Some(s) if s["host"] != n.as_str() || s["reserved"] == true => p.push(format!(
+            Some(s) if s["host"] != n.as_str() => p.push(format!(
                 "etcd: {n} holds {} but its subnet key says {s}",
                 x.subnet
             )),

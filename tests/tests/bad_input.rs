@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use weft_tests::lab::Host;
-use weft_tests::{gateway_of, Lab, LabOpts};
+use weft_tests::{gateway_of, wait_until, Lab, LabOpts};
 
 /// A refused start must end within this (it fails before any kernel work).
 const REFUSE_WITHIN: Duration = Duration::from_secs(10);
@@ -252,6 +252,76 @@ fn lost_state_directory_refuses_to_start_when_namespaces_exist() {
     let mut agent = h.start_agent(&[]);
     assert_eq!(h.weftctl_json(&["ns", "show", "a"])["ip"], ep["ip"]);
     assert_traffic(&lab, h, &eps, "restored");
+    agent.stop();
+}
+
+/// In cluster mode the lost state is noticed before the controller is
+/// asked for anything: a refused start allocates no subnet, takes no lease
+/// and writes no host record.
+#[test]
+fn lost_state_in_cluster_mode_is_refused_before_registering() {
+    let lab = Lab::new(LabOpts::cluster(1, 1));
+    let h = lab.host(1);
+    let mut agent = h.start_agent(&[]);
+    let ep = h.ns_add("a", &[]);
+    let gw = (
+        ep["netns"].as_str().unwrap().to_string(),
+        gateway_of(
+            h.weftctl_json(&["status", "--no-probe"])["subnet"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+        .to_string(),
+    );
+    agent.stop();
+    // The host's lease ended meanwhile (as after a long outage): etcd holds
+    // no record of it, so a registration would allocate.
+    lab.weftctl_etcd_json(&["host", "rm", "h1"]);
+    let ours = |k: &str| {
+        k.starts_with("/weft/hosts/")
+            || k.starts_with("/weft/subnets/")
+            || k.starts_with("/weft/agents/")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || !lab
+            .etcd_dump()
+            .iter()
+            .any(|(k, _)| ours(k))),
+        "h1's keys stay in etcd: {:?}",
+        lab.etcd_dump()
+    );
+    let before = lab.etcd_dump();
+    let kernel_before = kernel(h, &["a"]);
+    let ctl_log = lab.held_log("controller-c1");
+    let ctl_before = std::fs::read_to_string(&ctl_log).unwrap();
+    let moved: PathBuf = h.dir.join("state.moved");
+    std::fs::rename(&h.state_dir, &moved).unwrap();
+    assert_refused(
+        h,
+        &h.state_dir.display().to_string(),
+        "point --state-dir at the right directory",
+        "cluster mode, missing directory",
+    );
+    assert_eq!(lab.etcd_dump(), before, "the refused start changed etcd");
+    let ctl_after = std::fs::read_to_string(&ctl_log).unwrap();
+    assert!(
+        !ctl_after[ctl_before.len()..].contains("h1"),
+        "the controller heard from h1:\n{}",
+        &ctl_after[ctl_before.len()..]
+    );
+    assert_eq!(kernel_before, kernel(h, &["a"]), "the kernel was changed");
+    assert!(
+        lab.ping(&gw.0, &gw.1),
+        "refused: {} cannot ping the gateway {}",
+        gw.0,
+        gw.1
+    );
+    // Restored: it registers again with the subnet its namespace uses.
+    std::fs::remove_dir_all(&h.state_dir).unwrap();
+    std::fs::rename(&moved, &h.state_dir).unwrap();
+    let mut agent = h.start_agent(&[]);
+    assert_eq!(h.weftctl_json(&["ns", "show", "a"])["ip"], ep["ip"]);
     agent.stop();
 }
 

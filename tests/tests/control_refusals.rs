@@ -10,8 +10,7 @@
 //! source address (`<host ip>:<port>`), so every assertion is about exactly
 //! that connection.
 
-use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,9 +21,10 @@ use tokio::time::timeout;
 use weft_common::client::{self, ClientError, Session};
 use weft_common::tls;
 use weft_common::wire::{self, AgentMsg, ControllerMsg, FrameReader, MAX_CONTROLLER_FRAME};
-use weft_tests::cluster::{controller_addr, controller_ip, CONTROLLER_PORT};
+use weft_tests::clients::run_in;
+use weft_tests::cluster::{controller_addr, controller_ip, controller_sockaddr};
 use weft_tests::lab::{host_ip, log_tail, Lab, LabOpts};
-use weft_tests::{in_netns, wait_until};
+use weft_tests::wait_until;
 
 /// Bound of every single wait on the network or on a log line.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -33,29 +33,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 const SLOW_LIMIT: Duration = Duration::from_secs(15);
 /// Application close codes of the controller (`controller/src/server.rs`).
 const CLOSE_PROTOCOL: u64 = 1;
-
-/// Runs the async client code `f` inside network namespace `ns`: on a fresh
-/// thread that joins the namespace (`setns`) and drives a current-thread
-/// runtime there, so every socket it opens lives in that namespace.
-fn run_in<T, F, Fut>(ns: &Path, f: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-{
-    in_netns(ns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(f())
-    })
-    .expect("join the host namespace")
-}
-
-fn controller_sockaddr() -> SocketAddr {
-    SocketAddr::from((controller_ip(1), CONTROLLER_PORT))
-}
 
 /// A registration for `node` (public IP outside the lab's hosts).
 fn register(node: &str) -> AgentMsg {
@@ -123,7 +100,7 @@ async fn attempt_then(
     let ep = client::endpoint().expect("client endpoint");
     let port = ep.local_addr().expect("local address").port();
     let connecting = ep
-        .connect_with(tls, controller_sockaddr(), &controller_ip(1).to_string())
+        .connect_with(tls, controller_sockaddr(1), &controller_ip(1).to_string())
         .expect("start connecting");
     let conn = match timeout(LIMIT, connecting).await {
         Err(_) => {
@@ -454,7 +431,7 @@ fn protocol_violations_end_only_their_session() {
                 let port = ep.local_addr().unwrap().port();
                 let conn = timeout(
                     LIMIT,
-                    ep.connect_with(h1, controller_sockaddr(), &controller_ip(1).to_string())
+                    ep.connect_with(h1, controller_sockaddr(1), &controller_ip(1).to_string())
                         .unwrap(),
                 )
                 .await

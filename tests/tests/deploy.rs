@@ -8,10 +8,21 @@
 //! - every flag and `WEFT_*` variable that a unit, an example config or a
 //!   manifest hands to `weft-agent` or `weft-controller` is one the built
 //!   binary accepts (`--help`), and with it the binary's `--check-config`
-//!   succeeds and shows each value.
+//!   succeeds and shows each value; so are the options the examples show
+//!   commented out (etcd TLS, JSON logs), once enabled;
+//! - metrics and health: the examples and manifests run both daemons with
+//!   `--metrics-listen`; the probes ask the paths a real controller serves
+//!   (`/healthz`, `/readyz`) on the port it listens on, at an address the
+//!   kubelet reaches; the scrape annotations name that port;
+//! - certificate rotation: the agent's unit reloads on SIGHUP; the
+//!   controller's, whose TLS files are systemd credentials copied at start,
+//!   has no reload that would silently keep the old certificate;
+//! - the optional `etcd-tls` kustomize component patches the controllers
+//!   into a configuration the binary accepts.
 //!
 //! Needs the binaries (`cargo build --workspace`), not root.
-//! `systemd-analyze` (Debian package `systemd`) is required under CI=true.
+//! `systemd-analyze` (Debian package `systemd`) is required under CI=true;
+//! `kubectl` (for `kubectl kustomize`) is used when installed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -30,10 +41,15 @@ const FIELD_SAMPLES: [(&str, &str); 4] = [
     ("spec.nodeName", "node-1"),
     ("status.hostIP", "10.0.0.21"),
     ("metadata.name", "pod-0"),
-    ("status.podIP", "10.1.0.5"),
+    ("status.podIP", POD_IP),
 ];
 /// `WEFT_` variables the daemons read that are not flags.
 const NON_FLAG_VARIABLES: [&str; 1] = ["WEFT_LOG"];
+/// The `--metrics-listen` ports of the examples and manifests (README).
+const AGENT_METRICS_PORT: u16 = 7472;
+const CONTROLLER_METRICS_PORT: u16 = 7471;
+/// What the kubelet probes: the pod IP (the sample of `status.podIP`).
+const POD_IP: &str = "10.1.0.5";
 
 // ---------------------------------------------------------------- helpers
 
@@ -164,6 +180,25 @@ fn json_key(option: &str) -> String {
 /// Asserts that `option` given as `value` shows up in the resolved config.
 fn assert_arrived(what: &str, config: &Value, option: &str, value: &str) {
     let key = json_key(option);
+    // The controller does not echo its etcd files (it has read them): it
+    // shows that TLS is on and which user it logs in as.
+    match key.as_str() {
+        "etcd_ca" | "etcd_cert" | "etcd_key" => {
+            assert_eq!(
+                config["etcd_tls"], true,
+                "{what}: {option}={value} but etcd TLS is off: {config}"
+            );
+            return;
+        }
+        "etcd_password_file" => {
+            assert!(
+                config["etcd_user"].is_string(),
+                "{what}: {option}={value} but no etcd user: {config}"
+            );
+            return;
+        }
+        _ => {}
+    }
     let got = config.get(&key).unwrap_or_else(|| {
         panic!("{what}: --check-config shows no {key:?} for {option}={value}: {config}")
     });
@@ -367,6 +402,45 @@ fn env_file(path: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `# WEFT_X=value` lines of an environment file: options shown commented out.
+fn commented_env(path: &Path) -> BTreeMap<String, String> {
+    read(path)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('#'))
+        .map(str::trim)
+        .filter(|l| l.starts_with("WEFT_"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// An example TOML file with its commented-out settings (`# key = value`
+/// lines that parse as one TOML key) enabled, and how many there were.
+fn uncommented_toml(file: &Path) -> (String, usize) {
+    let mut n = 0;
+    let text = read(file)
+        .lines()
+        .map(|line| {
+            if let Some(rest) = line.strip_prefix("# ") {
+                if toml::from_str::<toml::Table>(rest).is_ok_and(|t| t.len() == 1) {
+                    n += 1;
+                    return rest.to_string();
+                }
+            }
+            line.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (text, n)
+}
+
+/// `IP:PORT` of a `--metrics-listen` value.
+fn metrics_addr(what: &str, v: &Value) -> std::net::SocketAddr {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: runs without --metrics-listen (metrics_listen = {v})"))
+}
+
 /// Each key of an example agent config arrived in the resolved config.
 fn assert_file_arrived(what: &str, file: &Path, config: &Value) {
     let table: toml::Table =
@@ -430,6 +504,35 @@ fn systemd_units_and_examples_are_accepted_by_the_binaries() {
             "{}: the run dir is not systemd's RuntimeDirectory",
             inv.origin
         );
+        // Metrics on loopback: every other address of the host also
+        // answers weft's namespaces (the example says why).
+        let m = metrics_addr(&inv.origin, &config["metrics_listen"]);
+        assert!(
+            m.ip().is_loopback() && m.port() == AGENT_METRICS_PORT,
+            "{}: metrics-listen {m}, expected 127.0.0.1:{AGENT_METRICS_PORT}",
+            inv.origin
+        );
+        // The settings shown commented out are right too.
+        let (text, n) = uncommented_toml(&file);
+        assert!(
+            text.contains("log-format = \"json\""),
+            "{}: no commented log-format = \"json\"",
+            inv.origin
+        );
+        let tmp = TempDir::new(&format!("uncommented-{example}"));
+        let enabled = tmp.0.join(example);
+        std::fs::write(&enabled, text).unwrap();
+        let mut args = exec[1..].to_vec();
+        args[at] = enabled.to_str().unwrap().to_string();
+        let inv = Invocation {
+            origin: format!("weft-agent.service with {example}, its {n} commented settings on"),
+            binary: "weft-agent".into(),
+            args,
+            env: BTreeMap::new(),
+        };
+        let config = check_invocation(&inv);
+        assert_file_arrived(&inv.origin, &enabled, &config);
+        assert_eq!(config["log_format"], "json", "{}", inv.origin);
     }
 
     // The controller: ExecStart, the example environment file in place of
@@ -461,6 +564,11 @@ fn systemd_units_and_examples_are_accepted_by_the_binaries() {
         Some(&tls),
         "the controller unit sets WEFT_TLS_DIR=%d (its credentials)"
     );
+    let env_with_tls = {
+        let mut e = env.clone();
+        e.extend(example.clone());
+        e
+    };
     // EnvironmentFile= overrides Environment=.
     env.extend(example);
     let config = check_invocation(&Invocation {
@@ -470,6 +578,122 @@ fn systemd_units_and_examples_are_accepted_by_the_binaries() {
         env,
     });
     assert_eq!(config["tls_dir"], tls.as_str());
+    let m = metrics_addr("controller.env", &config["metrics_listen"]);
+    assert_eq!(
+        m.port(),
+        CONTROLLER_METRICS_PORT,
+        "controller.env: metrics port"
+    );
+
+    // The options controller.env shows commented out: etcd over TLS with a
+    // user, whose files are credentials too (commented LoadCredential=
+    // lines of the unit to enable), and JSON logs. All on at once, with
+    // https:// endpoints and the credentials made of the test PKI.
+    let commented = commented_env(&deploy("examples/controller.env"));
+    for k in [
+        "WEFT_ETCD_CA",
+        "WEFT_ETCD_CERT",
+        "WEFT_ETCD_KEY",
+        "WEFT_ETCD_USER",
+        "WEFT_ETCD_PASSWORD_FILE",
+        "WEFT_LOG_FORMAT",
+    ] {
+        assert!(
+            commented.contains_key(k),
+            "controller.env does not show {k} (commented out)"
+        );
+    }
+    let creds_dir = format!("/run/credentials/{}/", ctl.name);
+    let unit_creds: BTreeMap<String, String> = read(&deploy("systemd/weft-controller.service"))
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix('#')?
+                .trim()
+                .strip_prefix("LoadCredential=")
+        })
+        .map(|c| {
+            let (id, path) = c.split_once(':').expect("LoadCredential=ID:PATH");
+            (id.to_string(), path.to_string())
+        })
+        .collect();
+    let pki = Path::new(&tls);
+    let creds = tmp.0.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    let mut env = env_with_tls.clone();
+    for (k, v) in &commented {
+        let v = match v.strip_prefix(&creds_dir) {
+            Some(id) => {
+                let source = unit_creds.get(id).unwrap_or_else(|| {
+                    panic!(
+                        "controller.env: {k}={v}, but {} has no (commented) LoadCredential={id}:…",
+                        ctl.name
+                    )
+                });
+                assert!(
+                    source.starts_with("/etc/weft/"),
+                    "LoadCredential={id}:{source}: expected a file under /etc/weft"
+                );
+                // What the test puts there.
+                let stand_in = creds.join(id);
+                match k.as_str() {
+                    "WEFT_ETCD_CA" => std::fs::copy(pki.join("ca.pem"), &stand_in).map(|_| ()),
+                    "WEFT_ETCD_CERT" => std::fs::copy(pki.join("cert.pem"), &stand_in).map(|_| ()),
+                    "WEFT_ETCD_KEY" => std::fs::copy(pki.join("key.pem"), &stand_in).map(|_| ()),
+                    "WEFT_ETCD_PASSWORD_FILE" => std::fs::write(&stand_in, "hunter2\n"),
+                    other => panic!("controller.env: no stand-in for credential {other}"),
+                }
+                .unwrap();
+                stand_in.to_str().unwrap().to_string()
+            }
+            None => v.clone(),
+        };
+        env.insert(k.clone(), v);
+    }
+    let https = env["WEFT_ETCD_ENDPOINTS"].replace("http://", "https://");
+    env.insert("WEFT_ETCD_ENDPOINTS".into(), https);
+    let config = check_invocation(&Invocation {
+        origin: "weft-controller.service with controller.env, its commented options on".into(),
+        binary: "weft-controller".into(),
+        args: exec[1..].to_vec(),
+        env,
+    });
+    assert_eq!(config["etcd_tls"], true);
+    assert_eq!(config["log_format"], "json");
+}
+
+#[test]
+fn units_rotate_certificates_the_way_the_files_arrive() {
+    // The agent reads /etc/weft/tls itself: SIGHUP reloads it.
+    let agent = Unit::load("weft-agent.service");
+    assert_eq!(
+        agent.one("ExecReload"),
+        "/bin/kill -HUP $MAINPID",
+        "weft-agent.service: `systemctl reload` must send SIGHUP (certificate rotation)"
+    );
+    for example in ["agent.toml", "agent-standalone.toml"] {
+        let t: toml::Table =
+            toml::from_str(&read(&deploy(&format!("examples/{example}")))).unwrap();
+        if let Some(dir) = t.get("tls-dir").and_then(|v| v.as_str()) {
+            assert!(
+                !dir.starts_with("/run/credentials"),
+                "{example}: tls-dir {dir}: the agent reloads files it reads directly"
+            );
+        }
+    }
+    // The controller's TLS files are credentials, copied by systemd at
+    // start: SIGHUP would re-read the old copies, so the unit must not
+    // offer a reload (rotation is a restart; the unit says so).
+    let ctl = Unit::load("weft-controller.service");
+    if ctl.all("Environment").contains(&"WEFT_TLS_DIR=%d") {
+        assert!(
+            ctl.all("ExecReload").is_empty(),
+            "weft-controller.service: ExecReload= with the TLS files as credentials would \
+             reload the copies made at start, keeping the old certificate"
+        );
+    } else {
+        assert_eq!(ctl.one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    }
 }
 
 /// Directives that give a service its own mount namespace (systemd's
@@ -760,6 +984,34 @@ fn config_map<'a>(docs: &'a [(String, Value)], n: &str) -> &'a serde_json::Map<S
         .expect("ConfigMap data")
 }
 
+/// Kubernetes' `$(VAR)` in an env `value`: the value of a variable defined
+/// before it (by `envFrom` or an earlier `env` entry); `$$` is a `$`;
+/// anything else stays as written.
+fn expand_k8s(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+            continue;
+        }
+        if let Some(r) = after.strip_prefix('(') {
+            if let Some(v) = r.find(')').and_then(|j| Some((env.get(&r[..j])?, j))) {
+                out.push_str(v.0);
+                rest = &r[v.1 + 1..];
+                continue;
+            }
+        }
+        out.push('$');
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A container's environment as the kubelet would set it, with sample
 /// values for `fieldRef`s.
 fn container_env(docs: &[(String, Value)], c: &Value) -> BTreeMap<String, String> {
@@ -778,9 +1030,15 @@ fn container_env(docs: &[(String, Value)], c: &Value) -> BTreeMap<String, String
     for e in list(&c["env"]) {
         let k = e["name"].as_str().expect("env name").to_string();
         let v = if let Some(v) = e.get("value") {
-            v.as_str()
-                .unwrap_or_else(|| panic!("env {k}: not a string"))
-                .to_string()
+            let v = v
+                .as_str()
+                .unwrap_or_else(|| panic!("env {k}: not a string"));
+            let expanded = expand_k8s(v, &env);
+            assert!(
+                !expanded.contains("$("),
+                "env {k}={v}: refers to a variable not defined before it"
+            );
+            expanded
         } else if let Some(path) = e.pointer("/valueFrom/fieldRef/fieldPath") {
             let path = path.as_str().unwrap();
             FIELD_SAMPLES
@@ -1255,5 +1513,386 @@ fn kubernetes_probes_and_image_match_the_binaries() {
                 assert!(dockerfile.contains("kmod"), "{what}: modprobe needs kmod");
             }
         }
+    }
+}
+
+/// The httpGet probe `probe` of container `c`: (path, port as named or
+/// numbered, host if given).
+fn http_probe<'a>(what: &str, c: &'a Value, probe: &str) -> (&'a str, &'a Value, Option<&'a str>) {
+    let get = c[probe]
+        .get("httpGet")
+        .unwrap_or_else(|| panic!("{what}: no {probe} with httpGet"));
+    assert!(
+        get.get("scheme").is_none_or(|s| s == "HTTP"),
+        "{what}: {probe}: the metrics listener speaks plain HTTP"
+    );
+    (
+        get["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {probe}: no path")),
+        &get["port"],
+        get.get("host").and_then(Value::as_str),
+    )
+}
+
+#[test]
+fn kubernetes_metrics_ports_and_probes_line_up() {
+    let docs = manifests();
+    let mut seen = BTreeSet::new();
+    for w in workloads(&docs) {
+        let pod = at(w, "/spec/template/spec");
+        let host_network = pod["hostNetwork"] == true;
+        for c in containers(w) {
+            let Some((program, _)) = command(c) else {
+                continue;
+            };
+            if !DAEMONS.contains(&program.as_str()) {
+                continue;
+            }
+            let what = format!("{} {}/{}", kind(w), name(w), c["name"].as_str().unwrap());
+            let env = container_env(&docs, c);
+            let listen: std::net::SocketAddr = env
+                .get("WEFT_METRICS_LISTEN")
+                .unwrap_or_else(|| panic!("{what}: no WEFT_METRICS_LISTEN: no metrics, no probes"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{what}: WEFT_METRICS_LISTEN: {e}"));
+            let want = if program == "weft-agent" {
+                AGENT_METRICS_PORT
+            } else {
+                CONTROLLER_METRICS_PORT
+            };
+            assert_eq!(listen.port(), want, "{what}: metrics port");
+            if host_network {
+                assert!(
+                    !listen.ip().is_unspecified(),
+                    "{what}: {listen} on the node's network namespace would also answer on \
+                     weft0's address, the tunnel and every interface of the node"
+                );
+            }
+            // The port named "metrics" is the listener's.
+            let port = list(&c["ports"])
+                .iter()
+                .find(|p| p["name"] == "metrics")
+                .unwrap_or_else(|| panic!("{what}: no container port named metrics"));
+            assert_eq!(port["containerPort"], u64::from(listen.port()), "{what}");
+            assert!(port.get("protocol").is_none_or(|p| p == "TCP"), "{what}");
+            // Liveness and readiness ask the listener, where the kubelet
+            // reaches it: the pod IP unless the probe names a host.
+            for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+                let (p, port, host) = http_probe(&what, c, probe);
+                assert_eq!(p, path, "{what}: {probe}");
+                assert!(
+                    *port == "metrics" || *port == u64::from(listen.port()),
+                    "{what}: {probe} asks port {port}, the listener is on {}",
+                    listen.port()
+                );
+                match host {
+                    Some(h) => assert_eq!(
+                        h.parse::<std::net::IpAddr>().ok(),
+                        Some(listen.ip()),
+                        "{what}: {probe} asks {h}, the listener is on {listen}"
+                    ),
+                    None => assert!(
+                        listen.ip().is_unspecified() || listen.ip().to_string() == POD_IP,
+                        "{what}: the kubelet probes the pod IP, the listener is on {listen} \
+                         (use status.podIP, or give the probes a host)"
+                    ),
+                }
+            }
+            // Scrape annotations name the listener, reachable from outside.
+            let ann = &w["spec"]["template"]["metadata"]["annotations"];
+            if ann["prometheus.io/scrape"] == "true" {
+                assert_eq!(
+                    ann["prometheus.io/port"],
+                    listen.port().to_string(),
+                    "{what}: prometheus.io/port"
+                );
+                assert!(
+                    ann.get("prometheus.io/path")
+                        .is_none_or(|p| p == "/metrics"),
+                    "{what}: prometheus.io/path"
+                );
+                assert!(
+                    !listen.ip().is_loopback(),
+                    "{what}: scraped, but the listener is on loopback"
+                );
+            }
+            seen.insert(program);
+        }
+    }
+    assert_eq!(seen, DAEMONS.map(String::from).into());
+}
+
+/// Kills a child process when dropped (also on panic).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), or None if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    let status = r.split_whitespace().nth(1)?.parse().ok()?;
+    let body = r.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+#[test]
+fn probe_paths_are_served_by_a_real_controller() {
+    // Every httpGet path of the manifests, asked of a real weft-controller
+    // (the listener is the daemons' common one) whose etcd is not there:
+    // alive, not ready, and saying why.
+    let docs = manifests();
+    let mut paths = BTreeSet::new();
+    for w in workloads(&docs) {
+        for c in containers(w) {
+            if !c["image"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(WEFT_IMAGE)
+            {
+                continue;
+            }
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                if let Some(p) = c[probe].pointer("/httpGet/path").and_then(Value::as_str) {
+                    paths.insert((probe, p.to_string()));
+                }
+            }
+        }
+    }
+    assert!(!paths.is_empty(), "no httpGet probes");
+    let tmp = TempDir::new("probe-live");
+    let pki = controller_pki(&tmp);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(tmp.0.join("controller.log")).unwrap();
+    let mut cmd = Command::new(weft_tests::bin_path("weft-controller"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("WEFT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let _ctl = Child(
+        cmd.args([
+            "--etcd-endpoints",
+            "http://127.0.0.1:9",
+            "--tls-dir",
+            &pki,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start weft-controller"),
+    );
+    let up = weft_tests::wait_until(std::time::Duration::from_secs(15), || {
+        http_get(port, "/healthz").is_some()
+    });
+    assert!(
+        up,
+        "weft-controller --metrics-listen 127.0.0.1:{port} never answered: {}",
+        read(&tmp.0.join("controller.log"))
+    );
+    for (probe, path) in &paths {
+        let (status, body) =
+            http_get(port, path).unwrap_or_else(|| panic!("{probe} {path}: no answer"));
+        match *probe {
+            "readinessProbe" => {
+                assert_eq!(status, 503, "{probe} {path} without etcd: {body}");
+                assert!(body.contains("etcd"), "{probe} {path}: {body}");
+            }
+            _ => assert_eq!(status, 200, "{probe} {path}: {body}"),
+        }
+    }
+    let (status, body) = http_get(port, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("weft_"), "/metrics: {body}");
+}
+
+/// The subset of Kubernetes' strategic merge patch the components use:
+/// maps merge, lists of objects merge by `name` (`mountPath` for volume
+/// mounts), anything else is replaced.
+fn strategic_merge(base: &mut Value, patch: &Value) {
+    fn key(v: &Value) -> Option<(&'static str, &Value)> {
+        ["mountPath", "name"]
+            .into_iter()
+            .find_map(|k| Some((k, v.get(k)?)))
+    }
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(k) {
+                    Some(bv) => strategic_merge(bv, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(p)) if p.iter().all(|x| key(x).is_some()) => {
+            for item in p {
+                let (k, id) = key(item).unwrap();
+                match b.iter_mut().find(|x| x.get(k) == Some(id)) {
+                    Some(existing) => strategic_merge(existing, item),
+                    None => b.push(item.clone()),
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(&read(path))
+        .map(|de| Value::deserialize(de).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn kubernetes_etcd_tls_component_patches_the_controllers() {
+    let docs = manifests();
+    let dir = deploy("kubernetes/etcd-tls");
+    let comp = &yaml_docs(&dir.join("kustomization.yaml"))[0];
+    assert_eq!(comp["kind"], "Component");
+    // Offered (commented out) where `kubectl apply -k` would take it.
+    assert!(
+        read(&deploy("kubernetes/kustomization.yaml")).contains("#   - etcd-tls"),
+        "kustomization.yaml does not offer the etcd-tls component"
+    );
+    let mut dep = object(&docs, "Deployment", "weft-controller").clone();
+    let patches = list(&comp["patches"]);
+    assert!(!patches.is_empty(), "etcd-tls patches nothing");
+    for p in patches {
+        let file = dir.join(p["path"].as_str().expect("patches: path"));
+        for patch in yaml_docs(&file) {
+            assert_eq!(
+                (kind(&patch), name(&patch)),
+                ("Deployment", "weft-controller"),
+                "{}: patches something else",
+                file.display()
+            );
+            strategic_merge(&mut dep, &patch);
+        }
+    }
+    let c = container(&dep, "weft-controller");
+    let mut env = container_env(&docs, c);
+    for k in ["WEFT_ETCD_CA", "WEFT_ETCD_CERT", "WEFT_ETCD_KEY"] {
+        let f = env
+            .get(k)
+            .unwrap_or_else(|| panic!("etcd-tls: no {k}"))
+            .clone();
+        let parent = Path::new(&f).parent().unwrap().to_str().unwrap();
+        let (v, _) = mounted(&dep, c, parent)
+            .unwrap_or_else(|| panic!("etcd-tls: {k}={f}: nothing mounted at {parent}"));
+        let secret = v
+            .pointer("/secret/secretName")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("etcd-tls: {parent} is not a Secret"));
+        assert!(
+            read(&deploy("kubernetes/README.md"))
+                .contains(&format!("create secret generic {secret}")),
+            "deploy/kubernetes/README.md does not say how to create Secret {secret}"
+        );
+    }
+    // The controller accepts it, with https:// endpoints (the component
+    // leaves them to the ConfigMap) and the test PKI standing in for both
+    // Secrets (it has ca.pem, cert.pem, key.pem too).
+    let tmp = TempDir::new("etcd-tls");
+    let pki = controller_pki(&tmp);
+    for (k, v) in env.iter_mut() {
+        if k == "WEFT_TLS_DIR" {
+            *v = pki.clone();
+        } else if k.starts_with("WEFT_ETCD_") && v.starts_with('/') {
+            let file = Path::new(v.as_str()).file_name().unwrap().to_owned();
+            *v = Path::new(&pki).join(file).to_str().unwrap().to_string();
+        } else if k == "WEFT_ETCD_ENDPOINTS" {
+            *v = v.replace("http://", "https://");
+        }
+    }
+    let config = check_invocation(&Invocation {
+        origin: "Deployment weft-controller with the etcd-tls component".into(),
+        binary: "weft-controller".into(),
+        args: command(c).unwrap().1,
+        env,
+    });
+    assert_eq!(config["etcd_tls"], true);
+
+    // kubectl builds the tree with and without the component.
+    let Some(kubectl) = which("kubectl") else {
+        eprintln!("NOTE: kubectl not found: `kubectl kustomize` was NOT run on deploy/kubernetes");
+        return;
+    };
+    let base = deploy("kubernetes");
+    let out = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("WEFT_ETCD_CA"));
+    let overlay = TempDir::new("overlay");
+    let rel = |p: &Path| {
+        // kustomize wants relative paths: up from the overlay to /, down to p.
+        let ups = overlay.0.components().count() - 1;
+        format!(
+            "{}{}",
+            "../".repeat(ups),
+            p.to_str().unwrap().trim_start_matches('/')
+        )
+    };
+    std::fs::write(
+        overlay.0.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+            rel(&base),
+            rel(&dir)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(&overlay.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize with etcd-tls: {}",
+        text(&out.stderr)
+    );
+    let built = text(&out.stdout);
+    for k in [
+        "WEFT_ETCD_CA",
+        "WEFT_ETCD_CERT",
+        "WEFT_ETCD_KEY",
+        "weft-etcd-client",
+    ] {
+        assert!(built.contains(k), "kubectl kustomize with etcd-tls: no {k}");
     }
 }

@@ -279,7 +279,7 @@ fn etcd_hosts(lab: &Lab) -> std::collections::BTreeMap<String, String> {
 /// Extends cluster.rs's lease test (old subnet back when still free) with
 /// the kernel side and the case where the subnet was taken meanwhile.
 #[test]
-fn agent_down_past_its_lease_is_dropped_and_comes_back_old_or_new_subnet() {
+fn agent_down_past_its_lease_is_dropped_and_comes_back_old_subnet_or_is_refused() {
     let lab = Lab::new(LabOpts {
         lease_ttl: Some(3),
         cluster_cidr: Some("10.244.0.0/22".into()),
@@ -337,32 +337,175 @@ fn agent_down_past_its_lease_is_dropped_and_comes_back_old_or_new_subnet() {
     );
     endpoint(lab.host(4), "a");
     lab.weftctl_etcd_json(&["subnet", "release", &free[0]]);
-    // h3 restarts: its saved subnet now belongs to h4. Today's agent does
-    // not follow the new subnet the controller offers (that would
-    // re-address its namespaces): it keeps serving the saved one (fail
-    // static), says so with a remedy at error level, and retries.
+
+    // h3 restarts: its saved subnet now belongs to h4. Its agent cannot
+    // follow another subnet (that would re-address its namespaces), so the
+    // controller refuses it and allocates nothing; h3 keeps serving the
+    // saved subnet (fail static), says why and what to do, and retries.
+    let before = dump(&lab);
+    let leases = || {
+        let out = lab.etcdctl(&["lease", "list"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let leases_before = leases();
+    let ctl_log = lab.held_log("controller-c1");
+    let (ctl_from, log3_from) = (file_len(&ctl_log), file_len(&lab.host(3).agent_log()));
+    let refusal = format!("host h3 serves {old3}, which is now held by host h4");
+    let t_start = Instant::now();
     let a3 = lab.host(3).start_agent(&[]);
-    let log3 = lab.host(3).agent_log();
-    let said = wait_until(Duration::from_secs(15), || {
-        std::fs::read_to_string(&log3)
-            .unwrap_or_default()
-            .contains(&format!("but this host serves {old3}; not following it"))
-    });
+    // Several retries, at the slowest pace (every 8-12 s): only an
+    // operator can change the answer.
+    let refusals = || {
+        lines_since(&ctl_log, ctl_from)
+            .iter()
+            .filter(|l| l.contains("refused host h3") && l.contains(&refusal))
+            .count()
+    };
     assert!(
-        said,
-        "h3 does not explain the conflict:
-{}",
-        log_tail(&log3, 20)
+        wait_until(Duration::from_secs(40), || refusals() >= 3),
+        "the controller did not refuse h3 three times; controller log:\n{}",
+        lines_since(&ctl_log, ctl_from).join("\n")
     );
-    let st = lab.host(3).weftctl_json(&["status"]);
+    let took = t_start.elapsed();
+    assert!(
+        took >= Duration::from_secs(14),
+        "three refusals in {took:?}: h3 retries faster than every 8 s"
+    );
+    for l in lines_since(&ctl_log, ctl_from)
+        .iter()
+        .filter(|l| l.contains(&refusal))
+    {
+        for part in [
+            "nothing allocated",
+            "`weftctl host rm h4`",
+            &format!("`weftctl subnet reserve {old3} --host h3`"),
+            "start h3 afresh on a new subnet",
+        ] {
+            assert!(l.contains(part), "controller: {part:?} missing: {l}");
+        }
+    }
+    // Nothing was written: no lease, host record or subnet key for h3, no
+    // subnet taken from the pool.
+    assert_eq!(dump(&lab), before, "etcd changed while h3 was refused");
+    assert_eq!(leases(), leases_before, "a lease was granted to h3");
+    // h3's agent: one error line for all those retries, with both remedies.
+    let log3 = lines_since(&lab.host(3).agent_log(), log3_from);
+    let errors: Vec<&String> = log3.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("refused this host")
+            && errors[0].contains(&refusal)
+            && errors[0].contains("`weftctl host rm h4`")
+            && errors[0].contains("start h3 afresh"),
+        "h3 should log the refusal once at error level:\n{}",
+        log3.join("\n")
+    );
+    eprintln!(
+        "{} refusals, the third {took:.1?} after the start; h3's agent said: {}",
+        refusals(),
+        errors[0]
+    );
+    let st = lab.host(3).weftctl_json(&["status", "--no-probe"]);
     assert_eq!(st["subnet"], old3.as_str(), "{st}");
     assert_eq!(st["controller"]["connected"], false, "{st}");
-    // The rightful holder and the others are unaffected (h3 stopped, so
-    // it is not counted as live).
-    drop(a3);
-    agents.remove(2);
+    let eps3 = lab.host(3).weftctl_json(&["ns", "list"]);
+    assert_eq!(eps3.as_array().map(Vec::len), Some(1), "{eps3}");
+    // No other host has heard of h3.
+    for i in [1, 2, 4] {
+        let h = lab.host(i);
+        let st = h.weftctl_json(&["status", "--no-probe"]);
+        let peers: Vec<&str> = st["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(!peers.contains(&"h3"), "{}: peers {peers:?}", h.name);
+        let set = h.exec(&["nft", "list", "set", "inet", "weft", "vxlan_peers"]);
+        let set = String::from_utf8_lossy(&set.stdout);
+        assert!(
+            !set.contains(&lab.host(3).ip.to_string()),
+            "{}: vxlan_peers holds h3: {set}",
+            h.name
+        );
+    }
+
+    // The operator's remedy, as the refusal says: h4 stops (its
+    // namespaces would move elsewhere), `host rm h4`, and the subnet is
+    // reserved for h3. h3 takes it on its next retry.
+    agents[3].stop();
+    lab.weftctl_etcd_json(&["host", "rm", "h4"]);
+    lab.weftctl_etcd_json(&["subnet", "reserve", &old3, "--host", "h3"]);
+    assert!(
+        wait_until(Duration::from_secs(25), || {
+            etcd_hosts(&lab).get("h3") == Some(&old3)
+                && lab.host(3).weftctl_json(&["status", "--no-probe"])["controller"]["connected"]
+                    == true
+        }),
+        "h3 did not get {old3} back after the remedy:\n{}",
+        log_tail(&lab.host(3).agent_log(), 20)
+    );
+    agents[2] = a3;
+    agents.pop();
     let r = health::assert_healthy(&lab, &Opts::default());
-    assert!(r.live == ["h1", "h2", "h4"], "{r}");
+    assert!(r.live == ["h1", "h2", "h3"], "{r}");
+
+    // h4 comes back to find its subnet reserved for h3: refused the same
+    // way. The other remedy: it starts afresh on a new subnet (its
+    // namespaces deleted, its state directory removed).
+    let h4 = lab.host(4);
+    let log4_from = file_len(&h4.agent_log());
+    let mut a4 = h4.start_agent(&[]);
+    let refusal4 = format!("host h4 serves {old3}, which is reserved for host h3");
+    assert!(
+        wait_until(Duration::from_secs(15), || lines_since(
+            &h4.agent_log(),
+            log4_from
+        )
+        .iter()
+        .any(|l| l.contains("ERROR") && l.contains(&refusal4))),
+        "h4 does not explain the refusal:\n{}",
+        log_tail(&h4.agent_log(), 20)
+    );
+    assert!(
+        !etcd_hosts(&lab).contains_key("h4"),
+        "h4 was given a subnet"
+    );
+    let out = h4.weftctl(&["ns", "del", "a"]);
+    assert!(out.status.success(), "{out:?}");
+    a4.stop();
+    std::fs::remove_dir_all(&h4.state_dir).unwrap();
+    agents.push(h4.start_agent(&[]));
+    assert!(
+        wait_until(Duration::from_secs(15), || etcd_hosts(&lab)
+            .get("h4")
+            .is_some_and(|s| *s == free[0])),
+        "h4 did not start afresh on {}: {:?}",
+        free[0],
+        etcd_hosts(&lab)
+    );
+    endpoint(h4, "a");
+    let r = health::assert_healthy(&lab, &Opts::default());
+    assert!(r.live == ["h1", "h2", "h3", "h4"], "{r}");
+    assert_eq!(r.pings, 12, "{r}");
+}
+
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The lines a log file gained after byte `from`.
+fn lines_since(p: &std::path::Path, from: u64) -> Vec<String> {
+    let text = std::fs::read(p).unwrap_or_default();
+    let from = (from as usize).min(text.len());
+    String::from_utf8_lossy(&text[from..])
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The shared check itself: it passes on a healthy cluster and names each

@@ -10,7 +10,7 @@
 //! measured (max health-check latency, peak RSS) on stderr.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use weft_controller::server::REGISTER_WAIT;
 use weft_controller::store::Store;
 use weft_tests::clients::{connect, issue_agents, register_msg, run_in, Health, Watchdog};
 use weft_tests::cluster::{
-    controller_addr, controller_ip, controller_metrics_addr, etcd_url, CONTROLLER_PORT,
+    controller_addr, controller_ip, controller_metrics_addr, controller_sockaddr, etcd_url,
 };
 use weft_tests::lab::{log_tail, Lab, LabOpts};
 use weft_tests::wait_until;
@@ -42,10 +42,6 @@ const SILENT: usize = 1000;
 /// Deltas per second in the peer-stream phase, and for how long.
 const DELTA_RATE: usize = 1000;
 const DELTA_FOR: Duration = Duration::from_secs(10);
-
-fn controller_sockaddr() -> SocketAddr {
-    SocketAddr::from((controller_ip(1), CONTROLLER_PORT))
-}
 
 /// Checks and prints what the watchdog saw during `phase`.
 fn check(phase: &str, h: &Health) {
@@ -88,6 +84,27 @@ struct Ends {
     open: usize,
     /// Handshake failed or was refused.
     refused: usize,
+}
+
+impl Ends {
+    /// Tallies connection tasks: `None` refused, `Some(closed in time)`.
+    async fn of(tasks: Vec<tokio::task::JoinHandle<Option<bool>>>) -> Ends {
+        let mut ends = Ends::default();
+        for t in tasks {
+            match t.await.expect("connection task") {
+                None => ends.refused += 1,
+                Some(true) => ends.closed += 1,
+                Some(false) => ends.open += 1,
+            }
+        }
+        ends
+    }
+}
+
+/// Starts a QUIC connection to controller c1 (handshake only).
+fn connect_c1(ep: &quinn::Endpoint, tls: quinn::ClientConfig) -> quinn::Connecting {
+    ep.connect_with(tls, controller_sockaddr(1), &controller_ip(1).to_string())
+        .expect("start connecting")
 }
 
 #[test]
@@ -140,11 +157,7 @@ fn controller_survives_misbehaving_clients() {
         for i in 0..60 {
             let (ep, tls) = (ep.clone(), tls.clone());
             tasks.push(tokio::spawn(async move {
-                let conn = match ep
-                    .connect_with(tls, controller_sockaddr(), &controller_ip(1).to_string())
-                    .unwrap()
-                    .await
-                {
+                let conn = match connect_c1(&ep, tls).await {
                     Ok(c) => c,
                     Err(_) => return None,
                 };
@@ -193,14 +206,7 @@ fn controller_survives_misbehaving_clients() {
             std::mem::forget(held);
         };
         silent.await;
-        let mut ends = Ends::default();
-        for t in tasks {
-            match t.await.unwrap() {
-                None => ends.refused += 1,
-                Some(true) => ends.closed += 1,
-                Some(false) => ends.open += 1,
-            }
-        }
+        let ends = Ends::of(tasks).await;
         ends
     });
     eprintln!("misbehaving half-open: {ends:?}");
@@ -224,13 +230,7 @@ fn controller_survives_misbehaving_clients() {
         for i in 0..SILENT {
             let (ep, tls, opened) = (eps[i / 50].clone(), tls.clone(), opened.clone());
             tasks.push(tokio::spawn(async move {
-                let conn = match timeout(
-                    Duration::from_secs(30),
-                    ep.connect_with(tls, controller_sockaddr(), &controller_ip(1).to_string())
-                        .unwrap(),
-                )
-                .await
-                {
+                let conn = match timeout(Duration::from_secs(30), connect_c1(&ep, tls)).await {
                     Ok(Ok(c)) => c,
                     _ => return None,
                 };
@@ -261,14 +261,7 @@ fn controller_survives_misbehaving_clients() {
             (t.elapsed(), retries)
         })
         .map_err(|e| e.to_string());
-        let mut ends = Ends::default();
-        for t in tasks {
-            match t.await.unwrap() {
-                None => ends.refused += 1,
-                Some(true) => ends.closed += 1,
-                Some(false) => ends.open += 1,
-            }
-        }
+        let ends = Ends::of(tasks).await;
         (ends, joined)
     });
     eprintln!("misbehaving never-register: {ends:?}; an agent registered meanwhile: {joined:?}");

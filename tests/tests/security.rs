@@ -14,10 +14,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustls::pki_types::CertificateDer;
 use weft_common::tls::{self, CertSummary};
-use weft_tests::cluster::{controller_addr, controller_ip, CONTROLLER_PORT};
+use weft_tests::clients::run_in;
+use weft_tests::cluster::{controller_addr, controller_ip, controller_sockaddr};
 use weft_tests::lab::{host_ip, log_tail, Host, Lab, LabOpts};
 use weft_tests::netns::{self, command_in, describe_status, SpawnOpts};
-use weft_tests::{bin_path, in_netns, wait_until};
+use weft_tests::{bin_path, wait_until};
 
 /// Bound of each wait for a log line, a connection or a reload.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -27,26 +28,6 @@ fn cluster_lab(hosts: usize, etcd_tls: bool) -> Lab {
         etcd_tls,
         ..LabOpts::cluster(hosts, 1)
     })
-}
-
-/// `weftctl ARGS…` in the control namespace with exactly the given
-/// environment (no lab flags added).
-fn weftctl_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let bin = bin_path("weftctl");
-    let mut c = command_in(
-        lab.control(),
-        &bin,
-        SpawnOpts {
-            own_group: true,
-            ..Default::default()
-        },
-    )
-    .expect("control namespace");
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
 }
 
 /// Asserts `out` failed with exactly one stderr line containing `want`.
@@ -173,7 +154,7 @@ fn etcd_over_tls_with_client_certificates_and_users() {
     };
     let run = |args: Vec<String>, env: &[(&str, &str)]| {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        weftctl_env(&lab, &a, env)
+        lab.weftctl_env(&a, env)
     };
     // Everything given, as flags after the subcommand, password by env.
     let mut a = base(&[]);
@@ -334,35 +315,30 @@ fn etcd_over_tls_with_client_certificates_and_users() {
 /// read by a fresh QUIC client in h1's namespace presenting `client_dir`.
 fn served_certificate(lab: &Lab, client_dir: &Path) -> CertSummary {
     let config = tls::client_config(client_dir).expect("client config");
-    let ns = lab.host(1).netns.clone();
-    in_netns(&ns, move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let ep = weft_common::client::endpoint().expect("client endpoint");
-                let addr = std::net::SocketAddr::from((controller_ip(1), CONTROLLER_PORT));
-                let conn = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    ep.connect_with(config, addr, &controller_ip(1).to_string())
-                        .expect("connect"),
-                )
-                .await
-                .expect("handshake timed out")
-                .expect("handshake");
-                let certs = conn
-                    .peer_identity()
-                    .expect("peer identity")
-                    .downcast::<Vec<CertificateDer<'static>>>()
-                    .expect("certificates");
-                let s = CertSummary::of(&certs[0]).expect("parse served certificate");
-                conn.close(0u32.into(), b"done");
-                ep.wait_idle().await;
-                s
-            })
+    run_in(&lab.host(1).netns, move || async move {
+        let ep = weft_common::client::endpoint().expect("client endpoint");
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            ep.connect_with(
+                config,
+                controller_sockaddr(1),
+                &controller_ip(1).to_string(),
+            )
+            .expect("connect"),
+        )
+        .await
+        .expect("handshake timed out")
+        .expect("handshake");
+        let certs = conn
+            .peer_identity()
+            .expect("peer identity")
+            .downcast::<Vec<CertificateDer<'static>>>()
+            .expect("certificates");
+        let s = CertSummary::of(&certs[0]).expect("parse served certificate");
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+        s
     })
-    .expect("join h1's namespace")
 }
 
 fn summary_of(dir: &Path) -> CertSummary {

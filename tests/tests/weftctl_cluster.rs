@@ -13,24 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use weft_tests::cluster::etcd_url;
 use weft_tests::lab::{log_tail, Host, Lab, LabOpts};
-use weft_tests::netns::{self, command_in, SpawnOpts};
-use weft_tests::{bin_path, wait_until};
-
-/// Runs `weftctl ARGS…` in the control namespace with exactly `args` (no
-/// `--etcd-endpoints` added, unlike [`Lab::weftctl_etcd`]).
-fn weftctl_raw(lab: &Lab, args: &[&str]) -> Output {
-    let mut c = command_in(
-        lab.control(),
-        bin_path("weftctl"),
-        SpawnOpts {
-            own_group: true,
-            ..Default::default()
-        },
-    )
-    .expect("control namespace");
-    c.args(args);
-    netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
-}
+use weft_tests::wait_until;
 
 /// Checks the output of a failed run: a non-zero exit, exactly one line on
 /// stderr, `weftctl: MSG`, and on stdout nothing (table) or exactly
@@ -627,7 +610,7 @@ fn cluster_init_and_show_refusals_and_etcd_unreachable() {
         msg,
         "--etcd-endpoints \"notaurl\": expected a URL like http://127.0.0.1:2379"
     );
-    let raw = |a: &[&str]| weftctl_raw(&lab, a);
+    let raw = |a: &[&str]| lab.weftctl_plain(a);
     let (code, msg) = fails_with(raw, &["--etcd-endpoints", "notaurl", "host", "list"]);
     assert_eq!((code, msg.contains("\"notaurl\"")), (2, true), "{msg}");
     let (code, msg) = fails_with(
@@ -644,17 +627,14 @@ fn cluster_init_and_show_refusals_and_etcd_unreachable() {
     let t0 = Instant::now();
     let (code, msg) = check_failure(
         "cluster show (no etcd there)",
-        &weftctl_raw(
-            &lab,
-            &[
-                "-o",
-                "json",
-                "--etcd-endpoints",
-                "http://198.18.0.99:2379",
-                "cluster",
-                "show",
-            ],
-        ),
+        &lab.weftctl_plain(&[
+            "-o",
+            "json",
+            "--etcd-endpoints",
+            "http://198.18.0.99:2379",
+            "cluster",
+            "show",
+        ]),
         true,
     );
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());

@@ -318,7 +318,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Certs(c) => certs(json, c),
-        Command::Cluster(c) => etcd.run(|s| cluster(json, s, c)),
+        Command::Cluster(c) => {
+            // A restore's document is read and checked before etcd is
+            // contacted.
+            let doc = match &c {
+                ClusterCommand::Restore { file, .. } => Some(read_backup(file)?),
+                _ => None,
+            };
+            etcd.run(|s| cluster(json, s, c, doc))
+        }
         Command::Host(c) => etcd.run(|s| host(json, s, c)),
         Command::Subnet(c) => etcd.run(|s| subnet(json, s, c)),
         Command::Ns(NsCommand::Add { name, ip, publish }) => {
@@ -770,7 +778,13 @@ fn read_backup(file: &std::path::Path) -> Result<backup::Backup, Failure> {
     Ok(b)
 }
 
-async fn cluster(json: bool, store: Store, c: ClusterCommand) -> Result<(), Failure> {
+/// `doc`: the backup a restore writes, already read and checked.
+async fn cluster(
+    json: bool,
+    store: Store,
+    c: ClusterCommand,
+    doc: Option<backup::Backup>,
+) -> Result<(), Failure> {
     match c {
         ClusterCommand::Backup { file } => {
             let b = backup::take(&store).await.map_err(backup_err)?;
@@ -788,10 +802,16 @@ async fn cluster(json: bool, store: Store, c: ClusterCommand) -> Result<(), Fail
                     eprintln!("weftctl: {summary}");
                 }
                 Some(f) => {
-                    let tmp = f.with_extension("tmp");
+                    // FILE.tmp beside it, renamed over FILE once complete.
+                    let mut tmp = f.clone().into_os_string();
+                    tmp.push(".tmp");
+                    let tmp = PathBuf::from(tmp);
                     std::fs::write(&tmp, &doc)
                         .and_then(|_| std::fs::rename(&tmp, &f))
-                        .map_err(|e| Failure(format!("write backup {}: {e}", f.display()), 1))?;
+                        .map_err(|e| {
+                            let _ = std::fs::remove_file(&tmp);
+                            Failure(format!("write backup {}: {e}", f.display()), 1)
+                        })?;
                     if json {
                         println!(
                             "{}",
@@ -808,7 +828,10 @@ async fn cluster(json: bool, store: Store, c: ClusterCommand) -> Result<(), Fail
             Ok(())
         }
         ClusterCommand::Restore { file, lease_ttl } => {
-            let b = read_backup(&file)?;
+            let b = match doc {
+                Some(b) => b,
+                None => read_backup(&file)?,
+            };
             let r = backup::restore(&store, &b, lease_ttl)
                 .await
                 .map_err(backup_err)?;

@@ -92,12 +92,7 @@ pub fn median(v: &[f64]) -> f64 {
 
 /// A field of `/proc/PID/status` in kB (`VmRSS:`, `VmHWM:`).
 pub fn status_kb(pid: i32, key: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    weft_tests::clients::status_kb(pid as u32, key)
 }
 
 /// CPU time a process has used so far: (user ms, system ms).

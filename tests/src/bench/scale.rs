@@ -29,7 +29,6 @@ use serde::Serialize;
 use weft_common::client::Session;
 use weft_common::wire::{AgentMsg, ControllerMsg, PeerChange};
 use weft_common::MacAddr;
-use weft_controller::pki::{self, Role};
 use weft_controller::store::Store;
 use weft_tests::{Lab, LabOpts};
 
@@ -423,29 +422,7 @@ fn one(k: usize, c: usize, changes: usize) -> Result<Run> {
     eprintln!("K={k} C={c}: issuing {} certificates…", k + changes);
     let t = Instant::now();
     let all: Vec<&String> = names.iter().chain(&extra).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8);
-    std::thread::scope(|s| -> Result<()> {
-        let hs: Vec<_> = all
-            .chunks(all.len().div_ceil(threads).max(1))
-            .map(|chunk| {
-                let pki_dir = &pki_dir;
-                s.spawn(move || -> Result<()> {
-                    for n in chunk {
-                        pki::issue(pki_dir, n, Role::Agent, &[], false)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("issuing thread panicked"))??;
-        }
-        Ok(())
-    })?;
+    weft_tests::clients::issue_agents(&pki_dir, &all)?;
     let cert_issue_ms = super::ms(t.elapsed());
     let pids: Vec<(String, i32)> = (1..=c)
         .map(|j| {
@@ -460,12 +437,8 @@ fn one(k: usize, c: usize, changes: usize) -> Result<Run> {
     let host_ns = lab.host(1).netns.clone();
     let ctl_pids = pids.clone();
     let etcd_pid = lab.held_pid("etcd") as i32;
-    let mut run = weft_tests::netns::in_netns(&host_ns, move || -> Result<Run> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        rt.block_on(clients(
+    let mut run = weft_tests::clients::try_run_in(&host_ns, move || {
+        clients(
             names,
             extra,
             addrs,
@@ -475,7 +448,7 @@ fn one(k: usize, c: usize, changes: usize) -> Result<Run> {
             etcd_pid,
             etcd_url,
             cert_issue_ms,
-        ))
+        )
     })
     .context("run the clients in the lab")??;
     run.controllers = c;
