@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, env = "WEFT_NETNS_DIR", value_name = "DIR")]
     pub netns_dir: Option<PathBuf>,
     /// Route directly to peers on the same L2 segment instead of tunnelling.
-    #[arg(long, env = "WEFT_DIRECT_ROUTING")]
+    #[arg(long, env = "WEFT_DIRECT_ROUTING", value_parser = clap::builder::BoolishValueParser::new())]
     pub direct_routing: bool,
     /// Spare namespaces kept ready so that `ns add` only names and addresses one (0: none) [default: 4].
     #[arg(long, env = "WEFT_NS_POOL", value_name = "N")]

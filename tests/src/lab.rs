@@ -1301,7 +1301,22 @@ impl Host {
     /// Runs `weftctl --agent-socket <run-dir>/agent.sock ARGS…` (inside this
     /// host's namespace) and returns its output. Time limit
     /// [`netns::EXEC_TIMEOUT`].
+    ///
+    /// `weftctl status` does not probe the peers here (`WEFT_NO_PROBE=1`):
+    /// every lab on the machine shares the kernel's one ARP table (1,024
+    /// entries), and probing a large lab's every peer from every host
+    /// fills it, so that other labs' packets wait for ARP. Tests of the
+    /// probe use [`Host::weftctl_probing`].
     pub fn weftctl(&self, args: &[&str]) -> Output {
+        self.weftctl_with(args, "1")
+    }
+
+    /// [`Host::weftctl`] with `weftctl status` probing the peers.
+    pub fn weftctl_probing(&self, args: &[&str]) -> Output {
+        self.weftctl_with(args, "0")
+    }
+
+    fn weftctl_with(&self, args: &[&str], no_probe: &str) -> Output {
         let bin = bin_path("weftctl");
         let mut c = command_in(
             &self.netns,
@@ -1312,7 +1327,10 @@ impl Host {
             },
         )
         .expect("host namespace");
-        c.arg("--agent-socket").arg(self.socket()).args(args);
+        c.env("WEFT_NO_PROBE", no_probe)
+            .arg("--agent-socket")
+            .arg(self.socket())
+            .args(args);
         netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
     }
 

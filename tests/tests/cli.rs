@@ -128,3 +128,46 @@ fn the_agent_logs_one_json_object_per_line() {
         "no line about endpoint web: {messages:?}"
     );
 }
+
+/// Switches read from the environment take the usual spellings (1, yes,
+/// true, 0, no, false), as a systemd environment file writes them.
+#[test]
+fn boolean_switches_from_the_environment() {
+    for (v, want) in [
+        ("1", true),
+        ("yes", true),
+        ("true", true),
+        ("0", false),
+        ("no", false),
+    ] {
+        let out = Command::new(bin_path("weft-agent"))
+            .args([
+                "--check-config",
+                "--controller",
+                "198.18.0.3:7470",
+                "--public-ip",
+                "198.18.0.11",
+            ])
+            .env("WEFT_DIRECT_ROUTING", v)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "WEFT_DIRECT_ROUTING={v}: {err}");
+        let cfg: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(cfg["direct_routing"], want, "WEFT_DIRECT_ROUTING={v}");
+    }
+    let (code, _, err) = {
+        let out = Command::new(bin_path("weftctl"))
+            .args(["status"])
+            .env("WEFT_NO_PROBE", "maybe")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("maybe"), "{err}");
+}

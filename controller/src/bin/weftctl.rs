@@ -91,7 +91,7 @@ enum Command {
     /// The local agent: node, subnet, controller link, peers and whether each is reachable through the tunnel.
     Status {
         /// Report the state only: do not probe the peers (no waiting for unreachable ones).
-        #[arg(long)]
+        #[arg(long, env = "WEFT_NO_PROBE", value_parser = clap::builder::BoolishValueParser::new())]
         no_probe: bool,
     },
     /// The cluster CA and node certificates.
