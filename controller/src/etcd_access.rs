@@ -285,7 +285,10 @@ pub fn access_error(e: &etcd_client::Error, access: &EtcdAccess) -> Option<Strin
     // the handshake is done, and then just closes the connection.
     if access.tls()
         && access.client_cert.is_none()
-        && (lower.contains("connection closed") || lower.contains("cancel"))
+        && (lower.contains("connection closed")
+            || lower.contains("cancel")
+            || lower.contains("broken pipe")
+            || lower.contains("connection reset"))
     {
         return Some(
             "etcd closed the TLS connection: it requires a client certificate (--etcd-cert and --etcd-key)"
