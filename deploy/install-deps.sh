@@ -10,6 +10,7 @@ pkgs=(
   procps               # pgrep/ps for the test bed
   kmod                 # modprobe for bridge/veth/vxlan modules
   protobuf-compiler    # protoc, needed to build etcd-client
+  libprotobuf-dev      # the well-known .proto files (google/protobuf/*.proto) etcd-client imports
   etcd-server          # etcd: the cluster state (controller tests, weft-lab)
   etcd-client          # etcdctl: tests read etcd with it, independently of weft
   containernetworking-plugins  # CNI bridge/host-local, the benchmark's reference

@@ -1,9 +1,11 @@
 //! Types shared by every weft binary: the data model, the local agent API,
 //! and validation of the values operators type (names, `--publish` specs).
 
+pub mod agent_client;
 pub mod api;
 pub mod client;
 pub mod cluster;
+pub mod events;
 pub mod http;
 pub mod logging;
 pub mod mac;
