@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use weft_common::api::{Request, Response, MAX_LINE};
 
 use crate::agent::Agent;
+use crate::telemetry::metrics;
 
 /// Binds the socket, mode 0600. Refuses to take over a socket another agent
 /// is still serving.
@@ -60,14 +61,14 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) {
 /// A line from a client that is not a request: the error to answer, and
 /// whether to close the connection after it (a line over [`MAX_LINE`] is not
 /// read to its end).
-pub(crate) struct BadLine {
+pub struct BadLine {
     pub response: Response,
     pub close: bool,
 }
 
 /// Reads one line (at most [`MAX_LINE`] bytes before its newline) into
 /// `line` and decodes it; `Ok(None)` at the end of the stream.
-pub(crate) async fn read_request<R: AsyncBufRead + Unpin>(
+pub async fn read_request<R: AsyncBufRead + Unpin>(
     rd: &mut R,
     line: &mut Vec<u8>,
 ) -> io::Result<Option<Result<Request, BadLine>>> {
@@ -116,24 +117,19 @@ async fn dispatch(agent: &Agent, req: Request) -> Response {
             Err(e) => Response::Error(e.to_string()),
         }
     }
+    let eps = &agent.endpoints;
+    let answer = |r: Result<_, crate::endpoints::EndpointError>| match r {
+        Ok(ep) => ok(ep),
+        Err(e) => Response::Error(e.to_string()),
+    };
     match req {
-        Request::NsAdd { name, ip, publish } => {
-            match crate::metrics::endpoint_op("add", agent.ns_add(name, ip, publish).await) {
-                Ok(ep) => ok(ep),
-                Err(e) => Response::Error(e.to_string()),
-            }
-        }
-        Request::NsDel { name } => {
-            match crate::metrics::endpoint_op("del", agent.ns_del(&name).await) {
-                Ok(ep) => ok(ep),
-                Err(e) => Response::Error(e.to_string()),
-            }
-        }
-        Request::NsList => ok(agent.ns_list().await),
-        Request::NsShow { name } => match agent.ns_show(&name).await {
-            Ok(ep) => ok(ep),
-            Err(e) => Response::Error(e.to_string()),
-        },
-        Request::Status { probe } => ok(agent.status(probe).await),
+        Request::NsAdd { name, ip, publish } => answer(metrics::endpoint_op(
+            "add",
+            eps.add(name, ip, publish).await,
+        )),
+        Request::NsDel { name } => answer(metrics::endpoint_op("del", eps.del(&name).await)),
+        Request::NsList => ok(eps.list().await),
+        Request::NsShow { name } => answer(eps.show(&name).await),
+        Request::Status { probe } => ok(crate::status::status(agent, probe).await),
     }
 }

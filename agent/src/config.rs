@@ -11,6 +11,8 @@ use serde::Deserialize;
 use weft_common::logging::LogFormat;
 use weft_common::validate_name;
 
+use crate::endpoints::pool::MAX_POOL;
+
 /// weft-agent: builds this host's bridge, namespaces, NAT and published ports.
 #[derive(Debug, Parser, Default)]
 #[command(name = "weft-agent", version, about)]
@@ -86,19 +88,32 @@ struct FileConfig {
     log_format: Option<LogFormat>,
 }
 
-/// The checked configuration the agent runs with.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Config {
-    pub node_name: String,
-    /// `--subnet` (standalone mode).
-    pub subnet: Option<Ipv4Network>,
-    /// `--controller` addresses (cluster mode); empty when standalone.
+/// How the agent serves: a host on its own, or part of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// `--subnet`: this host's subnet, no controller.
+    Standalone { subnet: Ipv4Network },
+    /// `--controller`: the subnet comes from a controller.
+    Cluster(ClusterConfig),
+}
+
+/// The settings of cluster mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `--controller` addresses, at least one.
     pub controllers: Vec<String>,
     pub tls_dir: PathBuf,
     pub public_ip: Option<Ipv4Addr>,
-    pub underlay_iface: Option<String>,
     /// Plain routes instead of VXLAN to peers on the same L2 segment.
     pub direct_routing: bool,
+}
+
+/// The checked configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub mode: Mode,
+    pub underlay_iface: Option<String>,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub netns_dir: PathBuf,
@@ -114,7 +129,34 @@ impl Config {
     pub fn socket_path(&self) -> PathBuf {
         self.run_dir.join("agent.sock")
     }
+
+    /// What `--check-config` prints: one key per flag, every key in either
+    /// mode (`subnet` null in a cluster, `controllers` empty standalone).
+    pub fn printed(&self) -> serde_json::Value {
+        let (subnet, cluster) = match &self.mode {
+            Mode::Standalone { subnet } => (Some(*subnet), None),
+            Mode::Cluster(c) => (None, Some(c)),
+        };
+        serde_json::json!({
+            "node_name": self.node_name,
+            "subnet": subnet,
+            "controllers": cluster.map(|c| c.controllers.clone()).unwrap_or_default(),
+            "tls_dir": cluster.map_or_else(|| PathBuf::from(DEFAULT_TLS_DIR), |c| c.tls_dir.clone()),
+            "public_ip": cluster.and_then(|c| c.public_ip),
+            "underlay_iface": self.underlay_iface,
+            "direct_routing": cluster.is_some_and(|c| c.direct_routing),
+            "state_dir": self.state_dir,
+            "run_dir": self.run_dir,
+            "netns_dir": self.netns_dir,
+            "ns_pool": self.ns_pool,
+            "metrics_listen": self.metrics_listen,
+            "log_format": self.log_format,
+        })
+    }
 }
+
+/// `--tls-dir` unless given.
+pub const DEFAULT_TLS_DIR: &str = "/etc/weft/tls";
 
 /// Spare namespaces kept by default: enough for a burst of a few `ns add`,
 /// few enough that their bridge ports and memory do not matter.
@@ -132,11 +174,8 @@ pub fn resolve(args: Args) -> Result<Config> {
     let public_ip = args.public_ip.or(file.public_ip);
     let ns_pool = args.ns_pool.or(file.ns_pool).unwrap_or(DEFAULT_NS_POOL);
     let log_format = args.log_format.or(file.log_format).unwrap_or_default();
-    if ns_pool > crate::pool::MAX_POOL {
-        bail!(
-            "--ns-pool {ns_pool}: at most {} spare namespaces",
-            crate::pool::MAX_POOL
-        );
+    if ns_pool > MAX_POOL {
+        bail!("--ns-pool {ns_pool}: at most {MAX_POOL} spare namespaces");
     }
     let metrics_listen = match metrics {
         Some(m) => Some(weft_common::http::parse_listen(&m)?),
@@ -172,28 +211,31 @@ pub fn resolve(args: Args) -> Result<Config> {
         }
     };
 
-    let subnet = match (args.subnet.or(file.subnet), controllers.is_empty()) {
+    let mode = match (args.subnet.or(file.subnet), controllers.is_empty()) {
         (Some(_), false) => bail!(
             "--subnet and --controller exclude each other: with a controller, the subnet comes from the cluster"
         ),
         (None, true) => bail!(
             "either --controller HOST:PORT (cluster mode) or --subnet CIDR (standalone) is required"
         ),
-        (Some(s), true) => Some(parse_subnet(&s)?),
-        (None, false) => None,
+        (Some(_), true) if tls_dir.is_some() || public_ip.is_some() || direct => {
+            bail!("--tls-dir, --public-ip and --direct-routing only apply with --controller")
+        }
+        (Some(s), true) => Mode::Standalone {
+            subnet: parse_subnet(&s)?,
+        },
+        (None, false) => Mode::Cluster(ClusterConfig {
+            controllers,
+            tls_dir: tls_dir.unwrap_or_else(|| DEFAULT_TLS_DIR.into()),
+            public_ip,
+            direct_routing: direct,
+        }),
     };
-    if controllers.is_empty() && (tls_dir.is_some() || public_ip.is_some() || direct) {
-        bail!("--tls-dir, --public-ip and --direct-routing only apply with --controller");
-    }
 
     Ok(Config {
         node_name,
-        subnet,
-        tls_dir: tls_dir.unwrap_or_else(|| "/etc/weft/tls".into()),
-        public_ip,
-        controllers,
+        mode,
         underlay_iface: args.underlay_iface.or(file.underlay_iface),
-        direct_routing: direct,
         state_dir: args
             .state_dir
             .or(file.state_dir)
@@ -282,9 +324,12 @@ mod tests {
             ..Default::default()
         };
         let c = resolve(args).unwrap();
+        assert_eq!(c.node_name, "h7");
         assert_eq!(
-            (c.node_name.as_str(), c.subnet.unwrap().to_string().as_str()),
-            ("h7", "10.244.7.0/24")
+            c.mode,
+            Mode::Standalone {
+                subnet: "10.244.7.0/24".parse().unwrap()
+            }
         );
         assert_eq!(c.state_dir, PathBuf::from("/y"));
         assert_eq!(c.netns_dir, PathBuf::from("/run/netns"));
@@ -311,5 +356,36 @@ mod tests {
         assert_eq!(resolve(args(Some(0))).unwrap().ns_pool, 0);
         let e = resolve(args(Some(65))).unwrap_err().to_string();
         assert!(e.contains("--ns-pool 65") && e.contains("64"), "{e}");
+    }
+
+    #[test]
+    fn check_config_prints_every_key_in_either_mode() {
+        let standalone = resolve(Args {
+            node_name: Some("h1".into()),
+            subnet: Some("10.244.1.0/24".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .printed();
+        let cluster = resolve(Args {
+            node_name: Some("h1".into()),
+            controller: Some(vec!["198.18.0.2:7470".into()]),
+            direct_routing: true,
+            ..Default::default()
+        })
+        .unwrap()
+        .printed();
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&standalone), keys(&cluster));
+        assert_eq!(standalone["subnet"], "10.244.1.0/24");
+        assert_eq!(standalone["controllers"], serde_json::json!([]));
+        assert!(cluster["subnet"].is_null());
+        assert_eq!(
+            cluster["controllers"],
+            serde_json::json!(["198.18.0.2:7470"])
+        );
+        assert_eq!(cluster["direct_routing"], true);
+        assert_eq!(cluster["tls_dir"], DEFAULT_TLS_DIR);
     }
 }

@@ -12,7 +12,7 @@ use tokio::io::BufReader;
 use weft_common::api::{Request, MAX_LINE};
 
 use crate::api::read_request;
-use crate::config::{parse_subnet, resolve, Args};
+use crate::config::{parse_subnet, resolve, Args, Mode};
 
 fn cases(n: u32) -> ProptestConfig {
     let mut c = ProptestConfig::default();
@@ -216,14 +216,18 @@ proptest! {
             Ok(c) => {
                 prop_assert!(text_ok, "accepted a file that is not TOML: {:?}", String::from_utf8_lossy(&file));
                 prop_assert!(weft_common::validate_name(&c.node_name).is_ok());
-                prop_assert!(c.subnet.is_some() == c.controllers.is_empty());
-                if let Some(s) = c.subnet {
-                    prop_assert!(s.network() == s.ip() && s.prefix() <= 30);
+                match &c.mode {
+                    Mode::Standalone { subnet: s } => {
+                        prop_assert!(s.network() == s.ip() && s.prefix() <= 30);
+                    }
+                    Mode::Cluster(cl) => {
+                        prop_assert!(!cl.controllers.is_empty());
+                        for ctl in &cl.controllers {
+                            prop_assert!(weft_common::client::split_host_port(ctl).is_some());
+                        }
+                    }
                 }
-                for ctl in &c.controllers {
-                    prop_assert!(weft_common::client::split_host_port(ctl).is_some());
-                }
-                prop_assert!(c.ns_pool <= crate::pool::MAX_POOL);
+                prop_assert!(c.ns_pool <= crate::endpoints::pool::MAX_POOL);
             }
             Err(e) => {
                 let msg = format!("{e:#}");

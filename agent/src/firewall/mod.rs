@@ -5,7 +5,14 @@
 //! Everything is applied as nftables JSON (`nft -j -f -`, built with the
 //! `nftables` crate's typed schema) in one transaction per call. `nft` runs
 //! as a child process, so it acts on the network namespace of the calling
-//! thread. All functions block; call them from `spawn_blocking`.
+//! thread. [`Table`]'s functions block; call them from `spawn_blocking`.
+//!
+//! - [`ruleset`]: the whole table as one document (pure);
+//! - [`elements`]: map and set elements, added and removed (pure);
+//! - [`listing`]: reading the table back (pure);
+//! - [`expr`]: builders of JSON objects (pure);
+//! - [`nft`]: running the `nft` binary;
+//! - [`table`]: the operations on the kernel's table.
 //!
 //! Listed by `nft list table inet weft` (cluster 10.244.0.0/16, subnet
 //! 10.244.1.0/24, bridge weft0; forwards `8080/tcp -> 10.244.1.2:80` and
@@ -64,26 +71,22 @@
 //! Each lookup key has an address map and a port map because nft 1.0.6
 //! cannot create a map with concatenated data from JSON (see `ruleset`).
 
+mod elements;
+mod expr;
+mod listing;
 mod nft;
 mod ruleset;
+mod table;
 
-#[cfg(test)]
-mod kernel_tests;
-
-use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use ipnetwork::Ipv4Network;
-use nftables::schema::{NfListObject, NfObject, Nftables};
-use nftables::types::NfFamily;
 use weft_common::Proto;
 
 pub use nft::NftError;
-/// The set of peers' public addresses the VXLAN port accepts packets from.
-pub const PEERS_SET: &str = ruleset::PEERS_SET;
-use ruleset::{Key, MapState};
+pub use ruleset::PEERS_SET;
+pub use table::Table;
 
 /// What the table must contain besides port forwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,193 +165,8 @@ pub enum FirewallError {
     },
 }
 
-/// The weft-owned nftables table in the calling thread's network namespace.
-#[derive(Debug, Clone)]
-pub struct Firewall {
-    table: String,
-    nft: PathBuf,
-}
-
-impl Firewall {
-    /// Table `inet <table>`; the agent uses "weft", tests a unique name.
-    pub fn new(table: &str) -> Self {
-        Firewall {
-            table: table.to_owned(),
-            nft: nft::find_program(),
-        }
-    }
-
-    /// Replaces the whole table in one nft transaction (add table, delete
-    /// table, full content), so packets never see a half table; conntrack
-    /// entries, including NAT bindings of existing flows, are untouched.
-    /// Idempotent. Exact duplicate forwards are collapsed. `peers` fills the
-    /// VXLAN peer set (ignored without `spec.vxlan_port`).
-    pub fn sync(
-        &self,
-        spec: &FirewallSpec,
-        forwards: &[PortForward],
-        peers: &BTreeSet<Ipv4Addr>,
-    ) -> Result<(), FirewallError> {
-        let forwards = ruleset::dedup(forwards);
-        if let Some((first, second)) = ruleset::find_conflict(&forwards) {
-            return Err(FirewallError::Conflict {
-                action: format!("replace nftables table inet {}", self.table),
-                first,
-                second,
-            });
-        }
-        let doc = ruleset::sync_doc(&self.table, spec, &forwards, peers);
-        nft::apply(&self.nft, &doc).map_err(|error| FirewallError::Sync {
-            table: self.table.clone(),
-            error,
-        })
-    }
-
-    /// Changes the VXLAN peer set in one transaction: `add` must not be in
-    /// it yet, `del` must be (nft refuses the whole change otherwise).
-    pub fn update_peers(&self, add: &[Ipv4Addr], del: &[Ipv4Addr]) -> Result<(), FirewallError> {
-        if add.is_empty() && del.is_empty() {
-            return Ok(());
-        }
-        nft::apply(&self.nft, &ruleset::peers_doc(&self.table, add, del)).map_err(|error| {
-            FirewallError::Peers {
-                added: add.len(),
-                removed: del.len(),
-                error,
-            }
-        })
-    }
-
-    /// Adds forwards in one transaction, all or nothing. Fails if a forward
-    /// for the same host address, port and protocol is already present (even
-    /// an identical one). Exact duplicates within `f` are collapsed.
-    pub fn add_forwards(&self, f: &[PortForward]) -> Result<(), FirewallError> {
-        let forwards = ruleset::dedup(f);
-        if forwards.is_empty() {
-            return Ok(());
-        }
-        if let Some((first, second)) = ruleset::find_conflict(&forwards) {
-            return Err(FirewallError::Conflict {
-                action: format!("add port forward {}", describe(&forwards)),
-                first,
-                second,
-            });
-        }
-        let doc = ruleset::add_doc(&self.table, &forwards);
-        nft::apply(&self.nft, &doc).map_err(|error| FirewallError::AddForwards {
-            forwards: describe(&forwards),
-            hint: self.clash_hint(&forwards),
-            error,
-        })
-    }
-
-    /// Removes forwards in one transaction. Entries already absent are not
-    /// an error, and an entry for the same host address, port and protocol
-    /// with a different target is left alone.
-    pub fn del_forwards(&self, f: &[PortForward]) -> Result<(), FirewallError> {
-        if f.is_empty() {
-            return Ok(());
-        }
-        let err = |error| FirewallError::DelForwards {
-            forwards: describe(f),
-            error,
-        };
-        let (addr_keys, port_keys) = self.map_state().map_err(err)?.removals(f);
-        if addr_keys.is_empty() && port_keys.is_empty() {
-            return Ok(());
-        }
-        nft::apply(
-            &self.nft,
-            &ruleset::del_doc(&self.table, &addr_keys, &port_keys),
-        )
-        .map_err(err)
-    }
-
-    /// Forwards currently in the kernel, sorted; none if the table does not
-    /// exist.
-    #[allow(dead_code)] // part of the API; the agent does not call it yet
-    pub fn list_forwards(&self) -> Result<Vec<PortForward>, FirewallError> {
-        self.map_state()
-            .map(|s| s.forwards())
-            .map_err(|error| FirewallError::ListForwards {
-                table: self.table.clone(),
-                error,
-            })
-    }
-
-    /// Whether the table exists.
-    #[allow(dead_code)] // part of the API; the agent does not call it yet
-    pub fn exists(&self) -> Result<bool, FirewallError> {
-        self.table_exists().map_err(|error| FirewallError::Exists {
-            table: self.table.clone(),
-            error,
-        })
-    }
-
-    /// Deletes the table if it exists (one transaction: add, then delete).
-    #[allow(dead_code)] // part of the API; the agent does not call it yet
-    pub fn teardown(&self) -> Result<(), FirewallError> {
-        nft::apply(&self.nft, &ruleset::teardown_doc(&self.table)).map_err(|error| {
-            FirewallError::Teardown {
-                table: self.table.clone(),
-                error,
-            }
-        })
-    }
-
-    fn table_exists(&self) -> Result<bool, NftError> {
-        let out = nft::run(&self.nft, &["-j", "list", "tables", "inet"], None)?;
-        let doc: Nftables =
-            serde_json::from_str(&out).map_err(|e| NftError::output(&self.nft, e.to_string()))?;
-        Ok(doc.objects.iter().any(|o| {
-            matches!(o, NfObject::ListObject(NfListObject::Table(t))
-                if t.family == NfFamily::INet && t.name == self.table)
-        }))
-    }
-
-    /// The DNAT maps' contents; empty if the table does not exist.
-    fn map_state(&self) -> Result<MapState, NftError> {
-        let args = ["-j", "list", "table", "inet", self.table.as_str()];
-        match nft::run(&self.nft, &args, None) {
-            Ok(out) => MapState::parse(&out).map_err(|reason| NftError::output(&self.nft, reason)),
-            // nft only says "No such file or directory"; ask properly.
-            Err(e @ NftError::Failed { .. }) => match self.table_exists() {
-                Ok(false) => Ok(MapState::default()),
-                _ => Err(e),
-            },
-            Err(e) => Err(e),
-        }
-    }
-
-    /// After a failed add: which requested forwards' keys are already taken
-    /// (best effort; empty if that cannot be determined).
-    fn clash_hint(&self, forwards: &[PortForward]) -> String {
-        let Ok(state) = self.map_state() else {
-            return String::new();
-        };
-        let taken: Vec<String> = forwards
-            .iter()
-            .map(Key::of)
-            .filter(|k| state.has_key(k))
-            .map(|k| {
-                let host = k.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
-                let to = match (state.addr.get(&k), state.port.get(&k)) {
-                    (Some(a), Some(p)) => format!("{a}:{p}"),
-                    _ => "an incomplete entry".to_owned(),
-                };
-                format!("{host}{}/{} (-> {to})", k.port, k.proto)
-            })
-            .collect();
-        if taken.is_empty() {
-            String::new()
-        } else {
-            format!(" (already forwarded: {})", taken.join(", "))
-        }
-    }
-}
-
 /// Forwards for an error message, at most a few of them.
-fn describe(forwards: &[PortForward]) -> String {
+pub(crate) fn describe(forwards: &[PortForward]) -> String {
     const MAX: usize = 8;
     let mut s = forwards
         .iter()
@@ -360,6 +178,47 @@ fn describe(forwards: &[PortForward]) -> String {
         s.push_str(&format!(" and {} more", forwards.len() - MAX));
     }
     s
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Values the firewall's unit tests share.
+    use super::*;
+    use nftables::schema::Nftables;
+    use serde_json::Value;
+
+    pub fn fwd(
+        host_ip: Option<[u8; 4]>,
+        host_port: u16,
+        proto: Proto,
+        target: [u8; 4],
+        target_port: u16,
+    ) -> PortForward {
+        PortForward {
+            host_ip: host_ip.map(Ipv4Addr::from),
+            host_port,
+            proto,
+            target: Ipv4Addr::from(target),
+            target_port,
+        }
+    }
+
+    pub fn spec() -> FirewallSpec {
+        FirewallSpec {
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            bridge: "weft0".into(),
+            vxlan_port: None,
+        }
+    }
+
+    pub fn to_value(doc: &Nftables) -> Value {
+        serde_json::to_value(doc).unwrap()
+    }
+
+    pub fn commands(doc: &Nftables) -> Vec<Value> {
+        to_value(doc)["nftables"].as_array().unwrap().clone()
+    }
 }
 
 #[cfg(test)]
@@ -412,23 +271,5 @@ mod tests {
             "add port forward 8080/tcp -> 10.244.1.2:80: nft failed (exit status: 1): \
              Error: Could not process rule: File exists"
         );
-    }
-
-    #[test]
-    fn conflicting_request_is_refused_without_nft() {
-        let fw = Firewall {
-            table: "t".into(),
-            nft: "/nonexistent/nft".into(),
-        };
-        let a = fwd(None, 8080, Proto::Tcp);
-        let b = PortForward {
-            target_port: 81,
-            ..a
-        };
-        let err = fw.add_forwards(&[a, b]).unwrap_err();
-        assert!(matches!(err, FirewallError::Conflict { .. }), "{err}");
-        // Nothing to do means no nft run at all.
-        fw.add_forwards(&[]).unwrap();
-        fw.del_forwards(&[]).unwrap();
     }
 }

@@ -8,14 +8,22 @@
 //!   pieces are removed;
 //! - `lock`: held (flock) while an agent uses the directory.
 //!
-//! Every file is replaced atomically (write a temporary file, rename). A file
-//! that cannot be read or decoded stops the agent with an error naming it:
-//! starting empty would delete every working endpoint.
+//! Every file is replaced atomically (write a temporary file, sync it,
+//! rename, sync the directory). A file that cannot be read or decoded stops
+//! the agent with an error naming it: starting empty would delete every
+//! working endpoint.
+//!
+//! [`Store`] locks the directory and loads it at start; from then on every
+//! write goes through the one [`Writer`] thread (`writer.rs`), off the
+//! async runtime: a write and its fsyncs never hold up a worker thread.
+
+mod writer;
+
+pub use writer::{WriteDone, Writer};
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use weft_common::cluster::{HostRecord, NetworkConfig};
 use weft_common::name::host_veth_name;
-use weft_common::{validate_name, MacAddr, PortMapping};
+use weft_common::{validate_name, MacAddr};
+
+pub use crate::model::endpoint::EndpointRecord;
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -40,6 +50,8 @@ pub enum StateError {
     Corrupt { path: PathBuf, reason: String },
     #[error("another weft-agent is already using state directory {0}")]
     Locked(PathBuf),
+    #[error("the state writer has stopped")]
+    WriterGone,
 }
 
 type Result<T> = std::result::Result<T, StateError>;
@@ -71,18 +83,6 @@ pub struct PeersState {
     pub peers: Vec<HostRecord>,
 }
 
-/// One endpoint as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointRecord {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub mac: MacAddr,
-    pub host_veth: String,
-    #[serde(default)]
-    pub publish: Vec<PortMapping>,
-}
-
 /// Everything loaded at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -91,23 +91,15 @@ pub struct Loaded {
     pub pending: Vec<String>,
 }
 
-/// See [`Store::endpoint_writer`].
-pub struct EndpointWriter {
-    dir: PathBuf,
-}
-
-impl EndpointWriter {
-    pub fn save(&self, rec: &EndpointRecord) -> Result<()> {
-        write_atomic(&self.dir.join(format!("{}.json", rec.name)), &to_json(rec))
-    }
-}
-
 pub struct Store {
     dir: PathBuf,
     _lock: Flock<File>,
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+pub(crate) fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StateError + 'a {
     move |source| StateError::Io {
         what,
         path: path.to_path_buf(),
@@ -138,64 +130,12 @@ impl Store {
         })
     }
 
+    /// Everything in the directory (see [`load`]).
     pub fn load(&self) -> Result<Loaded> {
-        let mut loaded = Loaded::default();
-        let node_path = self.dir.join("node.json");
-        match fs::read(&node_path) {
-            Ok(bytes) => loaded.node = Some(decode(&node_path, &bytes)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("read", &node_path)(e)),
-        }
-        for (name, path) in self.list("endpoints")? {
-            let Some(name) = name.strip_suffix(".json") else {
-                continue;
-            };
-            let bytes = fs::read(&path).map_err(io_err("read", &path))?;
-            let rec: EndpointRecord = decode(&path, &bytes)?;
-            let reason = if rec.name != name {
-                Some(format!("it describes {:?}", rec.name))
-            } else if let Err(e) = validate_name(&rec.name) {
-                Some(e.to_string())
-            } else if rec.host_veth != host_veth_name(&rec.name) {
-                Some(format!(
-                    "host_veth {:?} is not weft's name for it",
-                    rec.host_veth
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(StateError::Corrupt { path, reason });
-            }
-            loaded.endpoints.insert(rec.name.clone(), rec);
-        }
-        for (name, path) in self.list("pending")? {
-            // A marker is only ever created for a valid name; anything else
-            // is not ours to act on.
-            match validate_name(&name) {
-                Ok(()) => loaded.pending.push(name),
-                Err(_) => tracing::warn!("ignoring {}: not a namespace name", path.display()),
-            }
-        }
-        Ok(loaded)
+        load(&self.dir)
     }
 
-    /// File names in a subdirectory, skipping temporary files.
-    fn list(&self, sub: &str) -> Result<Vec<(String, PathBuf)>> {
-        let dir = self.dir.join(sub);
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
-            let entry = entry.map_err(io_err("read", &dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') {
-                out.push((name, entry.path()));
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// The peer set saved by [`save_peers`], if any.
+    /// The peer set saved by the writer, if any.
     pub fn load_peers(&self) -> Result<Option<PeersState>> {
         let path = self.dir.join("peers.json");
         match fs::read(&path) {
@@ -205,47 +145,70 @@ impl Store {
         }
     }
 
-    pub fn save_node(&self, node: &NodeState) -> Result<()> {
-        write_atomic(&self.dir.join("node.json"), &to_json(node))
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
+}
 
-    pub fn save_endpoint(&self, rec: &EndpointRecord) -> Result<()> {
-        self.endpoint_writer().save(rec)
+/// Node, endpoints and pending markers of a state directory.
+pub fn load(dir: &Path) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    let node_path = dir.join("node.json");
+    match fs::read(&node_path) {
+        Ok(bytes) => loaded.node = Some(decode(&node_path, &bytes)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("read", &node_path)(e)),
     }
-
-    /// Writes endpoint records from another thread (the write, with its
-    /// fsync, can then overlap the kernel work of `ns add`). Only while this
-    /// store, which holds the lock on the directory, is alive.
-    pub fn endpoint_writer(&self) -> EndpointWriter {
-        EndpointWriter {
-            dir: self.dir.join("endpoints"),
+    for (name, path) in list(dir, "endpoints")? {
+        let Some(name) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+        let rec: EndpointRecord = decode(&path, &bytes)?;
+        let reason = if rec.name != name {
+            Some(format!("it describes {:?}", rec.name))
+        } else if let Err(e) = validate_name(&rec.name) {
+            Some(e.to_string())
+        } else if rec.host_veth != host_veth_name(&rec.name) {
+            Some(format!(
+                "host_veth {:?} is not weft's name for it",
+                rec.host_veth
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(StateError::Corrupt { path, reason });
+        }
+        loaded.endpoints.insert(rec.name.clone(), rec);
+    }
+    for (name, path) in list(dir, "pending")? {
+        // A marker is only ever created for a valid name; anything else
+        // is not ours to act on.
+        match validate_name(&name) {
+            Ok(()) => loaded.pending.push(name),
+            Err(_) => tracing::warn!("ignoring {}: not a namespace name", path.display()),
         }
     }
-
-    pub fn remove_endpoint(&self, name: &str) -> Result<()> {
-        remove_if_exists(&self.dir.join("endpoints").join(format!("{name}.json")))
-    }
-
-    pub fn is_pending(&self, name: &str) -> bool {
-        self.dir.join("pending").join(name).exists()
-    }
-
-    pub fn mark_pending(&self, name: &str) -> Result<()> {
-        let p = self.dir.join("pending").join(name);
-        File::create(&p).map(drop).map_err(io_err("create", &p))
-    }
-
-    pub fn clear_pending(&self, name: &str) -> Result<()> {
-        remove_if_exists(&self.dir.join("pending").join(name))
-    }
+    Ok(loaded)
 }
 
-/// Saves the peer set (the caller holds the directory's [`Store`]).
-pub fn save_peers(dir: &Path, peers: &PeersState) -> Result<()> {
-    write_atomic(&dir.join("peers.json"), &to_json(peers))
+/// File names in a subdirectory, skipping temporary files.
+fn list(dir: &Path, sub: &str) -> Result<Vec<(String, PathBuf)>> {
+    let dir = dir.join(sub);
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+        let entry = entry.map_err(io_err("read", &dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     let mut b = serde_json::to_vec_pretty(v).expect("state types always serialize");
     b.push(b'\n');
     b
@@ -266,7 +229,7 @@ fn decode<T: for<'de> Deserialize<'de>>(path: &Path, bytes: &[u8]) -> Result<T> 
     })
 }
 
-fn remove_if_exists(path: &Path) -> Result<()> {
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
         _ => Ok(()),
@@ -274,9 +237,9 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 }
 
 /// Replaces `path` with `bytes` so that a reader, a crash or a power loss
-/// (the data is synced before the rename) sees either the old or the new
-/// content, never a mix.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// (the data is synced before the rename, the directory after it) sees
+/// either the old or the new content, never a mix or nothing.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -291,7 +254,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(io_err("create", &tmp))?;
     f.write_all(bytes).map_err(io_err("write", &tmp))?;
     f.sync_data().map_err(io_err("sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("rename into place", path))
+    fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+    sync_dir(path)
+}
+
+/// Syncs the directory holding `path`: a rename, a new or a removed file
+/// is durable only once its directory entry is.
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
 }
 
 #[cfg(test)]
@@ -304,11 +277,12 @@ mod tests {
         d
     }
 
-    #[test]
-    fn round_trip_and_lock() {
+    #[tokio::test]
+    async fn round_trip_and_lock() {
         let d = tmpdir("rt");
         let store = Store::open(&d).unwrap();
         assert!(matches!(Store::open(&d), Err(StateError::Locked(_))));
+        let w = Writer::start(store).unwrap();
         let node = NodeState {
             node: "h1".into(),
             subnet: "10.244.1.0/24".parse().unwrap(),
@@ -316,7 +290,7 @@ mod tests {
             vtep_mac: None,
             cluster: None,
         };
-        store.save_node(&node).unwrap();
+        w.save_node(&node).await.unwrap();
         let rec = EndpointRecord {
             name: "a".into(),
             ip: "10.244.1.2".parse().unwrap(),
@@ -324,18 +298,43 @@ mod tests {
             host_veth: host_veth_name("a"),
             publish: vec!["8080:80".parse().unwrap()],
         };
-        store.save_endpoint(&rec).unwrap();
-        store.mark_pending("b").unwrap();
-        let l = store.load().unwrap();
+        w.save_endpoint(&rec).await.unwrap();
+        w.mark_pending("b").await.unwrap();
+        assert!(w.is_pending("b"));
+        let l = load(&d).unwrap();
         assert_eq!(l.node, Some(node));
         assert_eq!(l.endpoints.get("a"), Some(&rec));
         assert_eq!(l.pending, vec!["b".to_string()]);
-        store.remove_endpoint("a").unwrap();
-        store.clear_pending("b").unwrap();
-        let l = store.load().unwrap();
+        w.remove_endpoint("a").await.unwrap();
+        w.clear_pending("b").await.unwrap();
+        let l = load(&d).unwrap();
         assert!(l.endpoints.is_empty() && l.pending.is_empty());
-        drop(store);
+        // Peer sets are coalesced: the newest one is what lands.
+        for revision in 1..=50 {
+            w.save_peers(PeersState {
+                revision,
+                peers: vec![],
+            });
+        }
+        w.flush().await.unwrap();
+        let saved: PeersState =
+            serde_json::from_slice(&fs::read(d.join("peers.json")).unwrap()).unwrap();
+        assert_eq!(saved.revision, 50);
+        // The lock goes with the last writer.
+        drop(w);
+        assert!(wait_unlocked(&d), "the writer thread kept the lock");
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The writer thread ends after its queue: poll for the lock briefly.
+    fn wait_unlocked(d: &Path) -> bool {
+        for _ in 0..200 {
+            if Store::open(d).is_ok() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
     }
 
     #[test]
@@ -344,10 +343,10 @@ mod tests {
         let store = Store::open(&d).unwrap();
         let bad = d.join("endpoints").join("a.json");
         fs::write(&bad, b"{\"name\":\"a\",\"ip\":").unwrap();
-        let e = store.load().unwrap_err();
+        let e = load(&d).unwrap_err();
         assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
         fs::write(&bad, b"").unwrap();
-        assert!(matches!(store.load(), Err(StateError::Corrupt { .. })));
+        assert!(matches!(load(&d), Err(StateError::Corrupt { .. })));
         drop(store);
         fs::remove_dir_all(&d).unwrap();
     }

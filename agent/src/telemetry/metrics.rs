@@ -1,9 +1,9 @@
-//! The agent's Prometheus metrics and its readiness (`--metrics-listen`,
-//! served by `weft_common::http`). One set per process: the agent is one
-//! daemon per network namespace.
+//! The agent's Prometheus metrics (`--metrics-listen`, served by
+//! `weft_common::http`). One set per process: the agent is one daemon per
+//! network namespace. Callers report plain numbers and labels; nothing
+//! here knows the layers it counts for.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
@@ -12,8 +12,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use weft_common::metrics::{register, timed};
-
-use crate::overlay::Mode;
 
 type Label = [(&'static str, String); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -63,8 +61,8 @@ impl Metrics {
             "Remote hosts programmed in the data plane, by mode (vxlan or direct)",
             Family::<Label, Gauge>::default(),
         );
-        for m in [Mode::Vxlan, Mode::Direct] {
-            let _ = peers.get_or_create(&label("mode", m.as_str()));
+        for m in ["vxlan", "direct"] {
+            let _ = peers.get_or_create(&label("mode", m));
         }
         let reconcile_runs = register(
             &mut r,
@@ -87,16 +85,16 @@ impl Metrics {
         let changes = register(
             &mut r,
             "changes_applied",
-            "Kernel changes applied, by kind: route, neigh, fdb (overlay entries), link (created, changed or deleted devices), address, nft (committed nftables transactions)",
+            "Kernel changes applied, by kind: route, neigh, fdb (overlay entries), link (created, changed or deleted devices), address, sysctl, netns (namespaces made or removed), nft (committed nftables transactions)",
             Family::<Label, Counter>::default(),
         );
-        for k in ["route", "neigh", "fdb", "link", "address", "nft"] {
+        for k in CHANGE_KINDS {
             let _ = changes.get_or_create(&label("kind", k));
         }
         let netlink_errors = register(
             &mut r,
             "netlink_errors",
-            "Netlink requests the kernel refused or that failed",
+            "Kernel operations (netlink requests, sysctls, namespaces) that failed; nft failures are logged, not counted here",
             Counter::default(),
         );
         let endpoint_ops = register(
@@ -164,8 +162,13 @@ impl Metrics {
     }
 }
 
+/// The `kind` labels of `changes_applied`.
+pub const CHANGE_KINDS: [&str; 8] = [
+    "route", "neigh", "fdb", "link", "address", "sysctl", "netns", "nft",
+];
+
 /// `n` kernel changes of `kind` were applied.
-pub fn changes(kind: &'static str, n: usize) {
+pub fn changes(kind: &str, n: usize) {
     if n > 0 {
         get()
             .changes
@@ -174,27 +177,20 @@ pub fn changes(kind: &'static str, n: usize) {
     }
 }
 
-/// One kernel change of `kind` was applied.
-pub fn change(kind: &'static str) {
-    changes(kind, 1);
+/// `n` kernel operations failed.
+pub fn kernel_errors(n: usize) {
+    get().netlink_errors.inc_by(n as u64);
 }
 
-pub fn netlink_error() {
-    get().netlink_errors.inc();
-}
-
-/// Peers by mode, from the plans now programmed.
-pub fn set_peers(modes: impl Iterator<Item = Mode>) {
-    let (mut vxlan, mut direct) = (0, 0);
-    for m in modes {
-        match m {
-            Mode::Vxlan => vxlan += 1,
-            Mode::Direct => direct += 1,
-        }
-    }
+/// Peers as programmed now, by mode.
+pub fn set_peers(vxlan: usize, direct: usize) {
     let m = get();
-    m.peers.get_or_create(&label("mode", "vxlan")).set(vxlan);
-    m.peers.get_or_create(&label("mode", "direct")).set(direct);
+    m.peers
+        .get_or_create(&label("mode", "vxlan"))
+        .set(vxlan as i64);
+    m.peers
+        .get_or_create(&label("mode", "direct"))
+        .set(direct as i64);
 }
 
 pub fn set_endpoints(n: usize) {
@@ -246,79 +242,11 @@ pub fn peer_message(snapshot: bool, revision: i64) {
     m.revision.set(revision);
 }
 
-/// Readiness: the data plane is programmed and, with `--controller`, the
-/// first peer snapshot from a controller is applied.
-pub struct Ready {
-    /// What the agent is doing before its data plane is programmed.
-    stage: Mutex<String>,
-    data_plane: AtomicBool,
-    /// Cluster mode: a snapshot must be applied too.
-    cluster: AtomicBool,
-    /// A snapshot arrived (set by the controller link).
-    snapshot_received: AtomicBool,
-    /// The data plane has been programmed from a snapshot.
-    snapshot_applied: AtomicBool,
-}
-
-static READY: LazyLock<Ready> = LazyLock::new(|| Ready {
-    stage: Mutex::new("starting".into()),
-    data_plane: AtomicBool::new(false),
-    cluster: AtomicBool::new(false),
-    snapshot_received: AtomicBool::new(false),
-    snapshot_applied: AtomicBool::new(false),
-});
-
-pub fn ready() -> &'static Ready {
-    &READY
-}
-
-impl Ready {
-    /// What the agent is busy with while not ready.
-    pub fn stage(&self, what: impl Into<String>) {
-        *self.stage.lock().expect("ready") = what.into();
-    }
-
-    pub fn cluster_mode(&self) {
-        self.cluster.store(true, Ordering::SeqCst);
-    }
-
-    pub fn data_plane_programmed(&self) {
-        self.data_plane.store(true, Ordering::SeqCst);
-    }
-
-    /// The link took a snapshot into the peer set (call after publishing it).
-    pub fn snapshot_received(&self) {
-        self.snapshot_received.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether a snapshot had been received: read before taking the peer
-    /// set that is then programmed, so that set includes it.
-    pub fn has_snapshot(&self) -> bool {
-        self.snapshot_received.load(Ordering::SeqCst)
-    }
-
-    pub fn snapshot_applied(&self) {
-        self.snapshot_applied.store(true, Ordering::SeqCst);
-    }
-
-    pub fn check(&self) -> Result<(), String> {
-        if !self.data_plane.load(Ordering::SeqCst) {
-            return Err(self.stage.lock().expect("ready").clone());
-        }
-        if self.cluster.load(Ordering::SeqCst) && !self.snapshot_applied.load(Ordering::SeqCst) {
-            let m = get();
-            let addr = m.controller_addr.lock().expect("metrics").clone();
-            let link = match (m.controller_connected.get() == 1, addr) {
-                (true, Some(a)) => format!("connected to controller {a}"),
-                (false, Some(a)) => format!("no controller connected, trying {a}"),
-                (_, None) => "no controller connected".to_string(),
-            };
-            return Err(format!(
-                "no peer snapshot from a controller applied yet ({link}); serving the saved peer set"
-            ));
-        }
-        Ok(())
-    }
+/// The controller link as metrics show it: (connected, address).
+pub fn controller_link() -> (bool, Option<String>) {
+    let m = get();
+    let addr = m.controller_addr.lock().expect("metrics").clone();
+    (m.controller_connected.get() == 1, addr)
 }
 
 /// What `--metrics-listen` serves.
@@ -326,6 +254,6 @@ pub fn endpoints() -> weft_common::http::Endpoints {
     weft_common::http::Endpoints {
         heartbeat: Default::default(),
         registry: get().registry(),
-        ready: weft_common::http::ready_fn(|| ready().check()),
+        ready: weft_common::http::ready_fn(|| super::ready::get().check()),
     }
 }

@@ -1,12 +1,20 @@
-//! The agent's link to the controllers (cluster mode).
+//! The agent's link to the controllers (cluster mode): [`Controllers`].
 //!
 //! The agent registers with one of the `--controller` addresses, receives
 //! its subnet, then a peer snapshot and deltas. When the session breaks it
-//! tries the next controller, backing off up to [`MAX_BACKOFF`] once all have
-//! failed. Nothing on this host changes while no controller is reachable
-//! (fail static): the endpoints keep working and the last peer set stays.
+//! tries the next controller, backing off up to [`pace::MAX_BACKOFF`] once
+//! all have failed. Nothing on this host changes while no controller is
+//! reachable (fail static): the endpoints keep working and the last peer
+//! set stays.
+//!
+//! - `pace.rs`: backoff, and which refusals wait for an operator (pure);
+//! - `peers.rs`: the peer set from snapshots and deltas (pure);
+//! - `session.rs`: one registered session.
 
-use std::collections::BTreeMap;
+pub mod pace;
+pub mod peers;
+mod session;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -16,26 +24,14 @@ use ipnetwork::Ipv4Network;
 use tracing::{debug, error, info, warn};
 use weft_common::api::ControllerLink;
 use weft_common::client::{ClientError, Session};
-use weft_common::cluster::{served_subnet_refusal, HostRecord};
-use weft_common::wire::{AgentMsg, ControllerMsg, PeerChange};
+use weft_common::wire::AgentMsg;
 use weft_common::MacAddr;
 
-use crate::state::{save_peers, PeersState};
-
-pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
-const HEARTBEAT: Duration = Duration::from_secs(10);
-/// A refusal repeated with the same reason is logged at error level at
-/// most this often; the repeats in between go to debug.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// The last refusal logged at error level, and how many repeats of it were
-/// not.
-#[derive(Default)]
-struct Refusals {
-    last: Option<(String, tokio::time::Instant)>,
-    repeats: u32,
-}
+use crate::model::overlay::PeerSet;
+use crate::state::{PeersState, Writer};
+use crate::telemetry::metrics;
+use pace::{Refusals, Say};
+use peers::PeerBook;
 
 #[derive(Default)]
 struct LinkState {
@@ -44,12 +40,12 @@ struct LinkState {
     /// Unix seconds of the last change of `connected` (the start while
     /// never connected).
     since: u64,
-    revision: i64,
-    peers: BTreeMap<String, HostRecord>,
 }
 
-pub struct Link {
-    controllers: Vec<String>,
+/// The controllers this agent registers with, and its session with one of
+/// them.
+pub struct Controllers {
+    addresses: Vec<String>,
     /// The client TLS config for the next connection (replaced when
     /// `--tls-dir` is reloaded), and this host's certificate for logs.
     tls: Mutex<(quinn::ClientConfig, Option<weft_common::tls::CertSummary>)>,
@@ -57,8 +53,11 @@ pub struct Link {
     node: String,
     public_ip: Ipv4Addr,
     vtep_mac: MacAddr,
+    /// For messages: where this host's state lives.
     state_dir: PathBuf,
+    state: Writer,
     st: Mutex<LinkState>,
+    book: Mutex<PeerBook>,
     refusals: Mutex<Refusals>,
     stopping: std::sync::atomic::AtomicBool,
     /// The peer set after each applied message, for the data plane.
@@ -71,53 +70,51 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Peers by name, shared between the link and the data plane.
-pub type PeerSet = std::sync::Arc<BTreeMap<String, HostRecord>>;
-
-/// Doubles up to `MAX_BACKOFF`, with ±20 % jitter so that a fleet that lost
-/// its controllers together does not come back in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let f: f64 = 0.8 + rand::random::<f64>() * 0.4;
-    d.mul_f64(f)
+/// Who this host is to its controllers.
+pub struct Identity {
+    pub node: String,
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
 }
 
-impl Link {
+impl Controllers {
     pub fn new(
-        controllers: Vec<String>,
+        addresses: Vec<String>,
         tls: quinn::ClientConfig,
-        node: String,
-        public_ip: Ipv4Addr,
-        vtep_mac: MacAddr,
+        me: Identity,
         state_dir: PathBuf,
+        state: Writer,
         saved: Option<PeersState>,
-    ) -> std::io::Result<Link> {
-        let mut st = LinkState {
-            since: unix_now(),
-            ..LinkState::default()
-        };
-        if let Some(p) = saved {
-            st.revision = p.revision;
-            st.peers = p
-                .peers
-                .into_iter()
-                .filter(|h| h.name != node)
-                .map(|h| (h.name.clone(), h))
-                .collect();
-        }
-        let (peers_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(st.peers.clone()));
-        Ok(Link {
+    ) -> std::io::Result<Controllers> {
+        let book = PeerBook::new(&me.node, saved);
+        let (peers_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(book.peers.clone()));
+        Ok(Controllers {
             peers_tx,
-            controllers,
+            addresses,
             tls: Mutex::new((tls, None)),
             endpoint: weft_common::client::endpoint()?,
-            node,
-            public_ip,
-            vtep_mac,
+            node: me.node,
+            public_ip: me.public_ip,
+            vtep_mac: me.vtep_mac,
             state_dir,
-            st: Mutex::new(st),
+            state,
+            st: Mutex::new(LinkState {
+                since: unix_now(),
+                ..Default::default()
+            }),
+            book: Mutex::new(book),
             refusals: Default::default(),
             stopping: Default::default(),
         })
+    }
+
+    /// Where failover starts: spread over the controllers by this host's
+    /// name, so that hosts spread over them.
+    pub fn first(&self) -> usize {
+        weft_common::name::host_veth_name(&self.node)
+            .bytes()
+            .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize))
+            % self.addresses.len()
     }
 
     /// Uses `tls` for the next connection (certificate rotation); the
@@ -145,11 +142,11 @@ impl Link {
     ) -> Result<Session, Vec<ClientError>> {
         let reg = self.register_msg(serving);
         let mut errors = Vec::new();
-        for i in 0..self.controllers.len() {
-            let idx = (*next + i) % self.controllers.len();
-            let addr = &self.controllers[idx];
+        for i in 0..self.addresses.len() {
+            let idx = (*next + i) % self.addresses.len();
+            let addr = &self.addresses[idx];
             self.st.lock().expect("link state").address = Some(addr.clone());
-            crate::metrics::controller(addr, false);
+            metrics::controller(addr, false);
             let (tls, cert) = self.tls.lock().expect("tls config").clone();
             match Session::open(&self.endpoint, addr, tls, &reg).await {
                 Ok(s) => {
@@ -161,7 +158,7 @@ impl Link {
                         ClientError::Refused(c, why) => self.note_refusal(
                             why,
                             format!(
-                                "controller {c} refused this host ({}; retrying every {MAX_BACKOFF:?} or so): {why}",
+                                "controller {c} refused this host ({}; retrying every {:?} or so): {why}",
                                 match serving {
                                     Some(s) => format!(
                                         "changing nothing on it: it serves {s}, state in {}",
@@ -169,6 +166,7 @@ impl Link {
                                     ),
                                     None => "nothing changed".to_string(),
                                 },
+                                pace::MAX_BACKOFF,
                             ),
                         ),
                         ClientError::Connect(c, why)
@@ -203,48 +201,29 @@ impl Link {
                 }
             }
         }
-        *next = (*next + 1) % self.controllers.len();
+        *next = (*next + 1) % self.addresses.len();
         Err(errors)
     }
 
-    /// Logs a refusal at error level, unless the same one was logged less
-    /// than [`REFUSAL_LOG_EVERY`] ago (then at debug): an agent refused
-    /// for a reason only an operator can fix retries for as long as it
-    /// runs, and says so once a minute, not on every retry.
-    /// `reason` identifies the refusal (the same from every controller).
+    /// Logs a refusal at error level, or at debug when the same one was
+    /// logged less than a minute ago (see [`Refusals`]).
     fn note_refusal(&self, reason: &str, line: String) {
-        let mut r = self.refusals.lock().expect("refusals");
-        let now = tokio::time::Instant::now();
-        if let Some((last, at)) = &r.last {
-            if last == reason && now.duration_since(*at) < REFUSAL_LOG_EVERY {
-                r.repeats += 1;
-                debug!("{line}");
-                return;
-            }
+        let say = self
+            .refusals
+            .lock()
+            .expect("refusals")
+            .note(reason, tokio::time::Instant::now());
+        match say {
+            Say::Debug => debug!("{line}"),
+            Say::Error(0) => error!("{line}"),
+            Say::Error(n) => error!("{line} ({n} more times since the last such line)"),
         }
-        match std::mem::take(&mut r.repeats) {
-            0 => error!("{line}"),
-            n => error!("{line} ({n} more times since the last such line)"),
-        }
-        r.last = Some((reason.to_string(), now));
-    }
-
-    /// Whether a failed round had a controller refuse the subnet this host
-    /// serves (`want`): it refuses again until an operator acts, so the
-    /// retries go at the slowest pace. Other refusals (an etcd leader
-    /// change, …) may pass at once and are retried as usual.
-    fn subnet_refused(&self, errors: &[ClientError], want: Option<Ipv4Network>) -> bool {
-        let Some(w) = want else { return false };
-        let about = served_subnet_refusal(&self.node, w);
-        errors
-            .iter()
-            .any(|e| matches!(e, ClientError::Refused(_, why) if why.contains(&about)))
     }
 
     /// Blocks until some controller assigns a subnet (first start of a host
     /// without saved state: there is nothing to serve before that).
     pub async fn until_assigned(&self, next: &mut usize, want: Option<Ipv4Network>) -> Session {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = pace::MIN_BACKOFF;
         loop {
             match self.connect_round(next, want).await {
                 Ok(s) => {
@@ -252,18 +231,18 @@ impl Link {
                     return s;
                 }
                 Err(errors) => {
-                    let refused = self.subnet_refused(&errors, want);
+                    let refused = pace::waits_for_operator(&self.node, &errors, want);
                     if refused {
-                        backoff = MAX_BACKOFF;
+                        backoff = pace::MAX_BACKOFF;
                     }
-                    let d = jitter(backoff);
+                    let d = pace::jitter(backoff);
                     if refused {
                         debug!("no controller assigned a subnet; retrying in {d:.1?}");
                     } else {
                         warn!("no controller assigned a subnet yet; retrying in {d:.1?}");
                     }
                     tokio::time::sleep(d).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = pace::next(backoff);
                 }
             }
         }
@@ -271,7 +250,7 @@ impl Link {
 
     /// Runs the link forever: sessions, failover, backoff.
     pub async fn run(&self, serving: Ipv4Network, mut first: Option<Session>, mut next: usize) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = pace::MIN_BACKOFF;
         loop {
             let session = match first.take() {
                 Some(s) => Ok(s),
@@ -284,15 +263,16 @@ impl Link {
                     // still assign another subnet.
                     let (n, x, y) = (&self.node, s.subnet, serving);
                     self.note_refusal(&format!("assigned {x}"), format!(
-                        "controller {} assigned subnet {x} but this host serves {y}; not following it (that would re-address its namespaces); keeping the data plane as it is and retrying every {MAX_BACKOFF:?} or so. To give this host {y} back: `weftctl host rm {n}` (frees {x}), free {y} if another host holds it (`weftctl subnet list`), then `weftctl subnet reserve {y} --host {n}`; or start this host afresh on a new subnet: delete its namespaces (`weftctl ns del NAME`), stop weft-agent, remove {} and start it again",
+                        "controller {} assigned subnet {x} but this host serves {y}; not following it (that would re-address its namespaces); keeping the data plane as it is and retrying every {:?} or so. To give this host {y} back: `weftctl host rm {n}` (frees {x}), free {y} if another host holds it (`weftctl subnet list`), then `weftctl subnet reserve {y} --host {n}`; or start this host afresh on a new subnet: delete its namespaces (`weftctl ns del NAME`), stop weft-agent, remove {} and start it again",
                         s.controller,
+                        pace::MAX_BACKOFF,
                         self.state_dir.display()
                     ));
                     s.conn.close(0u32.into(), b"subnet mismatch");
                     true
                 }
                 Ok(s) => {
-                    backoff = MIN_BACKOFF;
+                    backoff = pace::MIN_BACKOFF;
                     *self.refusals.lock().expect("refusals") = Refusals::default();
                     let addr = s.controller.clone();
                     info!("connected to controller {addr}: subnet {}", s.subnet);
@@ -303,15 +283,15 @@ impl Link {
                         return;
                     }
                     warn!("lost controller {addr}: {why}; trying the next one");
-                    next = (next + 1) % self.controllers.len();
+                    next = (next + 1) % self.addresses.len();
                     continue;
                 }
-                Err(errors) => self.subnet_refused(&errors, Some(serving)),
+                Err(errors) => pace::waits_for_operator(&self.node, &errors, Some(serving)),
             };
             if refused {
-                backoff = MAX_BACKOFF;
+                backoff = pace::MAX_BACKOFF;
             }
-            let d = jitter(backoff);
+            let d = pace::jitter(backoff);
             if refused {
                 debug!("refused; retrying in {d:.1?}");
             } else {
@@ -320,7 +300,7 @@ impl Link {
                 );
             }
             tokio::time::sleep(d).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = pace::next(backoff);
         }
     }
 
@@ -340,103 +320,7 @@ impl Link {
         }
         st.connected = up;
         st.address = Some(addr.to_string());
-        crate::metrics::controller(addr, up);
-    }
-
-    /// One registered session: apply what arrives, send heartbeats. Returns
-    /// why it ended.
-    async fn session(&self, mut s: Session) -> String {
-        let mut beat = tokio::time::interval(HEARTBEAT);
-        beat.tick().await;
-        loop {
-            tokio::select! {
-                m = s.next() => match m {
-                    Ok(Some(msg)) => {
-                        if let Err(why) = self.apply(msg) {
-                            s.conn.close(1u32.into(), why.as_bytes());
-                            return why;
-                        }
-                    }
-                    Ok(None) => return "the controller closed the session".into(),
-                    Err(e) => return e.to_string(),
-                },
-                _ = beat.tick() => {
-                    if let Err(e) = s.heartbeat().await {
-                        return e.to_string();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Applies one message to the peer set and saves it.
-    fn apply(&self, msg: ControllerMsg) -> Result<(), String> {
-        let is_snapshot = matches!(msg, ControllerMsg::Snapshot { .. });
-        let mut st = self.st.lock().expect("link state");
-        match msg {
-            ControllerMsg::Snapshot { revision, peers } => {
-                let before = st.peers.len();
-                st.peers = peers
-                    .into_iter()
-                    .filter(|h| h.name != self.node)
-                    .map(|h| (h.name.clone(), h))
-                    .collect();
-                st.revision = revision;
-                info!(
-                    "peer snapshot at revision {revision}: {} peers (had {before})",
-                    st.peers.len()
-                );
-            }
-            ControllerMsg::Delta { revision, changes } => {
-                if revision <= st.revision {
-                    debug!(
-                        "ignoring delta at revision {revision} (have {})",
-                        st.revision
-                    );
-                    return Ok(());
-                }
-                for c in changes {
-                    match c {
-                        PeerChange::Upsert { host } if host.name != self.node => {
-                            debug!(
-                                "peer {} at {} with subnet {} (revision {revision})",
-                                host.name, host.public_ip, host.subnet
-                            );
-                            st.peers.insert(host.name.clone(), host);
-                        }
-                        PeerChange::Upsert { .. } => {}
-                        PeerChange::Remove { name } => {
-                            if st.peers.remove(&name).is_some() {
-                                debug!("peer {name} left (revision {revision})");
-                            }
-                        }
-                    }
-                }
-                st.revision = revision;
-            }
-            ControllerMsg::Error { message } => {
-                return Err(format!("controller error: {message}"));
-            }
-            ControllerMsg::Assigned { .. } => {
-                return Err("out-of-order frame: a second assignment".into());
-            }
-        }
-        let saved = PeersState {
-            revision: st.revision,
-            peers: st.peers.values().cloned().collect(),
-        };
-        self.peers_tx
-            .send_replace(std::sync::Arc::new(st.peers.clone()));
-        crate::metrics::peer_message(is_snapshot, st.revision);
-        if is_snapshot {
-            // After publishing the set (see the data plane's loop in main.rs).
-            crate::metrics::ready().snapshot_received();
-        }
-        drop(st);
-        if let Err(e) = save_peers(&self.state_dir, &saved) {
-            warn!("save peer set: {e}");
-        }
-        Ok(())
+        metrics::controller(addr, up);
     }
 
     pub fn controller_link(&self) -> ControllerLink {

@@ -16,46 +16,25 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use thiserror::Error;
 
-use crate::netlink::Netlink;
+use super::linux::Netlink;
+use super::KernelError;
+use crate::model::observed::NetnsPresence;
 
-#[derive(Debug, Error)]
-pub enum NetnsError {
-    /// The namespace file already exists (another tool's namespace, or ours).
-    #[error("namespace path {0} already exists")]
-    Exists(PathBuf),
-    /// A file-system or namespace system call failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// The helper thread that enters the namespace died.
-    #[error("namespace helper thread for {0} panicked")]
-    Thread(PathBuf),
+fn err(what: &str, path: &Path, e: io::Error) -> KernelError {
+    KernelError::io(format!("{what} {}", path.display()), e)
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> NetnsError + 'a {
-    move |e| NetnsError::Io {
-        what,
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> KernelError + 'a {
+    move |e| err(what, path, e.into())
 }
 
 /// Makes `dir` a mount point with shared propagation, as `ip netns` does for
 /// `/run/netns`: namespaces bind-mounted under it then propagate to the mount
 /// namespaces that share it (e.g. a container given the directory with
 /// bidirectional mount propagation).
-pub fn prepare_netns_dir(dir: &Path) -> Result<(), NetnsError> {
-    std::fs::create_dir_all(dir).map_err(|e| NetnsError::Io {
-        what: "create",
-        path: dir.into(),
-        source: e,
-    })?;
+pub fn prepare_netns_dir(dir: &Path) -> Result<(), KernelError> {
+    std::fs::create_dir_all(dir).map_err(|e| err("create", dir, e))?;
     let shared = || {
         mount(
             None::<&str>,
@@ -126,6 +105,17 @@ pub fn is_netns(path: &Path) -> bool {
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
+/// What is at `path`: a namespace, something else, or nothing.
+pub fn presence(path: &Path) -> NetnsPresence {
+    if is_netns(path) {
+        NetnsPresence::Mounted
+    } else if path.symlink_metadata().is_ok() {
+        NetnsPresence::Other
+    } else {
+        NetnsPresence::Absent
+    }
+}
+
 /// A namespace this agent has open: its file descriptor and a netlink
 /// handle bound inside it.
 pub struct Namespace {
@@ -135,9 +125,9 @@ pub struct Namespace {
 
 /// Creates a new network namespace bind-mounted at `path` and returns it with
 /// a netlink handle inside it. On error nothing is left behind.
-pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
+pub async fn create(path: &Path) -> Result<Namespace, KernelError> {
     if path.symlink_metadata().is_ok() {
-        return Err(NetnsError::Exists(path.to_path_buf()));
+        return Err(exists(path));
     }
     let ns = create_anonymous().await?;
     attach(&ns, path)?;
@@ -147,11 +137,11 @@ pub async fn create(path: &Path) -> Result<Namespace, NetnsError> {
 /// Creates a new network namespace that has no name yet: it lives as long
 /// as its file descriptor or a socket inside it is open, so a process that
 /// dies takes it (and the devices in it) along.
-pub async fn create_anonymous() -> Result<Namespace, NetnsError> {
+pub async fn create_anonymous() -> Result<Namespace, KernelError> {
     let label = PathBuf::from("(new namespace)");
     let (fd, netlink) = on_fresh_thread(
         &label.clone(),
-        move |rt| -> Result<(OwnedFd, Netlink), NetnsError> {
+        move |rt| -> Result<(OwnedFd, Netlink), KernelError> {
             unshare(CloneFlags::CLONE_NEWNET)
                 .map_err(io_err("unshare network namespace for", &label))?;
             // weft routes IPv4 only. With IPv6 on, every new eth0 sends DAD,
@@ -159,24 +149,13 @@ pub async fn create_anonymous() -> Result<Namespace, NetnsError> {
             // port: work that grows with the number of namespaces. Devices
             // created in this namespace from now on (eth0) get none; lo
             // keeps ::1.
-            crate::sysctl::set("net.ipv6.conf.default.disable_ipv6", "1").map_err(|e| {
-                NetnsError::Io {
-                    what: "disable IPv6 on new devices in",
-                    path: label.clone(),
-                    source: e,
-                }
-            })?;
-            let fd = File::open("/proc/thread-self/ns/net").map_err(|e| NetnsError::Io {
-                what: "open namespace",
-                path: label.clone(),
-                source: e,
-            })?;
+            super::sysctl::set("net.ipv6.conf.default.disable_ipv6", "1")
+                .map_err(|e| err("disable IPv6 on new devices in", &label, e))?;
+            let fd = File::open("/proc/thread-self/ns/net")
+                .map_err(|e| err("open namespace", &label, e))?;
             let _guard = rt.enter();
-            let netlink = Netlink::connect().map_err(|e| NetnsError::Io {
-                what: "open netlink socket in",
-                path: label,
-                source: e,
-            })?;
+            let netlink =
+                Netlink::connect().map_err(|e| err("open netlink socket in", &label, e))?;
             Ok((fd.into(), netlink))
         },
     )
@@ -186,19 +165,15 @@ pub async fn create_anonymous() -> Result<Namespace, NetnsError> {
 
 /// Names a namespace: bind-mounts it at `path` (a new file, as `ip netns
 /// add` makes). On error nothing is left at `path`.
-pub fn attach(ns: &Namespace, path: &Path) -> Result<(), NetnsError> {
+pub fn attach(ns: &Namespace, path: &Path) -> Result<(), KernelError> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o444)
         .open(path)
         .map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => NetnsError::Exists(path.to_path_buf()),
-            _ => NetnsError::Io {
-                what: "create namespace file",
-                path: path.to_path_buf(),
-                source: e,
-            },
+            io::ErrorKind::AlreadyExists => exists(path),
+            _ => err("create namespace file", path, e),
         })?;
     let source = format!("/proc/self/fd/{}", ns.fd.as_raw_fd());
     if let Err(e) = mount(
@@ -215,29 +190,19 @@ pub fn attach(ns: &Namespace, path: &Path) -> Result<(), NetnsError> {
 }
 
 /// Opens an existing namespace and a netlink handle inside it.
-pub async fn open(path: &Path) -> Result<Namespace, NetnsError> {
+pub async fn open(path: &Path) -> Result<Namespace, KernelError> {
     let fd: OwnedFd = File::open(path)
-        .map_err(|e| NetnsError::Io {
-            what: "open namespace",
-            path: path.to_path_buf(),
-            source: e,
-        })?
+        .map_err(|e| err("open namespace", path, e))?
         .into();
-    let thread_fd = fd.try_clone().map_err(|e| NetnsError::Io {
-        what: "dup namespace fd",
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let thread_fd = fd
+        .try_clone()
+        .map_err(|e| err("dup namespace fd", path, e))?;
     let owned = path.to_path_buf();
-    let netlink = on_fresh_thread(path, move |rt| -> Result<Netlink, NetnsError> {
+    let netlink = on_fresh_thread(path, move |rt| -> Result<Netlink, KernelError> {
         setns(thread_fd.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(io_err("enter namespace", &owned))?;
         let _guard = rt.enter();
-        Netlink::connect().map_err(|e| NetnsError::Io {
-            what: "open netlink socket in",
-            path: owned,
-            source: e,
-        })
+        Netlink::connect().map_err(|e| err("open netlink socket in", &owned, e))
     })
     .await?;
     Ok(Namespace { fd, netlink })
@@ -247,8 +212,8 @@ pub async fn open(path: &Path) -> Result<Namespace, NetnsError> {
 /// thread in another namespace) and awaits its result.
 async fn on_fresh_thread<T: Send + 'static>(
     path: &Path,
-    f: impl FnOnce(&tokio::runtime::Handle) -> Result<T, NetnsError> + Send + 'static,
-) -> Result<T, NetnsError> {
+    f: impl FnOnce(&tokio::runtime::Handle) -> Result<T, KernelError> + Send + 'static,
+) -> Result<T, KernelError> {
     let rt = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -256,18 +221,18 @@ async fn on_fresh_thread<T: Send + 'static>(
         .spawn(move || {
             let _ = tx.send(f(&rt));
         })
-        .map_err(|e| NetnsError::Io {
-            what: "spawn namespace thread for",
-            path: path.to_path_buf(),
-            source: e,
-        })?;
-    rx.await
-        .map_err(|_| NetnsError::Thread(path.to_path_buf()))?
+        .map_err(|e| err("spawn namespace thread for", path, e))?;
+    rx.await.map_err(|_| {
+        KernelError::other(
+            format!("enter namespace {}", path.display()),
+            "the helper thread panicked",
+        )
+    })?
 }
 
 /// Unmounts and removes the namespace file. Processes still inside the
 /// namespace keep it alive (as with `ip netns del`). Absent is not an error.
-pub fn delete(path: &Path) -> Result<(), NetnsError> {
+pub fn delete(path: &Path) -> Result<(), KernelError> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
         Err(e) => return Err(io_err("unmount namespace", path)(e)),
@@ -275,10 +240,17 @@ pub fn delete(path: &Path) -> Result<(), NetnsError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(NetnsError::Io {
-            what: "remove namespace file",
-            path: path.to_path_buf(),
-            source: e,
-        }),
+        Err(e) => Err(err("remove namespace file", path, e)),
     }
+}
+
+/// The namespace file already exists (another tool's namespace, or ours).
+fn exists(path: &Path) -> KernelError {
+    KernelError::new(
+        format!("create namespace {}", path.display()),
+        super::Cause::Refused {
+            errno: libc::EEXIST,
+            message: Some("the namespace path already exists".into()),
+        },
+    )
 }

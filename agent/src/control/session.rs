@@ -1,0 +1,97 @@
+//! One registered session with a controller: take what arrives into the
+//! peer set (and save it), send heartbeats; return why it ended.
+
+use std::time::Duration;
+
+use tracing::{debug, info};
+use weft_common::client::Session;
+use weft_common::events;
+use weft_common::wire::ControllerMsg;
+
+use super::peers::Applied;
+use super::Controllers;
+use crate::telemetry::{metrics, ready};
+
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+impl Controllers {
+    /// Runs a session until it ends; returns why it did.
+    pub(super) async fn session(&self, mut s: Session) -> String {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                m = s.next() => match m {
+                    Ok(Some(msg)) => {
+                        if let Err(why) = self.take(msg) {
+                            s.conn.close(1u32.into(), why.as_bytes());
+                            return why;
+                        }
+                    }
+                    Ok(None) => return "the controller closed the session".into(),
+                    Err(e) => return e.to_string(),
+                },
+                _ = beat.tick() => {
+                    if let Err(e) = s.heartbeat().await {
+                        return e.to_string();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes one message into the peer set, publishes the set to the data
+    /// plane and queues it for saving.
+    fn take(&self, msg: ControllerMsg) -> Result<(), String> {
+        let snapshot = matches!(msg, ControllerMsg::Snapshot { .. });
+        let mut book = self.book.lock().expect("peer book");
+        let applied = book.apply(msg)?;
+        let revision = book.revision;
+        match &applied {
+            Applied::Stale => {
+                debug!("ignoring delta at revision {revision} (have a newer one)");
+                return Ok(());
+            }
+            Applied::Snapshot { before, after } => info!(
+                event = events::PEER_SNAPSHOT,
+                revision,
+                peers = after,
+                "peer snapshot at revision {revision}: {after} peers (had {before})"
+            ),
+            Applied::Delta { upserted, removed } => {
+                for name in upserted {
+                    if let Some(h) = book.peers.get(name) {
+                        debug!(
+                            "peer {} at {} with subnet {} (revision {revision})",
+                            h.name, h.public_ip, h.subnet
+                        );
+                    }
+                }
+                for name in removed {
+                    debug!("peer {name} left (revision {revision})");
+                }
+            }
+        }
+        self.peers_tx
+            .send_replace(std::sync::Arc::new(book.peers.clone()));
+        metrics::peer_message(snapshot, revision);
+        if snapshot {
+            // After publishing the set (see the data plane's loop in daemon.rs).
+            ready::get().snapshot_received();
+        }
+        let saved = book.saved();
+        drop(book);
+        self.state.save_peers(saved);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn heartbeats_come_well_within_the_idle_timeout() {
+        // The controller drops a session silent for its QUIC idle timeout;
+        // a heartbeat every HEARTBEAT keeps it alive.
+        assert!(super::HEARTBEAT * 2 < weft_common::tls::SERVER_IDLE_TIMEOUT);
+    }
+}

@@ -1,0 +1,180 @@
+//! Endpoints: namespaces on the bridge, as `weftctl ns` manages them.
+//! The table of endpoints and their addresses, `ns del`, `ns list` and
+//! `ns show` are here; `ns add` with its rollback in `add.rs`, the spare
+//! namespaces in `pool.rs`, the undo list in `undo.rs`.
+
+mod add;
+pub mod pool;
+pub mod undo;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::{Mutex, MutexGuard};
+use tracing::info;
+use weft_common::api::Endpoint;
+use weft_common::PortMapping;
+
+use crate::kernel::{Kernel, KernelError, OnError};
+use crate::model::desired::HostSpec;
+use crate::model::endpoint::{AddRefusal, EndpointRecord};
+use crate::model::ipam::{Ipam, IpamError};
+use crate::model::ops::Op;
+use crate::state::{StateError, Writer};
+use crate::telemetry::metrics;
+use pool::Pool;
+
+#[derive(Debug, Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Refused(#[from] AddRefusal),
+    #[error("namespace {0:?} does not exist")]
+    NotFound(String),
+    #[error("{0} already exists but was not created by weft; remove it or pick another name")]
+    ForeignNetns(PathBuf),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("--publish {spec}: {reason}")]
+    PortUnavailable { spec: PortMapping, reason: String },
+    #[error("{0}")]
+    Kernel(#[from] KernelError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("{error}; undoing the partial work also failed: {}", undo.join("; "))]
+    RolledBackBadly {
+        error: Box<EndpointError>,
+        undo: Vec<String>,
+    },
+    #[error("removing namespace {name:?} failed (run ns del again to retry): {}", errors.join("; "))]
+    Teardown { name: String, errors: Vec<String> },
+}
+
+pub type Result<T> = std::result::Result<T, EndpointError>;
+
+/// The endpoints and the addresses they hold.
+pub struct Table {
+    pub records: BTreeMap<String, EndpointRecord>,
+    ipam: Ipam,
+}
+
+/// See the module documentation.
+pub struct Endpoints {
+    kernel: Arc<dyn Kernel>,
+    state: Writer,
+    spec: HostSpec,
+    netns_dir: PathBuf,
+    table: Mutex<Table>,
+    pub pool: Pool,
+}
+
+impl Endpoints {
+    /// The endpoints as loaded from the state, their addresses recorded.
+    /// Fails on a record whose address this subnet cannot hold.
+    pub fn new(
+        kernel: Arc<dyn Kernel>,
+        state: Writer,
+        spec: HostSpec,
+        netns_dir: PathBuf,
+        records: BTreeMap<String, EndpointRecord>,
+        pool: usize,
+    ) -> std::result::Result<Endpoints, (String, IpamError)> {
+        let mut ipam = Ipam::new(spec.subnet);
+        for rec in records.values() {
+            ipam.insert(rec.ip, &rec.name)
+                .map_err(|e| (rec.name.clone(), e))?;
+        }
+        metrics::set_endpoints(records.len());
+        Ok(Endpoints {
+            kernel,
+            state,
+            spec,
+            netns_dir,
+            table: Mutex::new(Table { records, ipam }),
+            pool: Pool::new(pool),
+        })
+    }
+
+    /// The table, locked: reconciles hold it so that no `ns add` or
+    /// `ns del` changes endpoints under them.
+    pub async fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().await
+    }
+
+    pub fn state(&self) -> &Writer {
+        &self.state
+    }
+
+    fn endpoint(&self, rec: &EndpointRecord) -> Endpoint {
+        Endpoint {
+            name: rec.name.clone(),
+            ip: rec.ip,
+            mac: rec.mac,
+            netns: self.netns_dir.join(&rec.name).display().to_string(),
+            publish: rec.publish.clone(),
+            host_veth: rec.host_veth.clone(),
+        }
+    }
+
+    /// `weftctl ns del`: removes the namespace, its veth pair (and so its
+    /// address and routes) and its published ports.
+    pub async fn del(&self, name: &str) -> Result<Endpoint> {
+        let mut t = self.table.lock().await;
+        let rec = t
+            .records
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EndpointError::NotFound(name.to_string()))?;
+        let mut ops = Vec::new();
+        let forwards = rec.forwards();
+        if !forwards.is_empty() {
+            ops.push(Op::DelForwards(forwards));
+        }
+        ops.push(Op::DeleteDevice {
+            name: rec.host_veth.clone(),
+            index: None,
+        });
+        ops.push(Op::DeleteNetns {
+            name: name.to_string(),
+        });
+        let report = self.kernel.apply(&ops, OnError::Continue).await;
+        for (kind, n) in &report.applied {
+            metrics::changes(kind.as_str(), *n);
+        }
+        if !report.is_ok() {
+            metrics::kernel_errors(report.failures.len());
+            return Err(EndpointError::Teardown {
+                name: name.to_string(),
+                errors: report
+                    .failures
+                    .iter()
+                    .map(|f| f.error.to_string())
+                    .collect(),
+            });
+        }
+        self.state.remove_endpoint(name).await?;
+        t.records.remove(name);
+        t.ipam.release(rec.ip);
+        metrics::set_endpoints(t.records.len());
+        info!("deleted namespace {name} ({}){}", rec.ip, rec.published());
+        Ok(self.endpoint(&rec))
+    }
+
+    pub async fn list(&self) -> Vec<Endpoint> {
+        let t = self.table.lock().await;
+        t.records.values().map(|r| self.endpoint(r)).collect()
+    }
+
+    pub async fn show(&self, name: &str) -> Result<Endpoint> {
+        let t = self.table.lock().await;
+        t.records
+            .get(name)
+            .map(|r| self.endpoint(r))
+            .ok_or_else(|| EndpointError::NotFound(name.to_string()))
+    }
+
+    pub async fn count(&self) -> usize {
+        self.table.lock().await.records.len()
+    }
+}

@@ -1,0 +1,363 @@
+//! Applying operations: each is resolved from names to indexes and sent.
+//! Runs of overlay entries (neighbours, FDB entries, routes) are pipelined
+//! on the netlink socket, [`IN_FLIGHT`] at a time, so a batch of thousands
+//! of peers costs a few round trips, not thousands; everything else goes
+//! one at a time, in order.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use futures::StreamExt;
+
+use super::netlink::Netlink;
+use super::observe::IN_FLIGHT;
+use super::spares::Spare;
+use super::LinuxKernel;
+use crate::kernel::netns::{self, Namespace};
+use crate::kernel::{sysctl, KernelError, OnError, Report};
+use crate::model::ops::{NsOp, Op};
+
+type Result<T> = std::result::Result<T, KernelError>;
+
+/// What one batch has resolved so far: device indexes of the host
+/// namespace, and namespaces opened (or made) by earlier operations.
+#[derive(Default)]
+struct Batch {
+    index: HashMap<String, u32>,
+    netns: HashMap<String, Arc<Namespace>>,
+}
+
+impl Batch {
+    async fn index(&mut self, nl: &Netlink, name: &str) -> Result<u32> {
+        if let Some(i) = self.index.get(name) {
+            return Ok(*i);
+        }
+        let i = nl
+            .link(name)
+            .await?
+            .ok_or_else(|| KernelError::other(format!("find link {name}"), "no such device"))?
+            .index;
+        self.index.insert(name.to_string(), i);
+        Ok(i)
+    }
+
+    async fn netns(&mut self, k: &LinuxKernel, name: &str) -> Result<Arc<Namespace>> {
+        if let Some(ns) = self.netns.get(name) {
+            return Ok(ns.clone());
+        }
+        let ns = Arc::new(netns::open(&k.netns_path(name)).await?);
+        self.netns.insert(name.to_string(), ns.clone());
+        Ok(ns)
+    }
+}
+
+pub(super) async fn apply(k: &LinuxKernel, ops: &[Op], on_error: OnError) -> Report {
+    let mut report = Report::default();
+    let mut b = Batch::default();
+    let mut i = 0;
+    while i < ops.len() {
+        let run = ops[i..]
+            .iter()
+            .take_while(|o| o.is_overlay_entry() && o.kind() == ops[i].kind())
+            .count();
+        if run > 1 && on_error == OnError::Continue {
+            pipelined(k, &mut b, &ops[i..i + run], i, &mut report).await;
+            i += run;
+            continue;
+        }
+        match one(k, &mut b, &ops[i]).await {
+            Ok(()) => report.count(ops[i].kind()),
+            Err(error) => {
+                // The device may be gone or new: resolve again next time.
+                b.index.clear();
+                report
+                    .failures
+                    .push(crate::kernel::Failure { index: i, error });
+                if on_error == OnError::Stop {
+                    report.done = i;
+                    return report;
+                }
+            }
+        }
+        i += 1;
+    }
+    report.done = ops.len();
+    report
+}
+
+/// A run of overlay entries of one kind, many in flight at once.
+async fn pipelined(k: &LinuxKernel, b: &mut Batch, ops: &[Op], offset: usize, report: &mut Report) {
+    let mut devs: Vec<&str> = ops.iter().filter_map(dev_of).collect();
+    devs.sort_unstable();
+    devs.dedup();
+    for d in devs {
+        if let Err(error) = b.index(&k.host, d).await {
+            for i in 0..ops.len() {
+                report.failures.push(crate::kernel::Failure {
+                    index: offset + i,
+                    error: KernelError::other(error.what.clone(), error.cause.to_string()),
+                });
+            }
+            return;
+        }
+    }
+    let index = &b.index;
+    let jobs: Vec<_> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| async move { (i, entry(&k.host, index, op).await) })
+        .collect();
+    let mut s = futures::stream::iter(jobs).buffer_unordered(IN_FLIGHT);
+    while let Some((i, r)) = s.next().await {
+        match r {
+            Ok(()) => report.count(ops[i].kind()),
+            Err(error) => report.failures.push(crate::kernel::Failure {
+                index: offset + i,
+                error,
+            }),
+        }
+    }
+}
+
+fn dev_of(op: &Op) -> Option<&str> {
+    match op {
+        Op::ReplaceNeigh { dev, .. }
+        | Op::DelNeigh { dev, .. }
+        | Op::ReplaceFdb { dev, .. }
+        | Op::DelFdb { dev, .. } => Some(dev),
+        Op::ReplaceRoute { to, .. } => Some(&to.dev),
+        _ => None,
+    }
+}
+
+/// One overlay entry, its device already resolved.
+async fn entry(nl: &Netlink, index: &HashMap<String, u32>, op: &Op) -> Result<()> {
+    let idx = |d: &str| index.get(d).copied().unwrap_or(0);
+    match op {
+        Op::ReplaceNeigh { dev, ip, mac } => nl.replace_neighbour(idx(dev), *ip, *mac).await,
+        Op::DelNeigh { dev, ip } => nl.delete_neighbour(idx(dev), *ip).await,
+        Op::ReplaceFdb { dev, mac, dst } => nl.replace_fdb(idx(dev), *mac, *dst).await,
+        Op::DelFdb { dev, mac, dst } => nl.delete_fdb(idx(dev), *mac, *dst).await,
+        Op::ReplaceRoute { dst, to } => {
+            nl.replace_route(*dst, to.gateway, idx(&to.dev), to.onlink)
+                .await
+        }
+        Op::DelRoute { dst } => nl.delete_route(*dst).await,
+        other => Err(KernelError::other(
+            other.to_string(),
+            "not an overlay entry",
+        )),
+    }
+}
+
+async fn one(k: &LinuxKernel, b: &mut Batch, op: &Op) -> Result<()> {
+    let nl = &k.host;
+    match op {
+        Op::Sysctl { key, value } => sysctl::set(key, value)
+            .map_err(|e| KernelError::io(format!("set sysctl {key}={value}"), e)),
+        Op::CreateBridge { name, mac, mtu } => {
+            nl.create_bridge(name, *mac, *mtu).await?;
+            b.index.remove(name);
+            Ok(())
+        }
+        Op::CreateVxlan(spec) => {
+            let dev = match &spec.dev {
+                Some(d) => Some(b.index(nl, d).await?),
+                None => None,
+            };
+            nl.create_vxlan(spec, dev).await?;
+            b.index.remove(&spec.name);
+            Ok(())
+        }
+        Op::SetDevice(c) => {
+            let i = b.index(nl, &c.name).await?;
+            let master = match &c.master {
+                Some(m) => Some(b.index(nl, m).await?),
+                None => None,
+            };
+            nl.set_link(i, &c.name, c.mtu, c.mac, master, c.up).await
+        }
+        Op::DeleteDevice { name, index } => {
+            let r = match index {
+                Some(i) => nl.delete_link(*i, name).await,
+                None => nl.delete_link_by_name(name).await,
+            };
+            b.index.remove(name);
+            r
+        }
+        Op::AddAddress { dev, addr, prefix } => {
+            let i = b.index(nl, dev).await?;
+            nl.add_address(i, *addr, *prefix, dev).await
+        }
+        Op::DelAddress { dev, addr, prefix } => {
+            let i = b.index(nl, dev).await?;
+            nl.delete_address(i, *addr, *prefix, dev).await
+        }
+        Op::ReplaceNeigh { .. }
+        | Op::DelNeigh { .. }
+        | Op::ReplaceFdb { .. }
+        | Op::DelFdb { .. }
+        | Op::ReplaceRoute { .. }
+        | Op::DelRoute { .. } => {
+            if let Some(d) = dev_of(op) {
+                b.index(nl, d).await?;
+            }
+            entry(nl, &b.index, op).await
+        }
+        Op::CreateNetns { name } => {
+            let ns = netns::create(&k.netns_path(name)).await?;
+            b.netns.insert(name.clone(), Arc::new(ns));
+            Ok(())
+        }
+        Op::DeleteNetns { name } => {
+            b.netns.remove(name);
+            netns::delete(&k.netns_path(name))
+        }
+        Op::CreateVeth(v) => {
+            let ns = b.netns(k, &v.netns).await?;
+            let master = b.index(nl, &v.master).await?;
+            nl.create_veth(
+                &v.host,
+                master,
+                v.mtu,
+                ns.fd.as_fd(),
+                &v.peer,
+                v.peer_mac,
+                true,
+            )
+            .await?;
+            // A bridge port needs no addresses of its own (see netns::create).
+            sysctl::set(&format!("net/ipv6/conf/{}/disable_ipv6", v.host), "1")
+                .map_err(|e| KernelError::io(format!("disable IPv6 on {}", v.host), e))
+        }
+        Op::InNetns { netns, op } => {
+            let ns = b.netns(k, netns).await?;
+            inside(&ns.netlink, op, None).await
+        }
+        Op::AdoptSpare {
+            spare,
+            netns,
+            host,
+            master,
+            inside: ops,
+        } => {
+            let taken = k.spares.lock().expect("spares").remove(spare);
+            let s = taken.ok_or_else(|| {
+                KernelError::other(format!("take spare namespace for {netns}"), "no such spare")
+            })?;
+            let master = b.index(nl, master).await?;
+            let ns = adopt(k, s, netns, host, master, ops).await?;
+            b.netns.insert(netns.clone(), Arc::new(ns));
+            Ok(())
+        }
+        Op::FirewallSync {
+            spec,
+            forwards,
+            peers,
+        } => {
+            let (t, spec, f, p) = (
+                k.firewall.clone(),
+                spec.clone(),
+                forwards.clone(),
+                peers.clone(),
+            );
+            firewall(op, move || t.sync(&spec, &f, &p)).await
+        }
+        Op::AddForwards(f) => {
+            let (t, f) = (k.firewall.clone(), f.clone());
+            firewall(op, move || t.add_forwards(&f)).await
+        }
+        Op::DelForwards(f) => {
+            let (t, f) = (k.firewall.clone(), f.clone());
+            firewall(op, move || t.del_forwards(&f)).await
+        }
+        Op::UpdatePeers { add, del } => {
+            let (t, a, d) = (k.firewall.clone(), add.clone(), del.clone());
+            firewall(op, move || t.update_peers(&a, &d)).await
+        }
+    }
+}
+
+/// nft runs as a child process: off the runtime's threads.
+async fn firewall(
+    op: &Op,
+    f: impl FnOnce() -> std::result::Result<(), crate::firewall::FirewallError> + Send + 'static,
+) -> Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KernelError::other(op.to_string(), format!("firewall task failed: {e}")))?
+        .map_err(|e| KernelError::new(op.to_string(), crate::kernel::Cause::Firewall(Box::new(e))))
+}
+
+/// One operation inside a namespace; `eth` is the index of the device
+/// named in it when already known (a spare's `eth0`).
+async fn inside(nl: &Netlink, op: &NsOp, eth: Option<u32>) -> Result<()> {
+    let index = |name: &str| {
+        let name = name.to_string();
+        async move {
+            if let Some(i) = eth {
+                return Ok(i);
+            }
+            Ok(nl
+                .link(&name)
+                .await?
+                .ok_or_else(|| KernelError::other(format!("find link {name}"), "no such device"))?
+                .index)
+        }
+    };
+    match op {
+        NsOp::SetDevice(c) => {
+            let i = index(&c.name).await?;
+            nl.set_link(i, &c.name, c.mtu, c.mac, None, c.up).await
+        }
+        NsOp::DeleteDevice { name } => match nl.link(name).await? {
+            Some(l) => nl.delete_link(l.index, name).await,
+            None => Ok(()),
+        },
+        NsOp::AddAddress { dev, addr, prefix } => {
+            let i = index(dev).await?;
+            nl.add_address(i, *addr, *prefix, dev).await
+        }
+        NsOp::ReplaceDefaultRoute { gateway, dev } => {
+            let i = index(dev).await?;
+            nl.replace_default_route(*gateway, i).await
+        }
+    }
+}
+
+/// Turns a spare into a named endpoint: bind-mounts its namespace at the
+/// endpoint's path, renames and raises its host end, and configures its
+/// `eth0`, the two sides at once. On error, what was named is removed (by
+/// index: the spare's veth, renamed or not, never a device that merely
+/// has the endpoint's name).
+async fn adopt(
+    k: &LinuxKernel,
+    s: Spare,
+    name: &str,
+    host: &str,
+    master: u32,
+    ops: &[NsOp],
+) -> Result<Namespace> {
+    let path = k.netns_path(name);
+    netns::attach(&s.ns, &path)?;
+    let host_side = k.host.rename_up(s.host_index, &s.host_name, host, master);
+    let inner = async {
+        for op in ops {
+            inside(&s.ns.netlink, op, Some(s.eth_index)).await?;
+        }
+        Ok(())
+    };
+    let done: Result<()> = match tokio::join!(host_side, inner) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        _ => Ok(()),
+    };
+    match done {
+        Ok(()) => Ok(s.ns),
+        Err(e) => {
+            let _ = k.host.delete_link(s.host_index, &s.host_name).await;
+            let _ = netns::delete(&path);
+            Err(e)
+        }
+    }
+}

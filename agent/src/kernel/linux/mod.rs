@@ -1,0 +1,126 @@
+//! [`Kernel`] on Linux: rtnetlink for devices, addresses, routes and the
+//! overlay's entries, bind-mounted network namespaces, `/proc/sys`, and
+//! nftables through the `nft` binary.
+//!
+//! - `netlink.rs`: the socket, devices, addresses, routes;
+//! - `neigh.rs`: the vxlan device, neighbours, FDB entries, weft's routes;
+//! - `observe.rs`: what the kernel holds, as model data;
+//! - `apply.rs`: operations, resolved from names to indexes and applied;
+//! - `spares.rs`: spare namespaces held for `ns add`.
+
+mod apply;
+pub mod neigh;
+mod netlink;
+mod observe;
+mod spares;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use weft_common::{PortMapping, Proto};
+
+use super::{Kernel, KernelError, OnError, Report, SpareSpec};
+use crate::firewall::Table;
+use crate::model::observed::{
+    Device, Hop, HostQuery, HostView, NetnsPresence, NsView, UnderlayView,
+};
+use crate::model::ops::{Op, SpareId};
+
+pub use netlink::Netlink;
+use spares::Spare;
+
+/// The kernel of the namespace the agent runs in.
+pub struct LinuxKernel {
+    host: Netlink,
+    netns_dir: PathBuf,
+    firewall: Table,
+    spares: Mutex<HashMap<SpareId, Spare>>,
+    seq: AtomicU64,
+}
+
+impl LinuxKernel {
+    /// Opens a netlink socket in the calling thread's namespace (inside a
+    /// tokio runtime). Endpoints' namespaces live under `netns_dir`;
+    /// `table` is the nftables table (family inet) weft owns.
+    pub fn new(netns_dir: PathBuf, table: &str) -> Result<LinuxKernel, KernelError> {
+        let host = Netlink::connect().map_err(|e| KernelError::io("open netlink socket", e))?;
+        Ok(LinuxKernel {
+            host,
+            netns_dir,
+            firewall: Table::new(table),
+            spares: Mutex::default(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn netns_path(&self, name: &str) -> PathBuf {
+        self.netns_dir.join(name)
+    }
+}
+
+#[async_trait]
+impl Kernel for LinuxKernel {
+    async fn observe_host(&self, q: &HostQuery) -> Result<HostView, KernelError> {
+        observe::host(self, q).await
+    }
+
+    async fn observe_netns(&self, name: &str) -> Result<Option<NsView>, KernelError> {
+        observe::netns(self, name).await
+    }
+
+    async fn netns_presence(&self, name: &str) -> NetnsPresence {
+        super::netns::presence(&self.netns_path(name))
+    }
+
+    async fn observe_underlay(&self) -> Result<UnderlayView, KernelError> {
+        observe::underlay(self).await
+    }
+
+    async fn route_lookups(&self, ips: &[Ipv4Addr]) -> (BTreeMap<Ipv4Addr, Hop>, Vec<KernelError>) {
+        observe::route_lookups(self, ips).await
+    }
+
+    async fn port_free(&self, p: &PortMapping) -> Result<(), String> {
+        port_free(p)
+    }
+
+    async fn apply(&self, ops: &[Op], on_error: OnError) -> Report {
+        apply::apply(self, ops, on_error).await
+    }
+
+    async fn build_spare(&self, spec: &SpareSpec) -> Result<SpareId, KernelError> {
+        spares::build(self, spec).await
+    }
+
+    fn discard_spare(&self, id: SpareId) {
+        self.spares.lock().expect("spares").remove(&id);
+    }
+
+    async fn devices(&self) -> Result<Vec<Device>, KernelError> {
+        Ok(observe::devices(&self.host.links().await?)
+            .into_values()
+            .collect())
+    }
+}
+
+/// Whether a host port is free: nothing on this host listens on it (a
+/// listener bound and dropped at once).
+fn port_free(p: &PortMapping) -> Result<(), String> {
+    let addr = SocketAddrV4::new(p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), p.host_port);
+    let res = match p.proto {
+        Proto::Tcp => TcpListener::bind(addr).map(drop),
+        Proto::Udp => UdpSocket::bind(addr).map(drop),
+    };
+    res.map_err(|e| match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => format!(
+            "host port {}/{} is already in use on this host",
+            p.host_port, p.proto
+        ),
+        Some(libc::EADDRNOTAVAIL) => format!("{} is not an address of this host", addr.ip()),
+        _ => format!("cannot use host port {addr}/{}: {e}", p.proto),
+    })
+}
