@@ -176,15 +176,14 @@ impl Endpoints {
         phases: &mut Phases,
     ) -> Result<()> {
         let spec = self.spec.endpoint(rec);
+        // The record's write (and its fsyncs) overlaps the kernel work; a
+        // failure below removes it again. A crash in between leaves a
+        // saved endpoint that the next start completes.
+        let saving = self.state.save_endpoint(rec);
+        // Whatever the outcome, the record may exist: undo removes it.
+        undo.push(Undo::Record(rec.name.clone()));
         let mut built = false;
-        let mut saved = false;
         if let Some(spare) = self.pool.take() {
-            // The record's write (and fsync) overlaps the kernel work; a
-            // failure below removes it again. A crash in between leaves a
-            // saved endpoint that the next start completes.
-            let saving = self.state.save_endpoint(rec);
-            // Whatever the outcome, the record may exist: undo removes it.
-            undo.push(Undo::Record(rec.name.clone()));
             let adopt = Op::AdoptSpare {
                 spare,
                 netns: rec.name.clone(),
@@ -204,8 +203,6 @@ impl Endpoints {
                     rec.name
                 ),
             }
-            saving.await?;
-            saved = true;
         }
         if !built {
             let ops = spec.build_ops();
@@ -226,11 +223,8 @@ impl Endpoints {
             undo.extend(Undo::of(&op));
             phases.mark("nft");
         }
-        if !saved {
-            self.state.save_endpoint(rec).await?;
-            undo.push(Undo::Record(rec.name.clone()));
-            phases.mark("state");
-        }
+        saving.await?;
+        phases.mark("state");
         Ok(())
     }
 

@@ -5,9 +5,8 @@
 //! (`peers.json`, rewritten on every change from the controller) is
 //! coalesced: only the newest one waiting is written.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::future::Future;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -23,9 +22,10 @@ use super::{
 
 enum Job {
     Write(PathBuf, Vec<u8>),
+    /// Removed, and the removal made durable.
     Remove(PathBuf),
-    /// An empty marker file, synced.
-    Touch(PathBuf),
+    /// A pending marker created or removed, not synced: see [`Writer::mark_pending`].
+    Mark(PathBuf, bool),
     /// The newest peer set waiting in the slot.
     Peers,
 }
@@ -69,7 +69,8 @@ impl Writer {
                     let r = match job {
                         Job::Write(path, bytes) => write_atomic(&path, &bytes),
                         Job::Remove(path) => remove_if_exists(&path).and_then(|()| sync_dir(&path)),
-                        Job::Touch(path) => touch(&path),
+                        Job::Mark(path, true) => touch(&path),
+                        Job::Mark(path, false) => remove_if_exists(&path),
                         Job::Peers => match slot.lock().expect("peers slot").take() {
                             Some(p) => write_atomic(&peers_path, &to_json(&p)),
                             None => Ok(()),
@@ -119,13 +120,18 @@ impl Writer {
     }
 
     /// The marker that `ns add` of `name` is under way: one found at start
-    /// means the agent died half-way, and the pieces are removed.
+    /// means the agent died half-way, and the pieces are removed. It is in
+    /// the file system at once (an agent that dies leaves it), but not
+    /// synced to disk: what it guards are kernel objects, and none of them
+    /// outlive a power loss that would lose the marker. Syncing it would
+    /// add milliseconds to every `ns add` for nothing.
     pub fn mark_pending(&self, name: &str) -> WriteDone {
-        self.submit(Job::Touch(self.pending_path(name)))
+        self.submit(Job::Mark(self.pending_path(name), true))
     }
 
+    /// Removes the marker (not synced either, see [`Writer::mark_pending`]).
     pub fn clear_pending(&self, name: &str) -> WriteDone {
-        self.submit(Job::Remove(self.pending_path(name)))
+        self.submit(Job::Mark(self.pending_path(name), false))
     }
 
     /// Whether the marker of `name` exists.
@@ -147,15 +153,12 @@ impl Writer {
 }
 
 fn touch(path: &std::path::Path) -> Result<()> {
-    let f = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(io_err("create", path))?;
-    (&f).flush().map_err(io_err("write", path))?;
-    f.sync_all().map_err(io_err("sync", path))?;
-    drop::<File>(f);
-    sync_dir(path)
+        .map(drop)
+        .map_err(io_err("create", path))
 }
