@@ -1,10 +1,12 @@
 //! The running agent: its reconciler (the host and the overlay), its
-//! endpoints, and in cluster mode its controllers. The local API, the
-//! repair loop and the peer-set loop call into it.
+//! endpoints, and in cluster mode its controllers; and when reconciles
+//! run: a repair on every kernel event that touches what weft owns (after
+//! [`SETTLE`], so a burst costs one) and every [`PERIOD`] regardless.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::control::Controllers;
 use crate::endpoints::Endpoints;
@@ -45,5 +47,37 @@ impl Agent {
         if let Err(e) = r {
             error!("reconcile failed: {e}; retrying later");
         }
+    }
+}
+
+/// A full reconcile at least this often, whatever the events said.
+pub const PERIOD: Duration = Duration::from_secs(30);
+/// Events are gathered this long before one reconcile handles them all.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Runs the repair loop forever.
+pub async fn repair_loop(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = agent.reconciler.woken() => tokio::time::sleep(SETTLE).await,
+            _ = tick.tick() => {}
+        }
+        agent.repair().await;
+    }
+}
+
+/// Starts the kernel event listener; without it repairs happen only every
+/// [`PERIOD`] (logged).
+pub fn watch_kernel(agent: Arc<Agent>) {
+    let a = agent.clone();
+    let r = crate::kernel::watch::spawn(
+        move |ev| a.reconciler.event(&ev),
+        || warn!("netlink event stream ended; repairs now only every {PERIOD:?}"),
+    );
+    if let Err(e) = r {
+        warn!("cannot watch netlink for changes ({e}); repairs only every {PERIOD:?}");
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use weft_common::logging::LogFormat;
 use weft_common::validate_name;
 
-use crate::endpoints::pool::MAX_POOL;
+use crate::model::MAX_POOL;
 
 /// weft-agent: builds this host's bridge, namespaces, NAT and published ports.
 #[derive(Debug, Parser, Default)]

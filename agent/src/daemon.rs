@@ -166,8 +166,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (c, serving) = (c.clone(), a.subnet);
         tokio::spawn(async move { c.run(serving, first, next).await });
     }
-    reconcile::run::watch(agent.clone());
-    tokio::spawn(reconcile::run::repair_loop(agent.clone()));
+    crate::agent::watch_kernel(agent.clone());
+    tokio::spawn(crate::agent::repair_loop(agent.clone()));
     {
         let a = agent.clone();
         tokio::spawn(async move { a.endpoints.keep_spares().await });

@@ -227,7 +227,7 @@ proptest! {
                         }
                     }
                 }
-                prop_assert!(c.ns_pool <= crate::endpoints::pool::MAX_POOL);
+                prop_assert!(c.ns_pool <= crate::model::MAX_POOL);
             }
             Err(e) => {
                 let msg = format!("{e:#}");

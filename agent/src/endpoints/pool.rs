@@ -13,9 +13,6 @@ use crate::kernel::SpareSpec;
 use crate::model::ops::SpareId;
 use crate::model::{BRIDGE, MAX_ENDPOINTS, NS_IFACE};
 
-/// The most spares `--ns-pool` may ask for.
-pub const MAX_POOL: usize = 64;
-
 pub struct Pool {
     /// How many spares to keep ready.
     pub target: usize,

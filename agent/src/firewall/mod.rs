@@ -78,54 +78,10 @@ mod nft;
 mod ruleset;
 mod table;
 
-use std::fmt;
-use std::net::Ipv4Addr;
-
-use ipnetwork::Ipv4Network;
-use weft_common::Proto;
-
+pub use crate::model::firewall::{FirewallSpec, PortForward};
 pub use nft::NftError;
 pub use ruleset::PEERS_SET;
 pub use table::Table;
-
-/// What the table must contain besides port forwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FirewallSpec {
-    /// Traffic from here to outside it is masqueraded.
-    pub cluster_cidr: Ipv4Network,
-    /// This host's subnet (on the bridge).
-    pub subnet: Ipv4Network,
-    /// Bridge name, "weft0".
-    pub bridge: String,
-    /// The VXLAN UDP port (cluster mode): packets to it are accepted only
-    /// from the addresses in the peer set.
-    pub vxlan_port: Option<u16>,
-}
-
-/// One DNAT entry: traffic to `host_ip:host_port` (any local address of the
-/// host when `None`) goes to `target:target_port`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortForward {
-    pub host_ip: Option<Ipv4Addr>,
-    pub host_port: u16,
-    pub proto: Proto,
-    pub target: Ipv4Addr,
-    pub target_port: u16,
-}
-
-impl fmt::Display for PortForward {
-    /// `[HOSTIP:]HOSTPORT/PROTO -> TARGET:PORT`
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
-        }
-        write!(
-            f,
-            "{}/{} -> {}:{}",
-            self.host_port, self.proto, self.target, self.target_port
-        )
-    }
-}
 
 /// A failed firewall operation: what was attempted, then why (for nft
 /// failures, nft's error output).
@@ -186,6 +142,8 @@ pub(crate) mod testing {
     use super::*;
     use nftables::schema::Nftables;
     use serde_json::Value;
+    pub use std::net::Ipv4Addr;
+    pub use weft_common::Proto;
 
     pub fn fwd(
         host_ip: Option<[u8; 4]>,
@@ -224,6 +182,8 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+    use weft_common::Proto;
 
     fn fwd(host_ip: Option<Ipv4Addr>, host_port: u16, proto: Proto) -> PortForward {
         PortForward {

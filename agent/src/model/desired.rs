@@ -8,10 +8,10 @@ use ipnetwork::Ipv4Network;
 use weft_common::MacAddr;
 
 use super::endpoint::{EndpointRecord, EndpointSpec};
+use super::firewall::{FirewallSpec, PortForward};
 use super::observed::Device;
 use super::overlay::{Entries, Paths};
 use super::{BRIDGE, VXLAN_UDP_CSUM};
-use crate::firewall::{FirewallSpec, PortForward};
 
 /// How the vxlan device is to be made.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use thiserror::Error;
 use weft_common::name::host_veth_name;
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
 
+use super::firewall::PortForward;
 use super::observed::NsView;
 use super::ops::{DeviceChange, NsOp, Op, VethSpec};
 use super::{MAX_ENDPOINTS, MAX_PUBLISH, NS_IFACE};
-use crate::firewall::PortForward;
 
 /// One endpoint as persisted (`endpoints/<name>.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

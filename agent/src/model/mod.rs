@@ -13,11 +13,13 @@
 //! - [`endpoint`]: endpoint records, `ns add` checks, build and repair steps.
 //! - [`ipam`]: which addresses of the subnet the endpoints hold.
 //! - [`facts`]: the underlay, the public address and the MTU, found at start.
+//! - [`firewall`]: weft's nftables table as data.
 
 pub mod desired;
 pub mod diff;
 pub mod endpoint;
 pub mod facts;
+pub mod firewall;
 pub mod ipam;
 pub mod observed;
 pub mod offload;
@@ -41,5 +43,7 @@ pub const MAX_PUBLISH: usize = 256;
 /// A Linux bridge numbers its ports 1–1023 (BR_MAX_PORTS is 1024, port 0
 /// reserved); the kernel answers "Exchange full" past that.
 pub const MAX_ENDPOINTS: usize = 1023;
+/// The most spare namespaces `--ns-pool` may ask for.
+pub const MAX_POOL: usize = 64;
 /// Bytes VXLAN over IPv4 adds to a packet.
 pub const VXLAN_OVERHEAD: u32 = 50;

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use weft_common::MacAddr;
 
+use super::firewall::PortForward;
 use super::overlay::Entries;
-use crate::firewall::PortForward;
 
 /// The parameters of a vxlan device that are fixed at creation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub struct HostQuery {
     /// Endpoint names whose namespace path is checked.
     pub netns: Vec<String>,
     /// The firewall spec to compare weft's table with; `None`: not read.
-    pub firewall: Option<crate::firewall::FirewallSpec>,
+    pub firewall: Option<super::firewall::FirewallSpec>,
 }
 
 /// The host namespace as found.

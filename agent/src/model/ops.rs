@@ -18,9 +18,9 @@ use ipnetwork::Ipv4Network;
 use weft_common::MacAddr;
 
 use super::desired::VxlanSpec;
+use super::firewall::{FirewallSpec, PortForward};
 use super::overlay::RouteTo;
 use super::NFT_TABLE;
-use crate::firewall::{FirewallSpec, PortForward};
 
 /// A spare namespace held by the kernel layer (see `endpoints::pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -6,11 +6,12 @@
 //! never stops.
 //!
 //! - `explain.rs`: the log lines of overlay changes (pure);
-//! - `triggers.rs`: which kernel events need a repair (pure);
-//! - `run.rs`: the repair loop and the kernel event listener.
+//! - `triggers.rs`: which kernel events need a repair (pure).
+//!
+//! When reconciles run (the repair loop) is the agent's business
+//! (`crate::agent`).
 
 pub mod explain;
-pub mod run;
 pub mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
