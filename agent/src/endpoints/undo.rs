@@ -1,7 +1,7 @@
 //! What a half-done `ns add` has made, as a typed list: each entry is one
 //! thing to take back, and rolling back takes them back in reverse order.
 
-use crate::firewall::PortForward;
+use crate::model::firewall::PortForward;
 use crate::model::ops::Op;
 
 /// One thing `ns add` made.
