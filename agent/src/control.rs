@@ -16,7 +16,7 @@ use ipnetwork::Ipv4Network;
 use tracing::{debug, error, info, warn};
 use weft_common::api::ControllerLink;
 use weft_common::client::{ClientError, Session};
-use weft_common::cluster::{served_subnet_refusal, HostRecord};
+use weft_common::cluster::HostRecord;
 use weft_common::wire::{AgentMsg, ControllerMsg, PeerChange};
 use weft_common::MacAddr;
 
@@ -158,7 +158,11 @@ impl Link {
                 }
                 Err(e) => {
                     match &e {
-                        ClientError::Refused(c, why) => self.note_refusal(
+                        ClientError::Refused {
+                            controller: c,
+                            message: why,
+                            ..
+                        } => self.note_refusal(
                             why,
                             format!(
                                 "controller {c} refused this host ({}; retrying every {MAX_BACKOFF:?} or so): {why}",
@@ -171,9 +175,11 @@ impl Link {
                                 },
                             ),
                         ),
-                        ClientError::Connect(c, why)
-                            if weft_common::tls::handshake_refused_by_peer(why) =>
-                        {
+                        ClientError::Connect {
+                            controller: c,
+                            tls: Some(why),
+                            ..
+                        } if why.by_peer => {
                             let mine = cert.map_or_else(
                                 || "this host's certificate".to_string(),
                                 |s| {
@@ -184,17 +190,15 @@ impl Link {
                                     )
                                 },
                             );
-                            error!(
-                                "controller {c} refused {mine}: {}; retrying with backoff",
-                                weft_common::tls::describe_handshake_error(why)
-                            )
+                            error!("controller {c} refused {mine}: {why}; retrying with backoff")
                         }
-                        ClientError::Connect(c, why)
-                            if why.contains("invalid peer certificate") =>
-                        {
+                        ClientError::Connect {
+                            controller: c,
+                            tls: Some(why),
+                            ..
+                        } if why.problem().is_some() => {
                             error!(
-                                "refused the certificate of controller {c}: {}; retrying with backoff",
-                                weft_common::tls::describe_handshake_error(why)
+                                "refused the certificate of controller {c}: {why}; retrying with backoff"
                             )
                         }
                         _ => warn!("{e}"),
@@ -229,16 +233,16 @@ impl Link {
         r.last = Some((reason.to_string(), now));
     }
 
-    /// Whether a failed round had a controller refuse the subnet this host
-    /// serves (`want`): it refuses again until an operator acts, so the
-    /// retries go at the slowest pace. Other refusals (an etcd leader
-    /// change, …) may pass at once and are retried as usual.
+    /// Whether a failed round of a host that serves a subnet (`want`) had
+    /// a controller refuse it with a code that persists until an operator
+    /// acts (`RefusalCode::persists`): the retries go at the slowest pace.
+    /// Other refusals (an etcd leader change, …) may pass at once and are
+    /// retried as usual.
     fn subnet_refused(&self, errors: &[ClientError], want: Option<Ipv4Network>) -> bool {
-        let Some(w) = want else { return false };
-        let about = served_subnet_refusal(&self.node, w);
-        errors
-            .iter()
-            .any(|e| matches!(e, ClientError::Refused(_, why) if why.contains(&about)))
+        want.is_some()
+            && errors.iter().any(
+                |e| matches!(e, ClientError::Refused { code: Some(code), .. } if code.persists()),
+            )
     }
 
     /// Blocks until some controller assigns a subnet (first start of a host
@@ -414,7 +418,7 @@ impl Link {
                 }
                 st.revision = revision;
             }
-            ControllerMsg::Error { message } => {
+            ControllerMsg::Error { message, .. } => {
                 return Err(format!("controller error: {message}"));
             }
             ControllerMsg::Assigned { .. } => {

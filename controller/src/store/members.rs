@@ -6,7 +6,8 @@
 //! balancer keeps choosing it: with one member of three killed, most
 //! requests failed until it came back (etcdv3/etcd-client#39). This task
 //! probes every endpoint with a TCP connect every [`PERIOD`] and takes an
-//! unreachable one out of the channel (`Client::remove_endpoint`), and puts
+//! unreachable one out of the channel (`Client::remove_endpoint`, through
+//! [`Etcd`]), and puts
 //! it back once it accepts connections again. The last reachable endpoints
 //! are never removed; if none answers, all stay in, so errors still say
 //! what is wrong.
@@ -14,9 +15,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use etcd_client::Client;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
+
+use super::etcd::Etcd;
 
 /// How often every endpoint is probed.
 pub const PERIOD: Duration = Duration::from_millis(500);
@@ -48,14 +50,14 @@ async fn reachable(addr: &str) -> Result<(), String> {
 }
 
 /// Starts the probe task when there is more than one endpoint.
-pub fn spawn(client: Client, endpoints: Vec<String>) {
+pub(super) fn spawn(client: Etcd, endpoints: Vec<String>) {
     if endpoints.len() < 2 {
         return;
     }
     tokio::spawn(run(client, endpoints));
 }
 
-async fn run(client: Client, endpoints: Vec<String>) {
+async fn run(client: Etcd, endpoints: Vec<String>) {
     let mut out: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
