@@ -28,16 +28,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// `host:port` of an endpoint URL (`http://10.0.0.1:2379`, `https://…`,
 /// or a bare `host:port`); port 2379 if none is given.
 pub fn authority(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let auth = rest.split('/').next().unwrap_or(rest);
-    let has_port = match auth.rfind(']') {
-        Some(i) => auth[i..].contains(':'),
-        None => auth.contains(':'),
-    };
-    if has_port {
-        auth.to_string()
-    } else {
-        format!("{auth}:2379")
+    match url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().cloned())
+    {
+        Some(a) if a.port_u16().is_some() => a.to_string(),
+        Some(a) => format!("{a}:2379"),
+        None => url.to_string(),
     }
 }
 
