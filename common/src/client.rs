@@ -7,6 +7,8 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 
 use crate::cluster::NetworkConfig;
+use crate::refusal::RefusalCode;
+use crate::tls::TlsFailure;
 use crate::wire::{self, AgentMsg, ControllerMsg, FrameError, FrameReader};
 
 /// How long connecting and registering may take before the attempt counts
@@ -20,16 +22,52 @@ pub enum ClientError {
     Address(String),
     #[error("resolve {0}: {1}")]
     Resolve(String, String),
-    #[error("connect to {0}: {1}")]
-    Connect(String, String),
+    /// The connection could not be made or was lost. `tls` says why when
+    /// a TLS handshake was refused (by the controller or by this side).
+    #[error("connect to {controller}: {message}")]
+    Connect {
+        controller: String,
+        message: String,
+        tls: Option<TlsFailure>,
+    },
     #[error("controller {0} did not answer within {1:?}")]
     Timeout(String, Duration),
-    #[error("controller {0} refused: {1}")]
-    Refused(String, String),
+    /// The controller refused the registration: its sentence, and its
+    /// code when it sent one (controllers from 0.2.0 on, to agents from
+    /// 0.2.0 on).
+    #[error("controller {controller} refused: {message}")]
+    Refused {
+        controller: String,
+        code: Option<RefusalCode>,
+        message: String,
+    },
     #[error("controller {0} broke the protocol: {1}")]
     Protocol(String, String),
     #[error("controller {0}: {1}")]
     Frame(String, FrameError),
+}
+
+impl ClientError {
+    /// A connection that failed with `e` (typed: a refused handshake is
+    /// told apart).
+    fn connection(controller: &str, e: &quinn::ConnectionError) -> ClientError {
+        ClientError::Connect {
+            controller: controller.to_string(),
+            message: e.to_string(),
+            tls: TlsFailure::of(e),
+        }
+    }
+
+    /// A step on an open connection that failed with `e`: the
+    /// connection's close reason, when it has one, says why.
+    fn lost(controller: &str, conn: &quinn::Connection, e: impl std::fmt::Display) -> ClientError {
+        let closed = conn.close_reason();
+        ClientError::Connect {
+            controller: controller.to_string(),
+            message: e.to_string(),
+            tls: closed.as_ref().and_then(TlsFailure::of),
+        }
+    }
 }
 
 /// A registered session.
@@ -79,29 +117,36 @@ impl Session {
     ) -> Result<Session, ClientError> {
         let (name, addrs) = resolve(controller).await?;
         let c = controller.to_string();
-        let connecting = endpoint
-            .connect_with(tls, addrs[0], &name)
-            .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+        let connecting =
+            endpoint
+                .connect_with(tls, addrs[0], &name)
+                .map_err(|e| ClientError::Connect {
+                    controller: c.clone(),
+                    message: e.to_string(),
+                    tls: None,
+                })?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| ClientError::Timeout(c.clone(), CONNECT_TIMEOUT))?
-            .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+            .map_err(|e| ClientError::connection(&c, &e))?;
         let steps = async {
             let (mut send, recv) = conn
                 .open_bi()
                 .await
-                .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+                .map_err(|e| ClientError::connection(&c, &e))?;
             wire::write(&mut send, register)
                 .await
-                .map_err(|e| ClientError::Connect(c.clone(), e.to_string()))?;
+                .map_err(|e| ClientError::lost(&c, &conn, e))?;
             let mut recv = FrameReader::new(recv, wire::MAX_CONTROLLER_FRAME);
             match recv.read::<ControllerMsg>().await {
                 Ok(Some(ControllerMsg::Assigned { subnet, config })) => {
                     Ok((send, recv, subnet, config))
                 }
-                Ok(Some(ControllerMsg::Error { message })) => {
-                    Err(ClientError::Refused(c.clone(), message))
-                }
+                Ok(Some(ControllerMsg::Error { message, code })) => Err(ClientError::Refused {
+                    controller: c.clone(),
+                    code,
+                    message,
+                }),
                 Ok(Some(other)) => Err(ClientError::Protocol(
                     c.clone(),
                     format!("expected assigned, got {}", kind(&other)),
@@ -110,9 +155,7 @@ impl Session {
                     c.clone(),
                     "closed the stream before assigning a subnet".into(),
                 )),
-                Err(FrameError::Io(e)) => {
-                    Err(ClientError::Connect(c.clone(), conn_reason(&conn, e)))
-                }
+                Err(FrameError::Io(e)) => Err(ClientError::lost(&c, &conn, conn_reason(&conn, e))),
                 Err(e) => Err(ClientError::Frame(c.clone(), e)),
             }
         };
@@ -137,7 +180,7 @@ impl Session {
             .await
             .map_err(|e| match e {
                 FrameError::Io(io) => {
-                    ClientError::Connect(self.controller.clone(), conn_reason(&self.conn, io))
+                    ClientError::lost(&self.controller, &self.conn, conn_reason(&self.conn, io))
                 }
                 e => ClientError::Frame(self.controller.clone(), e),
             })
@@ -146,7 +189,7 @@ impl Session {
     pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
         wire::write(&mut self.send, &AgentMsg::Heartbeat {})
             .await
-            .map_err(|e| ClientError::Connect(self.controller.clone(), e.to_string()))
+            .map_err(|e| ClientError::lost(&self.controller, &self.conn, e))
     }
 }
 

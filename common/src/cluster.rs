@@ -183,15 +183,6 @@ pub struct SubnetRecord {
     pub reserved: bool,
 }
 
-/// How a controller's refusal of a host's registration begins when the
-/// refusal is about the subnet the host serves (taken by or reserved for
-/// another host, outside the cluster, …): only an operator can change that,
-/// so the agent retries at its slowest pace instead of backing off from
-/// scratch as after a passing error.
-pub fn served_subnet_refusal(node: &str, subnet: Ipv4Network) -> String {
-    format!("host {node} serves {subnet}")
-}
-
 /// `10.244.3.0/24` ⇄ `10.244.3.0-24` (etcd key form, no slash).
 pub fn subnet_key(net: Ipv4Network) -> String {
     format!("{}-{}", net.network(), net.prefix())

@@ -12,6 +12,7 @@ pub mod mac;
 pub mod metrics;
 pub mod name;
 pub mod publish;
+pub mod refusal;
 pub mod tls;
 pub mod tls_reload;
 pub mod wire;

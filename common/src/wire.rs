@@ -9,6 +9,16 @@
 //! `snapshot` with the etcd revision it reflects, then `delta`s with higher
 //! revisions. The agent sends `heartbeat`s; anything else from it after
 //! `register` is out of order.
+//!
+//! Compatibility: the controller decodes agent frames strictly (an unknown
+//! field makes a frame malformed). Agents decode controller frames
+//! tolerantly from version 0.2.0 on: a message's unknown fields are
+//! ignored, so a newer controller may add optional ones. Agents before
+//! 0.2.0 refuse unknown fields, so a field added since is sent only to
+//! agents whose `register` says they understand it (see
+//! [`understands_codes`] for `error.code`). The records inside messages
+//! (host records, the network config) are etcd's schema as well and stay
+//! strict.
 
 use std::net::Ipv4Addr;
 
@@ -17,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cluster::{HostRecord, NetworkConfig};
+use crate::refusal::RefusalCode;
 use crate::MacAddr;
 
 /// Largest frame an agent may send (a registration is ~200 bytes).
@@ -45,9 +56,10 @@ pub enum AgentMsg {
     Heartbeat {},
 }
 
-/// Controller → agent.
+/// Controller → agent. Decoded tolerantly: unknown fields are ignored
+/// (see the module's notes on compatibility).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControllerMsg {
     Assigned {
         subnet: Ipv4Network,
@@ -63,17 +75,45 @@ pub enum ControllerMsg {
         revision: i64,
         changes: Vec<PeerChange>,
     },
-    /// The controller refuses or ends the session; `message` says why.
-    Error { message: String },
+    /// The controller refuses or ends the session; `message` says why,
+    /// `code` says it for programs (sent only to agents that
+    /// [understand codes](understands_codes)).
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<RefusalCode>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum PeerChange {
     /// A host joined or its tunnel endpoint changed.
     Upsert { host: HostRecord },
     /// A host left (lease ended or `weftctl host rm`).
     Remove { name: String },
+}
+
+/// The first version whose agents decode `error.code` (and any unknown
+/// field of a controller message), as (major, minor).
+pub const CODES_SINCE: (u64, u64) = (0, 2);
+
+/// Whether an agent that registered with `version` understands
+/// `error.code`: its version is at least [`CODES_SINCE`]. Read loosely
+/// (`0.2.0`, `v0.3`, `1.0.0-rc1+abc`: major and minor are what count); an
+/// empty or unreadable version (a simulated agent, a build without one)
+/// is taken as an older agent.
+pub fn understands_codes(version: &str) -> bool {
+    let mut parts = version.trim().trim_start_matches('v').split('.');
+    let mut number = || -> Option<u64> {
+        let p = parts.next()?;
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (number(), number()) {
+        (Some(major), Some(minor)) => (major, minor) >= CODES_SINCE,
+        _ => false,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +296,98 @@ mod tests {
         );
         assert!(decode::<AgentMsg>(br#"{"type":"heartbeat","x":1}"#).is_err());
         assert!(decode::<AgentMsg>(br#"{"type":"assigned"}"#).is_err());
+        // No code: the field is left out (an agent before 0.2.0 refuses it).
+        let e = ControllerMsg::Error {
+            message: "no".into(),
+            code: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"error","message":"no"}"#
+        );
+        let e = ControllerMsg::Error {
+            message: "no".into(),
+            code: Some(RefusalCode::SubnetTaken),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"error","message":"no","code":"subnet_taken"}"#
+        );
+    }
+
+    /// An error frame of a controller before 0.2.0 (no code) still
+    /// decodes; one with a code decodes to the typed code, also one this
+    /// version does not know.
+    #[test]
+    fn error_frames_old_and_new_decode() {
+        let old = decode::<ControllerMsg>(br#"{"type":"error","message":"refused"}"#).unwrap();
+        assert_eq!(
+            old,
+            ControllerMsg::Error {
+                message: "refused".into(),
+                code: None
+            }
+        );
+        let new = decode::<ControllerMsg>(
+            br#"{"type":"error","message":"refused","code":"reserved_elsewhere"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            new,
+            ControllerMsg::Error {
+                code: Some(RefusalCode::ReservedElsewhere),
+                ..
+            }
+        ));
+        let newer =
+            decode::<ControllerMsg>(br#"{"type":"error","message":"x","code":"meteor_strike"}"#)
+                .unwrap();
+        assert!(matches!(
+            newer,
+            ControllerMsg::Error {
+                code: Some(RefusalCode::Unknown),
+                ..
+            }
+        ));
+    }
+
+    /// Unknown fields of controller messages are ignored (forward
+    /// compatibility); the types of known ones are still checked, and
+    /// records inside stay strict.
+    #[test]
+    fn controller_messages_tolerate_unknown_fields() {
+        let d = decode::<ControllerMsg>(
+            br#"{"type":"delta","revision":7,"changes":[{"op":"remove","name":"h2","why":"gone"}],"epoch":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            ControllerMsg::Delta {
+                revision: 7,
+                changes: vec![PeerChange::Remove { name: "h2".into() }],
+            }
+        );
+        assert!(
+            decode::<ControllerMsg>(br#"{"type":"delta","revision":"7","changes":[]}"#).is_err()
+        );
+        assert!(decode::<ControllerMsg>(br#"{"type":"teleport"}"#).is_err());
+        let mut snap = serde_json::to_value(ControllerMsg::Snapshot {
+            revision: 1,
+            peers: vec![host(1)],
+        })
+        .unwrap();
+        snap["peers"][0]["colour"] = "blue".into();
+        assert!(decode::<ControllerMsg>(&serde_json::to_vec(&snap).unwrap()).is_err());
+    }
+
+    #[test]
+    fn codes_are_sent_from_0_2_on() {
+        for v in ["0.2.0", "0.2.1-dev", "v0.3", "0.10.0", "1.0.0-rc1+abc"] {
+            assert!(understands_codes(v), "{v}");
+        }
+        for v in ["0.1.0", "0.1.9", "", "bench", "simulated", "0", "x.y.z"] {
+            assert!(!understands_codes(v), "{v}");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ use weft_common::cluster::{
     MTU_RANGE,
 };
 use weft_common::name::{host_veth_name, is_weft_veth_name, MAX_NAME_LEN};
+use weft_common::refusal::RefusalCode;
 use weft_common::wire::{
     self, AgentMsg, ControllerMsg, Decoder, FrameError, FrameReader, PeerChange,
 };
@@ -126,7 +127,11 @@ fn arb_controller_msg() -> impl Strategy<Value = ControllerMsg> {
             .prop_map(|(revision, peers)| ControllerMsg::Snapshot { revision, peers }),
         (any::<i64>(), proptest::collection::vec(change, 0..6))
             .prop_map(|(revision, changes)| ControllerMsg::Delta { revision, changes }),
-        "\\PC{0,40}".prop_map(|message| ControllerMsg::Error { message }),
+        (
+            "\\PC{0,40}",
+            proptest::option::of(proptest::sample::select(RefusalCode::ALL.to_vec()))
+        )
+            .prop_map(|(message, code)| ControllerMsg::Error { message, code }),
     ]
 }
 

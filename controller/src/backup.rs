@@ -13,12 +13,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
-use weft_common::cluster::{parse_subnet_key, HostRecord, NetworkConfig, SubnetRecord};
+use weft_common::cluster::{HostRecord, NetworkConfig, SubnetRecord};
 use weft_common::validate_name;
 
+use crate::store::keys::Key;
+use crate::store::records::{decode, encode};
 use crate::store::{now, Store, StoreError};
 
 /// The version of the backup document's layout.
@@ -49,8 +50,6 @@ pub struct Backup {
 pub enum BackupError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
     #[error("nothing to back up: {0} holds no network config (run weftctl cluster init)")]
     Empty(String),
     #[error("key {key}: {reason}")]
@@ -65,49 +64,40 @@ pub enum BackupError {
     Raced(String),
 }
 
-fn prefix_of(store: &Store) -> String {
-    let ck = store.config_key();
-    ck.strip_suffix("config").unwrap_or(&ck).to_string()
-}
-
 /// Reads every weft key under the store's prefix at one revision. Keys of
 /// other kinds (the controllers' connection records) are not part of it.
 pub async fn take(store: &Store) -> Result<Backup, BackupError> {
-    let prefix = prefix_of(store);
-    let mut r = store
-        .client()
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+    let keys = store.keys();
+    let all = store.read_all().await?;
     let (mut config, mut subnets, mut hosts) = (None, BTreeMap::new(), BTreeMap::new());
-    for kv in r.take_kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let rest = &key[prefix.len()..];
+    for (key, value) in &all.kvs {
         let bad = |reason: String| BackupError::CorruptKey {
             key: key.clone(),
             reason,
         };
-        if rest == "config" {
-            config = Some(
-                serde_json::from_slice::<NetworkConfig>(kv.value())
-                    .map_err(|e| bad(e.to_string()))?,
-            );
-        } else if let Some(s) = rest.strip_prefix("subnets/") {
-            let net = parse_subnet_key(s).ok_or_else(|| bad("not a subnet key".into()))?;
-            let rec: SubnetRecord =
-                serde_json::from_slice(kv.value()).map_err(|e| bad(e.to_string()))?;
-            subnets.insert(net.to_string(), rec);
-        } else if let Some(name) = rest.strip_prefix("hosts/") {
-            let rec: HostRecord =
-                serde_json::from_slice(kv.value()).map_err(|e| bad(e.to_string()))?;
-            hosts.insert(name.to_string(), rec);
+        let corrupt = |e: crate::store::BadRecord| bad(e.reason);
+        match keys.parse(key) {
+            Some(Key::Config) => {
+                config = Some(decode::<NetworkConfig>(key, value).map_err(corrupt)?);
+            }
+            Some(Key::Subnet(net)) => {
+                let net = net.ok_or_else(|| bad("not a subnet key".into()))?;
+                let rec: SubnetRecord = decode(key, value).map_err(corrupt)?;
+                subnets.insert(net.to_string(), rec);
+            }
+            Some(Key::Host(name)) => {
+                let rec: HostRecord = decode(key, value).map_err(corrupt)?;
+                hosts.insert(name.to_string(), rec);
+            }
+            _ => {}
         }
     }
-    let config = config.ok_or_else(|| BackupError::Empty(prefix.clone()))?;
+    let prefix = keys.prefix().to_string();
+    let config = config.ok_or_else(|| BackupError::Empty(keys.all()))?;
     let b = Backup {
         weft_backup: FORMAT,
-        prefix: prefix.trim_end_matches('/').to_string(),
-        revision,
+        prefix,
+        revision: all.revision,
         taken_at: now(),
         config,
         subnets,
@@ -196,35 +186,25 @@ pub struct Restored {
 /// Writes a checked backup into the store's (empty) prefix.
 pub async fn restore(store: &Store, b: &Backup, lease_ttl: i64) -> Result<Restored, BackupError> {
     let nets = check(b).map_err(BackupError::Invalid)?;
-    let prefix = prefix_of(store);
-    let existing = store
-        .client()
-        .get(
-            prefix.as_str(),
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await?
-        .count();
+    let existing = store.count_all().await?;
     if existing > 0 {
         return Err(BackupError::NotEmpty {
             count: existing,
-            prefix,
+            prefix: store.keys().all(),
         });
     }
     let mut written: Vec<String> = Vec::new();
     let mut leases: Vec<i64> = Vec::new();
     let result = write_all(store, b, &nets, lease_ttl, &mut written, &mut leases).await;
     if result.is_err() {
-        for key in &written {
-            let _ = store.client().delete(key.as_str(), None).await;
-        }
+        store.delete_keys(&written).await;
         for l in leases {
-            let _ = store.client().lease_revoke(l).await;
+            let _ = store.revoke_lease(l).await;
         }
     }
     result?;
     Ok(Restored {
-        prefix: prefix.trim_end_matches('/').to_string(),
+        prefix: store.keys().prefix().to_string(),
         hosts: b.hosts.len(),
         subnets: b.subnets.len(),
         lease_ttl,
@@ -239,10 +219,11 @@ async fn write_all(
     written: &mut Vec<String>,
     leases: &mut Vec<i64>,
 ) -> Result<(), BackupError> {
+    let keys = store.keys();
     // One lease per host, as registration gives it.
     let mut lease_of: HashMap<&str, i64> = HashMap::new();
     for name in b.hosts.keys() {
-        let id = store.client().lease_grant(lease_ttl, None).await?.id();
+        let id = store.grant_lease(lease_ttl).await?;
         leases.push(id);
         lease_of.insert(name, id);
     }
@@ -253,62 +234,35 @@ async fn write_all(
             (Some(h), false) => lease_of.get(h.as_str()).copied(),
             _ => None,
         };
-        puts.push((store.subnet_key(*net), json(*rec), lease));
+        puts.push((keys.subnet(*net), encode(*rec), lease));
     }
     for (name, rec) in &b.hosts {
         puts.push((
-            store.host_key(name),
-            json(rec),
+            keys.host(name),
+            encode(rec),
             lease_of.get(name.as_str()).copied(),
         ));
     }
-    let config_key = store.config_key();
     for chunk in puts.chunks(OPS_PER_TXN) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|(k, v, lease)| {
-                let opts = lease.map(|l| PutOptions::new().with_lease(l));
-                TxnOp::put(k.as_str(), v.clone(), opts)
-            })
-            .collect();
         // Nobody may initialise or restore the cluster meanwhile, and none
         // of these keys may have appeared.
-        let mut when = vec![Compare::version(config_key.as_str(), CompareOp::Equal, 0)];
-        when.extend(
-            chunk
-                .iter()
-                .map(|(k, _, _)| Compare::version(k.as_str(), CompareOp::Equal, 0)),
-        );
-        let ok = store
-            .client()
-            .txn(Txn::new().when(when).and_then(ops))
-            .await?
-            .succeeded();
-        if !ok {
+        if !store.create_keys(chunk).await? {
             return Err(BackupError::Raced(format!(
-                "{config_key} or one of {} keys",
+                "{} or one of {} keys",
+                keys.config(),
                 chunk.len()
             )));
         }
         written.extend(chunk.iter().map(|(k, _, _)| k.clone()));
     }
-    let ok = store
-        .client()
-        .txn(
-            Txn::new()
-                .when([Compare::version(config_key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(config_key.as_str(), json(&b.config), None)]),
-        )
+    let config = keys.config();
+    if !store
+        .create_keys(&[(config.clone(), encode(&b.config), None)])
         .await?
-        .succeeded();
-    if !ok {
-        return Err(BackupError::Raced(config_key));
+    {
+        return Err(BackupError::Raced(config));
     }
     Ok(())
-}
-
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialize")
 }
 
 #[cfg(test)]

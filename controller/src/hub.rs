@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-
-use etcd_client::{EventType, WatchOptions};
 use tokio::sync::{broadcast, RwLock};
 use tracing::{debug, info, warn};
 use weft_common::cluster::HostRecord;
+use weft_common::events;
 use weft_common::wire::{self, ControllerMsg, PeerChange};
 
-use crate::store::Store;
+use crate::store::{Store, WatchEvent};
+use crate::telemetry::metrics;
 
 /// Deltas buffered per session before a slow session is resynced with a
 /// snapshot instead.
@@ -140,12 +140,22 @@ impl Hub {
             for c in &effective {
                 match c {
                     PeerChange::Upsert { host } => info!(
+                        event = events::PEER_UPDATE,
+                        host = %host.name,
+                        change = "upsert",
+                        revision,
                         "peer update: host {} subnet {} at {} (revision {revision})",
-                        host.name, host.subnet, host.public_ip
+                        host.name,
+                        host.subnet,
+                        host.public_ip
                     ),
-                    PeerChange::Remove { name } => {
-                        info!("peer update: host {name} left (revision {revision})")
-                    }
+                    PeerChange::Remove { name } => info!(
+                        event = events::PEER_UPDATE,
+                        host = %name,
+                        change = "remove",
+                        revision,
+                        "peer update: host {name} left (revision {revision})"
+                    ),
                 }
             }
             let msg = ControllerMsg::Delta {
@@ -158,8 +168,8 @@ impl Hub {
             });
             // No receivers is fine: nobody is connected.
             let _ = self.tx.send(frame);
-            crate::metrics::get().delta_frames.inc();
-            crate::metrics::get().fanout_queue.set(self.tx.len() as i64);
+            metrics::get().delta_frames.inc();
+            metrics::get().fanout_queue.set(self.tx.len() as i64);
         }
         drop(v);
         if !was_ready {
@@ -204,25 +214,13 @@ impl Hub {
         let n = hosts.len();
         self.resync(rev, hosts).await;
         debug!("host list loaded: {n} hosts at revision {rev}");
-        let mut client = store.client();
-        let prefix = store.hosts_prefix();
-        let mut stream = client
-            .watch(
-                prefix.as_str(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(rev + 1)
-                        .with_progress_notify(),
-                ),
-            )
-            .await?;
-        // A reader task hands responses over a channel, so batching never
-        // cancels a half-read response.
+        let mut watch = store.watch_hosts(rev + 1).await?;
+        // A reader task hands answers over a channel, so batching never
+        // cancels a half-read answer.
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let reader = tokio::spawn(async move {
             loop {
-                let r = stream.message().await;
+                let r = watch.next().await;
                 let end = !matches!(r, Ok(Some(_)));
                 if tx.send(r).await.is_err() || end {
                     return;
@@ -248,37 +246,26 @@ impl Hub {
             let mut changes = Vec::new();
             let mut rev = 0;
             for r in batch {
-                let Some(resp) = r? else {
-                    anyhow::bail!("watch stream ended");
-                };
-                if resp.canceled() || resp.compact_revision() > 0 {
-                    info!(
-                        "host watch cancelled (compacted at {}: {}); listing again",
-                        resp.compact_revision(),
-                        resp.cancel_reason()
-                    );
-                    if !changes.is_empty() {
-                        self.apply(rev, changes).await;
+                match r? {
+                    None => anyhow::bail!("watch stream ended"),
+                    Some(WatchEvent::Cancelled {
+                        compact_revision,
+                        reason,
+                    }) => {
+                        info!(
+                            "host watch cancelled (compacted at {compact_revision}: {reason}); listing again"
+                        );
+                        if !changes.is_empty() {
+                            self.apply(rev, changes).await;
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
-                }
-                rev = rev.max(resp.header().map(|h| h.revision()).unwrap_or(0));
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key());
-                    let Some(name) = key.strip_prefix(prefix.as_str()) else {
-                        continue;
-                    };
-                    match ev.event_type() {
-                        EventType::Put => match serde_json::from_slice::<HostRecord>(kv.value()) {
-                            Ok(h) if h.name == name && h.validate().is_ok() => {
-                                changes.push(PeerChange::Upsert { host: h })
-                            }
-                            _ => warn!("ignoring unreadable host record at {key}"),
-                        },
-                        EventType::Delete => changes.push(PeerChange::Remove {
-                            name: name.to_string(),
-                        }),
+                    Some(WatchEvent::Changes {
+                        revision,
+                        changes: c,
+                    }) => {
+                        rev = rev.max(revision);
+                        changes.extend(c);
                     }
                 }
             }

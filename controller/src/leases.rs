@@ -16,7 +16,8 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+use crate::telemetry::metrics;
 
 /// Keep-alives in flight at once.
 const CONCURRENCY: usize = 32;
@@ -89,18 +90,13 @@ impl Leases {
     }
 
     /// One keep-alive for `id`; marks it gone if etcd no longer has it.
-    async fn refresh(&self, id: i64) -> Result<(), etcd_client::Error> {
-        let mut c = self.store.client();
-        let (mut keeper, mut stream) =
-            crate::metrics::etcd("lease_keep_alive", c.lease_keep_alive(id)).await?;
-        keeper.keep_alive().await?;
-        let ttl = match stream.message().await? {
-            Some(r) => r.ttl(),
-            None => return Ok(()),
+    async fn refresh(&self, id: i64) -> Result<(), StoreError> {
+        let Some(ttl) = self.store.keep_lease_alive(id).await? else {
+            return Ok(());
         };
         if ttl <= 0 {
             debug!("lease {id:x} is gone");
-            crate::metrics::get().lease_expiries.inc();
+            metrics::get().lease_expiries.inc();
             if let Some(e) = self.held.lock().expect("leases").get(&id) {
                 e.gone.send_replace(true);
             }
@@ -121,7 +117,9 @@ impl Leases {
                 // one that hangs must not stall the whole round.
                 .map(|id| async move {
                     match tokio::time::timeout(me.interval, me.refresh(id)).await {
-                        Ok(r) => r.err().map(|e| e.to_string()),
+                        Ok(Ok(())) => None,
+                        Ok(Err(StoreError::Etcd(e))) => Some(e.to_string()),
+                        Ok(Err(e)) => Some(e.to_string()),
                         Err(_) => Some(format!("no answer within {:?}", me.interval)),
                     }
                 })

@@ -1,5 +1,6 @@
 //! Which hosts' agents are connected, and to which controller:
-//! `<prefix>/agents/<node>` = [`AgentPresence`], for `weftctl host list`.
+//! `<prefix>/agents/<node>` = [`AgentPresence`], for `weftctl host list`
+//! (the keys themselves are the store's: `crate::store`).
 //!
 //! Each controller holds one short etcd lease ([`PRESENCE_TTL`], kept alive
 //! every third of it) and attaches the keys of its sessions to it, so the
@@ -20,32 +21,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
-use weft_common::cluster::HostRecord;
 
-use crate::store::{now, Store, StoreError};
+use crate::store::{now, AgentPresence, Store, StoreError};
 
 /// TTL of a controller's presence lease, seconds: how long a crashed
 /// controller's agents may still show connected.
 pub const PRESENCE_TTL: i64 = 10;
 /// Changes gathered this long before one write.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
-/// Operations per etcd transaction (etcd's default limit is 128).
-const OPS_PER_TXN: usize = 100;
-
-/// `<prefix>/agents/<node>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentPresence {
-    /// The controller the agent is connected to (the address it dialled).
-    pub controller: String,
-    /// Unix seconds when the session was assigned.
-    pub since: u64,
-    /// The agent's address as the controller sees it.
-    pub remote: String,
-}
 
 #[derive(Default)]
 struct State {
@@ -140,6 +125,10 @@ impl Presence {
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
+                        let e = match e {
+                            StoreError::Etcd(e) => e.to_string(),
+                            e => e.to_string(),
+                        };
                         warn!("could not write agent presence to etcd ({e}); retrying");
                     }
                     // Retry at the next tick at the latest.
@@ -148,15 +137,12 @@ impl Presence {
         }
     }
 
-    async fn keep_alive(&self) -> Result<(), etcd_client::Error> {
+    async fn keep_alive(&self) -> Result<(), StoreError> {
         let lease = self.st.lock().expect("presence").lease;
         if lease == 0 {
             return Ok(());
         }
-        let mut c = self.store.client();
-        let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-        keeper.keep_alive().await?;
-        let alive = matches!(stream.message().await?, Some(r) if r.ttl() > 0);
+        let alive = matches!(self.store.keep_lease_alive(lease).await?, Some(ttl) if ttl > 0);
         if !alive {
             warn!("presence lease {lease:x} expired (etcd unreachable for {PRESENCE_TTL} s?); writing every connected agent again");
             let mut st = self.st.lock().expect("presence");
@@ -170,7 +156,7 @@ impl Presence {
 
     /// Brings etcd in line with the sessions: puts of new or changed keys
     /// (on the lease), guarded deletes of ended ones, in few transactions.
-    async fn sync(&self) -> Result<(), etcd_client::Error> {
+    async fn sync(&self) -> Result<(), StoreError> {
         let (lease, puts, dels) = {
             let st = self.st.lock().expect("presence");
             let puts: Vec<(String, Vec<u8>)> = st
@@ -191,47 +177,13 @@ impl Presence {
             return Ok(());
         }
         let lease = if lease == 0 && !puts.is_empty() {
-            let l = self
-                .store
-                .client()
-                .lease_grant(PRESENCE_TTL, None)
-                .await?
-                .id();
+            let l = self.store.grant_lease(PRESENCE_TTL).await?;
             self.st.lock().expect("presence").lease = l;
             l
         } else {
             lease
         };
-        let mut ops = Vec::with_capacity(puts.len() + dels.len());
-        for (node, v) in &puts {
-            ops.push(TxnOp::put(
-                self.store.agent_key(node),
-                v.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            ));
-        }
-        for (node, v) in &dels {
-            // Only if the key is still what this controller wrote.
-            let key = self.store.agent_key(node);
-            ops.push(TxnOp::txn(
-                Txn::new()
-                    .when([Compare::value(key.as_str(), CompareOp::Equal, v.clone())])
-                    .and_then([TxnOp::delete(key.as_str(), None)]),
-            ));
-        }
-        let mut client = self.store.client();
-        let mut done = 0;
-        for chunk in ops.chunks(OPS_PER_TXN) {
-            let txn = Txn::new().and_then(chunk.to_vec());
-            if let Err(e) = client.txn(txn).await {
-                // What went through is rewritten harmlessly next time.
-                if done > 0 {
-                    debug!("presence: {done} operations written before the failure");
-                }
-                return Err(e);
-            }
-            done += chunk.len();
-        }
+        self.store.write_presence(lease, &puts, &dels).await?;
         let mut st = self.st.lock().expect("presence");
         if st.lease != lease {
             return Ok(());
@@ -253,72 +205,7 @@ impl Presence {
     pub async fn revoke(&self) {
         let lease = std::mem::take(&mut self.st.lock().expect("presence").lease);
         if lease != 0 {
-            let _ = self.store.client().lease_revoke(lease).await;
+            let _ = self.store.revoke_lease(lease).await;
         }
-    }
-}
-
-/// Every `<prefix>/agents/` key: which hosts are connected, where.
-pub async fn list(store: &Store) -> Result<HashMap<String, AgentPresence>, StoreError> {
-    let prefix = store.agents_prefix();
-    let mut r = store
-        .client()
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let mut out = HashMap::new();
-    for kv in r.take_kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let Some(node) = key.strip_prefix(prefix.as_str()) else {
-            continue;
-        };
-        match serde_json::from_slice::<AgentPresence>(kv.value()) {
-            Ok(p) => {
-                out.insert(node.to_string(), p);
-            }
-            Err(e) => warn!("skipping unreadable presence key {key}: {e}"),
-        }
-    }
-    Ok(out)
-}
-
-/// After a session ends: sets the host record's `last_seen` to now, keeping
-/// its lease. Guarded by the record's revision (a registration in between
-/// has written a fresh record anyway). The hub compares tunnel fields only,
-/// so this reaches no agent. Best effort.
-pub async fn touch_last_seen(store: &Store, node: &str) {
-    let key = store.host_key(node);
-    let res: Result<(), etcd_client::Error> = async {
-        let mut c = store.client();
-        let Some(kv) = c
-            .get(key.as_str(), None)
-            .await?
-            .take_kvs()
-            .into_iter()
-            .next()
-        else {
-            return Ok(());
-        };
-        let Ok(mut rec) = serde_json::from_slice::<HostRecord>(kv.value()) else {
-            return Ok(());
-        };
-        rec.last_seen = now();
-        let opts = (kv.lease() != 0).then(|| PutOptions::new().with_lease(kv.lease()));
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                kv.mod_revision(),
-            )])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                serde_json::to_vec(&rec).expect("record serializes"),
-                opts,
-            )]);
-        c.txn(txn).await?;
-        Ok(())
-    }
-    .await;
-    if let Err(e) = res {
-        debug!("update last_seen of host {node}: {e}");
     }
 }

@@ -114,7 +114,7 @@ pub async fn connect(
     loop {
         match Session::open(endpoint, controller, tls.clone(), reg).await {
             Ok(s) => return Ok((s, failed)),
-            Err(e) if start.elapsed() < within && !matches!(e, ClientError::Refused(..)) => {
+            Err(e) if start.elapsed() < within && !matches!(e, ClientError::Refused { .. }) => {
                 failed += 1;
                 // Spread the retries: all of them at once is the storm again.
                 let jitter = 0.5 + (start.elapsed().subsec_nanos() % 1000) as f64 / 1000.0;

@@ -50,6 +50,13 @@ pub fn etcd_url() -> String {
     format!("http://{ETCD_IP}:2379")
 }
 
+/// A client of the lab's etcd for tests and benchmarks that write keys as
+/// an outside writer would (hand-made records, fake peers); run it inside
+/// a namespace that reaches etcd.
+pub async fn raw_etcd() -> anyhow::Result<etcd_client::Client> {
+    Ok(etcd_client::Client::connect([etcd_url()], None).await?)
+}
+
 /// What agents need to join (kept in the manifest).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterInfo {

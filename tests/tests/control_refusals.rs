@@ -570,7 +570,7 @@ fn protocol_violations_end_only_their_session() {
 
     // h1's certificate cannot register h2.
     match &seen.mismatch.1 {
-        Err(ClientError::Refused(_, m)) => {
+        Err(ClientError::Refused { message: m, .. }) => {
             assert!(m.contains("does not match the certificate"), "{m}");
             assert!(m.contains("\"h2\"") && m.contains("\"h1\""), "{m}");
         }
@@ -585,7 +585,7 @@ fn protocol_violations_end_only_their_session() {
 
     // Nor an invalid name.
     match &seen.bad_name.1 {
-        Err(ClientError::Refused(_, m)) => {
+        Err(ClientError::Refused { message: m, .. }) => {
             assert!(m.contains("invalid node name"), "{m}");
             assert!(m.contains("Bad_Name"), "{m}");
         }

@@ -356,7 +356,7 @@ fn controller_survives_misbehaving_clients() {
                 .take(100)
                 .collect(),
         );
-        let client = store.client();
+        let client = weft_tests::cluster::raw_etcd().await.expect("etcd");
         let t0 = Instant::now();
         let total = DELTA_RATE * DELTA_FOR.as_secs() as usize;
         let done = Arc::new(AtomicUsize::new(0));
@@ -397,7 +397,7 @@ fn controller_survives_misbehaving_clients() {
         let written = done.load(Ordering::Relaxed);
         let rate = written as f64 / t0.elapsed().as_secs_f64();
         // Leave none of them behind.
-        let mut c = store.client();
+        let mut c = client.clone();
         for n in 0..100 {
             c.delete(format!("/weft/hosts/d{n}"), None)
                 .await

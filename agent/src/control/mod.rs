@@ -155,7 +155,11 @@ impl Controllers {
                 }
                 Err(e) => {
                     match &e {
-                        ClientError::Refused(c, why) => self.note_refusal(
+                        ClientError::Refused {
+                            controller: c,
+                            message: why,
+                            ..
+                        } => self.note_refusal(
                             why,
                             format!(
                                 "controller {c} refused this host ({}; retrying every {:?} or so): {why}",
@@ -169,9 +173,11 @@ impl Controllers {
                                 pace::MAX_BACKOFF,
                             ),
                         ),
-                        ClientError::Connect(c, why)
-                            if weft_common::tls::handshake_refused_by_peer(why) =>
-                        {
+                        ClientError::Connect {
+                            controller: c,
+                            tls: Some(why),
+                            ..
+                        } if why.by_peer => {
                             let mine = cert.map_or_else(
                                 || "this host's certificate".to_string(),
                                 |s| {
@@ -182,17 +188,15 @@ impl Controllers {
                                     )
                                 },
                             );
-                            error!(
-                                "controller {c} refused {mine}: {}; retrying with backoff",
-                                weft_common::tls::describe_handshake_error(why)
-                            )
+                            error!("controller {c} refused {mine}: {why}; retrying with backoff")
                         }
-                        ClientError::Connect(c, why)
-                            if why.contains("invalid peer certificate") =>
-                        {
+                        ClientError::Connect {
+                            controller: c,
+                            tls: Some(why),
+                            ..
+                        } if why.problem().is_some() => {
                             error!(
-                                "refused the certificate of controller {c}: {}; retrying with backoff",
-                                weft_common::tls::describe_handshake_error(why)
+                                "refused the certificate of controller {c}: {why}; retrying with backoff"
                             )
                         }
                         _ => warn!("{e}"),
@@ -231,7 +235,7 @@ impl Controllers {
                     return s;
                 }
                 Err(errors) => {
-                    let refused = pace::waits_for_operator(&self.node, &errors, want);
+                    let refused = pace::waits_for_operator(&errors, want);
                     if refused {
                         backoff = pace::MAX_BACKOFF;
                     }
@@ -286,7 +290,7 @@ impl Controllers {
                     next = (next + 1) % self.addresses.len();
                     continue;
                 }
-                Err(errors) => pace::waits_for_operator(&self.node, &errors, Some(serving)),
+                Err(errors) => pace::waits_for_operator(&errors, Some(serving)),
             };
             if refused {
                 backoff = pace::MAX_BACKOFF;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use tokio::time::Instant;
 use weft_common::client::ClientError;
-use weft_common::cluster::served_subnet_refusal;
 
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -28,16 +27,17 @@ pub fn next(d: Duration) -> Duration {
     (d * 2).min(MAX_BACKOFF)
 }
 
-/// Whether a failed round had a controller refuse the subnet this host
-/// serves (`want`) for a reason that lasts until an operator acts: then
-/// the retries go at the slowest pace. Other refusals (an etcd leader
-/// change, …) may pass at once and are retried as usual.
-pub fn waits_for_operator(node: &str, errors: &[ClientError], want: Option<Ipv4Network>) -> bool {
-    let Some(w) = want else { return false };
-    let about = served_subnet_refusal(node, w);
-    errors
-        .iter()
-        .any(|e| matches!(e, ClientError::Refused(_, why) if why.contains(&about)))
+/// Whether a failed round of a host that serves a subnet (`want`) had a
+/// controller refuse it with a code that lasts until an operator acts
+/// ([`weft_common::refusal::RefusalCode::persists`]): then the retries go
+/// at the slowest pace. Other refusals (an etcd leader change, …) may pass
+/// at once and are retried as usual; so are refusals without a code (a
+/// controller older than 0.2.0).
+pub fn waits_for_operator(errors: &[ClientError], want: Option<Ipv4Network>) -> bool {
+    want.is_some()
+        && errors
+            .iter()
+            .any(|e| matches!(e, ClientError::Refused { code: Some(code), .. } if code.persists()))
 }
 
 /// The last refusal logged at error level, and how many repeats of it
@@ -77,6 +77,7 @@ impl Refusals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_common::refusal::RefusalCode;
 
     #[test]
     fn the_same_refusal_is_said_once_a_minute() {
@@ -103,20 +104,28 @@ mod tests {
         }
     }
 
+    fn refused(code: Option<RefusalCode>) -> ClientError {
+        ClientError::Refused {
+            controller: "c1".into(),
+            code,
+            message: "whatever the sentence says".into(),
+        }
+    }
+
     #[test]
-    fn only_a_refused_served_subnet_waits_for_an_operator() {
+    fn only_lasting_refusals_of_a_serving_host_wait_for_an_operator() {
         let s: Ipv4Network = "10.244.2.0/24".parse().unwrap();
-        let taken = ClientError::Refused(
-            "c1".into(),
-            format!(
-                "{}, which is now held by host h4",
-                served_subnet_refusal("h3", s)
-            ),
-        );
-        let other = ClientError::Refused("c1".into(), "etcd: leader changed".into());
-        assert!(waits_for_operator("h3", &[other, taken], Some(s)));
-        let other = ClientError::Refused("c1".into(), "etcd: leader changed".into());
-        assert!(!waits_for_operator("h3", &[other], Some(s)));
-        assert!(!waits_for_operator("h3", &[], None));
+        let taken = refused(Some(RefusalCode::SubnetTaken));
+        let etcd = refused(Some(RefusalCode::EtcdUnavailable));
+        assert!(waits_for_operator(&[etcd, taken], Some(s)));
+        let etcd = refused(Some(RefusalCode::EtcdUnavailable));
+        assert!(!waits_for_operator(&[etcd], Some(s)));
+        // An older controller sends no code: the usual pace.
+        assert!(!waits_for_operator(&[refused(None)], Some(s)));
+        // A new host (serving nothing) keeps the usual pace too.
+        assert!(!waits_for_operator(
+            &[refused(Some(RefusalCode::SubnetTaken))],
+            None
+        ));
     }
 }

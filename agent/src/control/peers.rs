@@ -166,6 +166,7 @@ mod tests {
         let e = b
             .apply(ControllerMsg::Error {
                 message: "no".into(),
+                code: None,
             })
             .unwrap_err();
         assert_eq!(e, "controller error: no");

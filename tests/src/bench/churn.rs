@@ -674,6 +674,7 @@ fn peer_churn(
         "/weft",
         Duration::from_secs(10),
     ))?;
+    let etcd = rt.block_on(weft_tests::cluster::raw_etcd())?;
     let mut watch = [
         RouteWatch::new(logs[0].clone()),
         RouteWatch::new(logs[1].clone()),
@@ -690,7 +691,7 @@ fn peer_churn(
         let nets: Vec<Ipv4Network> = batch.iter().map(|h| h.subnet).collect();
         let t = Instant::now();
         rt.block_on(async {
-            let mut c = store.client();
+            let mut c = etcd.clone();
             for h in &batch {
                 let srec = SubnetRecord {
                     host: Some(h.name.clone()),

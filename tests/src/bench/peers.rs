@@ -121,12 +121,7 @@ fn write_fake_hosts(lab: &Lab, p: usize) -> Result<()> {
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            let store = weft_controller::store::Store::connect(
-                &[weft_tests::cluster::etcd_url()],
-                "/weft",
-                Duration::from_secs(10),
-            )
-            .await?;
+            let etcd = weft_tests::cluster::raw_etcd().await?;
             // Subnet keys first: the agent must never be given one of them.
             let (subnets, hosts): (Vec<_>, Vec<_>) =
                 kvs.into_iter().partition(|(k, _)| k.contains("/subnets/"));
@@ -134,7 +129,7 @@ fn write_fake_hosts(lab: &Lab, p: usize) -> Result<()> {
                 let mut set = tokio::task::JoinSet::new();
                 for chunk in batch.chunks(batch.len().div_ceil(16).max(1)) {
                     let chunk = chunk.to_vec();
-                    let mut c = store.client();
+                    let mut c = etcd.clone();
                     set.spawn(async move {
                         for (k, v) in chunk {
                             c.put(k, v, None).await?;

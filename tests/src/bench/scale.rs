@@ -516,8 +516,8 @@ fn cause(e: &weft_common::client::ClientError) -> String {
     use weft_common::client::ClientError as E;
     let s = match e {
         E::Timeout(_, d) => format!("timeout after {d:?}"),
-        E::Connect(_, m) => format!("connect: {m}"),
-        E::Refused(_, m) => format!("refused: {m}"),
+        E::Connect { message: m, .. } => format!("connect: {m}"),
+        E::Refused { message: m, .. } => format!("refused: {m}"),
         E::Protocol(_, m) => format!("protocol: {m}"),
         other => other.to_string(),
     };

@@ -1,18 +1,63 @@
-//! How the controller and `weftctl` reach a secured etcd: TLS with the CA
-//! that signed etcd's server certificate, an optional client certificate
-//! (`--client-cert-auth` on etcd), and an etcd user whose password never
-//! appears on a command line.
+//! The etcd flags both binaries take, and their checks: `--etcd-endpoints`
+//! and `--etcd-prefix`, TLS with the CA that signed etcd's server
+//! certificate, an optional client certificate (`--client-cert-auth` on
+//! etcd), and an etcd user whose password never appears on a command line.
 //!
 //! Everything is checked before the first connection, and each problem is
-//! one sentence naming the flag and the file or value.
+//! one sentence naming the flag and the file or value. The clap fields of
+//! `--etcd-endpoints` and `--etcd-prefix` differ between the binaries (the
+//! controller requires endpoints, `weftctl` defaults them), their checks
+//! do not: [`target`].
 
 use std::path::{Path, PathBuf};
 
-use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 use weft_common::tls::{self, CertSummary};
+
+use crate::store::{EtcdAccess, EtcdTarget};
 
 /// The environment variable holding the etcd password.
 pub const PASSWORD_ENV: &str = "WEFT_ETCD_PASSWORD";
+
+/// Checks `--etcd-endpoints` and `--etcd-prefix` and resolves the etcd TLS
+/// and user flags (the password from `--etcd-password-file`, else from
+/// `password_env`, the value of `WEFT_ETCD_PASSWORD`), in that order.
+pub fn target(
+    endpoints: &[String],
+    prefix: &str,
+    flags: &EtcdFlags,
+    password_env: Option<String>,
+) -> Result<EtcdTarget, String> {
+    check_endpoints(endpoints)?;
+    check_prefix(prefix)?;
+    let access = flags.resolve(endpoints, password_env)?;
+    Ok(EtcdTarget {
+        endpoints: endpoints.to_vec(),
+        prefix: prefix.to_string(),
+        access,
+    })
+}
+
+/// Every endpoint is an http:// or https:// URL.
+pub fn check_endpoints(endpoints: &[String]) -> Result<(), String> {
+    for e in endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(format!(
+                "--etcd-endpoints {e:?}: expected a URL like http://127.0.0.1:2379"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The prefix is an absolute key prefix.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') || prefix.len() < 2 {
+        return Err(format!(
+            "--etcd-prefix {prefix:?}: expected an absolute key prefix like /weft"
+        ));
+    }
+    Ok(())
+}
 
 /// Flags for a secured etcd (flattened into the controller's and
 /// `weftctl`'s arguments; global, so `weftctl` takes them before or after
@@ -42,48 +87,6 @@ pub struct EtcdFlags {
     /// Refused: a password on the command line is visible to every user.
     #[arg(long, global = true, hide = true, value_name = "PASSWORD")]
     pub etcd_password: Option<String>,
-}
-
-/// Checked TLS material and credentials for etcd.
-#[derive(Clone, Default)]
-pub struct EtcdAccess {
-    tls: Option<TlsOptions>,
-    user: Option<(String, String)>,
-    /// The client certificate's summary, for logs.
-    pub client_cert: Option<CertSummary>,
-}
-
-impl std::fmt::Debug for EtcdAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdAccess")
-            .field("tls", &self.tls.is_some())
-            .field("user", &self.user.as_ref().map(|u| &u.0))
-            .field("client_cert", &self.client_cert)
-            .finish()
-    }
-}
-
-impl EtcdAccess {
-    /// The etcd user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.user.as_ref().map(|u| u.0.as_str())
-    }
-
-    /// Whether TLS is used.
-    pub fn tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
-    /// Adds TLS and credentials to connect options.
-    pub fn apply(&self, mut opts: ConnectOptions) -> ConnectOptions {
-        if let Some(t) = &self.tls {
-            opts = opts.with_tls(t.clone());
-        }
-        if let Some((u, p)) = &self.user {
-            opts = opts.with_user(u.clone(), p.clone());
-        }
-        opts
-    }
 }
 
 impl EtcdFlags {
@@ -149,16 +152,19 @@ impl EtcdFlags {
                 ));
             };
             tls::load_certs(ca).map_err(|e| format!("--etcd-ca: {e}"))?;
-            let mut t =
-                TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca, "--etcd-ca")?));
-            if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
-                access.client_cert = Some(check_pair(cert, key)?);
-                t = t.identity(Identity::from_pem(
-                    read(cert, "--etcd-cert")?,
-                    read(key, "--etcd-key")?,
-                ));
-            }
-            access.tls = Some(t);
+            let ca_pem = read(ca, "--etcd-ca")?;
+            let identity = match (&self.etcd_cert, &self.etcd_key) {
+                (Some(cert), Some(key)) => {
+                    let summary = check_pair(cert, key)?;
+                    Some((
+                        read(cert, "--etcd-cert")?,
+                        read(key, "--etcd-key")?,
+                        summary,
+                    ))
+                }
+                _ => None,
+            };
+            access = access.with_tls(ca_pem, identity);
         }
         let password = match &self.etcd_password_file {
             Some(f) => {
@@ -189,7 +195,7 @@ impl EtcdFlags {
                 if u.is_empty() {
                     return Err("--etcd-user: empty user name".into());
                 }
-                access.user = Some((u.clone(), p));
+                access = access.with_user(u.clone(), p);
             }
             (Some(u), None) => {
                 return Err(format!(
@@ -252,75 +258,29 @@ fn check_pair(cert: &Path, key: &Path) -> Result<CertSummary, String> {
     Ok(summary)
 }
 
-/// An etcd error in an operator's words when it is about access: a wrong
-/// password, auth not enabled, a refused TLS handshake. `None` otherwise.
-pub fn access_error(e: &etcd_client::Error, access: &EtcdAccess) -> Option<String> {
-    use std::error::Error;
-    let mut texts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        texts.push(c.to_string());
-        cause = c.source();
-    }
-    let all = texts.join(": ");
-    let user = access.user().unwrap_or("?");
-    if all.contains("authentication failed") {
-        return Some(format!("etcd refused user {user}: authentication failed"));
-    }
-    if all.contains("authentication is not enabled") {
-        return Some(format!(
-            "etcd has authentication disabled but --etcd-user {user} was given"
-        ));
-    }
-    if all.contains("permission denied") {
-        return Some(format!(
-            "etcd refused user {user}: permission denied (grant the user a role on weft's prefix)"
-        ));
-    }
-    if all.contains("user name is empty") || all.contains("user name not found") {
-        return Some("etcd requires authentication: pass --etcd-user and a password (WEFT_ETCD_PASSWORD or --etcd-password-file), or a client certificate whose name is an etcd user".to_string());
-    }
-    let lower = all.to_lowercase();
-    // TLS 1.3: etcd checks the client certificate after the client thinks
-    // the handshake is done, and then sends a bad-certificate alert or just
-    // closes the connection; which of these the client sees depends on
-    // timing (all three were seen in CI).
-    if access.tls()
-        && access.client_cert.is_none()
-        && (lower.contains("connection closed")
-            || lower.contains("cancel")
-            || lower.contains("broken pipe")
-            || lower.contains("connection reset")
-            || lower.contains("badcertificate")
-            || lower.contains("bad certificate")
-            || lower.contains("certificaterequired")
-            || lower.contains("certificate required"))
-    {
-        return Some(
-            "etcd closed the TLS connection: it requires a client certificate (--etcd-cert and --etcd-key)"
-                .to_string(),
-        );
-    }
-    if access.tls()
-        && (lower.contains("certificate") || lower.contains("tls") || lower.contains("alert"))
-    {
-        let inner = texts.last().cloned().unwrap_or_default();
-        let hint = if access.client_cert.is_none() {
-            " (etcd may require a client certificate: --etcd-cert and --etcd-key)"
-        } else {
-            ""
-        };
-        return Some(format!("TLS handshake with etcd failed: {inner}{hint}"));
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn flags() -> EtcdFlags {
         EtcdFlags::default()
+    }
+
+    #[test]
+    fn endpoints_and_prefix_are_checked_first() {
+        let e = target(&["notaurl".into()], "/weft", &flags(), None).unwrap_err();
+        assert_eq!(
+            e,
+            "--etcd-endpoints \"notaurl\": expected a URL like http://127.0.0.1:2379"
+        );
+        let e = target(&["http://127.0.0.1:2379".into()], "weft", &flags(), None).unwrap_err();
+        assert_eq!(
+            e,
+            "--etcd-prefix \"weft\": expected an absolute key prefix like /weft"
+        );
+        let t = target(&["http://127.0.0.1:2379".into()], "/w", &flags(), None).unwrap();
+        assert_eq!(t.prefix, "/w");
+        assert!(!t.access.tls());
     }
 
     #[test]
@@ -394,7 +354,7 @@ mod tests {
         let a = f
             .resolve(&["http://127.0.0.1:2379".into()], Some("ignored".into()))
             .unwrap();
-        assert_eq!(a.user.as_ref().unwrap().1, "s3cret");
+        assert_eq!(a.password(), Some("s3cret"));
         std::fs::write(&p, "").unwrap();
         let e = f
             .resolve(&["http://127.0.0.1:2379".into()], None)

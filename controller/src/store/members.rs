@@ -6,7 +6,8 @@
 //! balancer keeps choosing it: with one member of three killed, most
 //! requests failed until it came back (etcdv3/etcd-client#39). This task
 //! probes every endpoint with a TCP connect every [`PERIOD`] and takes an
-//! unreachable one out of the channel (`Client::remove_endpoint`), and puts
+//! unreachable one out of the channel (`Client::remove_endpoint`, through
+//! [`Etcd`]), and puts
 //! it back once it accepts connections again. The last reachable endpoints
 //! are never removed; if none answers, all stay in, so errors still say
 //! what is wrong.
@@ -14,9 +15,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use etcd_client::Client;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
+
+use super::etcd::Etcd;
 
 /// How often every endpoint is probed.
 pub const PERIOD: Duration = Duration::from_millis(500);
@@ -26,16 +28,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// `host:port` of an endpoint URL (`http://10.0.0.1:2379`, `https://…`,
 /// or a bare `host:port`); port 2379 if none is given.
 pub fn authority(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let auth = rest.split('/').next().unwrap_or(rest);
-    let has_port = match auth.rfind(']') {
-        Some(i) => auth[i..].contains(':'),
-        None => auth.contains(':'),
-    };
-    if has_port {
-        auth.to_string()
-    } else {
-        format!("{auth}:2379")
+    match url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().cloned())
+    {
+        Some(a) if a.port_u16().is_some() => a.to_string(),
+        Some(a) => format!("{a}:2379"),
+        None => url.to_string(),
     }
 }
 
@@ -48,14 +48,14 @@ async fn reachable(addr: &str) -> Result<(), String> {
 }
 
 /// Starts the probe task when there is more than one endpoint.
-pub fn spawn(client: Client, endpoints: Vec<String>) {
+pub(super) fn spawn(client: Etcd, endpoints: Vec<String>) {
     if endpoints.len() < 2 {
         return;
     }
     tokio::spawn(run(client, endpoints));
 }
 
-async fn run(client: Client, endpoints: Vec<String>) {
+async fn run(client: Etcd, endpoints: Vec<String>) {
     let mut out: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,9 +1,8 @@
-//! The controller's Prometheus metrics and its readiness (`--metrics-listen`,
-//! served by `weft_common::http`). One set per process.
+//! The controller's Prometheus metrics (`--metrics-listen`, served by
+//! `weft_common::http`). One set per process.
 
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,17 +12,16 @@ use prometheus_client::registry::Registry;
 pub use weft_common::metrics::GaugeGuard;
 use weft_common::metrics::{register, timed};
 
-use crate::store::{Store, StoreError};
-
 type Label = [(&'static str, &'static str); 1];
 
 /// etcd operations timed by [`etcd`].
-pub const ETCD_OPS: [&str; 5] = [
+pub const ETCD_OPS: [&str; 6] = [
     "get",
     "txn",
     "lease_grant",
     "lease_revoke",
     "lease_keep_alive",
+    "watch",
 ];
 
 pub struct Metrics {
@@ -82,7 +80,7 @@ impl Metrics {
         let etcd_latency = register(
             &mut r,
             "etcd_request_duration_seconds",
-            "etcd request latency by op (get, txn, lease_grant, lease_revoke, lease_keep_alive)",
+            "etcd request latency by op (get, txn, lease_grant, lease_revoke, lease_keep_alive, watch)",
             Family::<Label, Histogram>::new_with_constructor(
                 (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
             ),
@@ -164,29 +162,31 @@ pub async fn etcd<T, E>(op: &'static str, f: impl Future<Output = Result<T, E>>)
     timed(&latency, &errors, f).await
 }
 
+/// How a registration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Assigned a subnet; `allocated`: a new one.
+    Ok { allocated: bool },
+    /// Refused (bad name, certificate mismatch, cluster not initialised,
+    /// no free subnet, the subnet it serves is taken, …).
+    Refused,
+    /// etcd failed (or holds data weft cannot read).
+    Error,
+}
+
 /// Counts a registration's outcome.
-pub fn registration(result: &Result<crate::store::Registered, StoreError>) {
-    let res = match result {
-        Ok(r) => {
-            if r.allocated {
+pub fn registration(outcome: Registration) {
+    let res = match outcome {
+        Registration::Ok { allocated } => {
+            if allocated {
                 get().allocations.inc();
             }
             "ok"
         }
-        Err(StoreError::Etcd(_) | StoreError::TooManyRaces(_) | StoreError::Corrupt { .. }) => {
-            "error"
-        }
-        Err(_) => "refused",
+        Registration::Refused => "refused",
+        Registration::Error => "error",
     };
     get().registrations.get_or_create(&[("result", res)]).inc();
-}
-
-/// A registration refused before it reached etcd (bad name, certificate).
-pub fn registration_refused() {
-    get()
-        .registrations
-        .get_or_create(&[("result", "refused")])
-        .inc();
 }
 
 /// One connected agent until dropped.
@@ -197,101 +197,4 @@ pub fn connected() -> GaugeGuard {
 /// One session waiting for a snapshot turn until dropped.
 pub fn snapshot_waiter() -> GaugeGuard {
     GaugeGuard::new(&get().snapshot_waiters)
-}
-
-/// How long a readiness answer is reused.
-pub const READY_CACHE: Duration = Duration::from_secs(1);
-/// The longest the etcd check may take (within `/readyz`'s own limit).
-pub const READY_ETCD_TIMEOUT: Duration = Duration::from_millis(400);
-
-/// The controller's readiness: connected to etcd, etcd answers, and the
-/// network config is there. Checked at most once per [`READY_CACHE`], by
-/// one request at a time; others get the last answer.
-pub struct Ready {
-    store: Mutex<Option<Store>>,
-    /// Why etcd is not connected yet (before the store exists).
-    connecting: Mutex<String>,
-    last: Mutex<Option<(Instant, Result<(), String>)>>,
-    checking: tokio::sync::Mutex<()>,
-}
-
-static READY: LazyLock<Arc<Ready>> = LazyLock::new(|| {
-    Arc::new(Ready {
-        store: Mutex::new(None),
-        connecting: Mutex::new("connecting to etcd".into()),
-        last: Mutex::new(None),
-        checking: tokio::sync::Mutex::new(()),
-    })
-});
-
-pub fn ready() -> &'static Arc<Ready> {
-    &READY
-}
-
-impl Ready {
-    pub fn connecting(&self, why: impl Into<String>) {
-        *self.connecting.lock().expect("ready") = why.into();
-    }
-
-    pub fn connected(&self, store: Store) {
-        *self.store.lock().expect("ready") = Some(store);
-    }
-
-    fn cached(&self) -> Option<Result<(), String>> {
-        let last = self.last.lock().expect("ready");
-        match &*last {
-            Some((at, r)) if at.elapsed() < READY_CACHE => Some(r.clone()),
-            _ => None,
-        }
-    }
-
-    pub async fn check(&self) -> Result<(), String> {
-        if let Some(r) = self.cached() {
-            return r;
-        }
-        let Some(store) = self.store.lock().expect("ready").clone() else {
-            return Err(format!(
-                "not connected to etcd yet: {}",
-                self.connecting.lock().expect("ready")
-            ));
-        };
-        let _one = match self.checking.try_lock() {
-            Ok(g) => g,
-            // Another request is checking: wait for it (bounded by /readyz).
-            Err(_) => {
-                let _ = self.checking.lock().await;
-                return self
-                    .cached()
-                    .unwrap_or_else(|| Err("etcd did not answer the readiness check".into()));
-            }
-        };
-        let r = match tokio::time::timeout(READY_ETCD_TIMEOUT, store.config()).await {
-            Ok(Ok(Some(_))) => Ok(()),
-            Ok(Ok(None)) => Err(
-                "no network config in etcd: the cluster is not initialised (run `weftctl cluster init --cidr CIDR`)"
-                    .to_string(),
-            ),
-            Ok(Err(StoreError::Corrupt { key, reason })) => Err(format!(
-                "the network config in etcd is unreadable ({key}: {reason})"
-            )),
-            Ok(Err(e)) => Err(format!("etcd is not reachable: {e}")),
-            Err(_) => Err(format!(
-                "etcd is not reachable: no answer within {READY_ETCD_TIMEOUT:?}"
-            )),
-        };
-        *self.last.lock().expect("ready") = Some((Instant::now(), r.clone()));
-        r
-    }
-}
-
-/// What `--metrics-listen` serves.
-pub fn endpoints() -> weft_common::http::Endpoints {
-    weft_common::http::Endpoints {
-        heartbeat: Default::default(),
-        registry: get().registry(),
-        ready: Arc::new(|| {
-            let r = ready().clone();
-            Box::pin(async move { r.check().await })
-        }),
-    }
 }

@@ -1,0 +1,93 @@
+//! `weftctl ns`: namespaces on this host, through the local agent.
+
+use std::ffi::CString;
+
+use serde_json::Value;
+use weft_common::agent_client::AgentClient;
+use weft_common::api::{Endpoint, Request};
+
+use crate::cli::NsCommand;
+use crate::output::{self, Failure};
+
+pub fn run(json: bool, agent: &mut AgentClient, c: NsCommand) -> Result<(), Failure> {
+    match c {
+        NsCommand::Add { name, ip, publish } => {
+            let v = agent.call(&Request::NsAdd { name, ip, publish })?;
+            let ep: Endpoint = agent.decode(v.clone())?;
+            print_endpoints(json, &[ep], &v)
+        }
+        NsCommand::Del { name } => {
+            let v = agent.call(&Request::NsDel { name: name.clone() })?;
+            if json {
+                println!("{v}");
+            } else {
+                println!("deleted namespace {name}");
+            }
+            Ok(())
+        }
+        NsCommand::List => {
+            let v = agent.call(&Request::NsList)?;
+            let eps: Vec<Endpoint> = agent.decode(v.clone())?;
+            print_endpoints(json, &eps, &v)
+        }
+        NsCommand::Show { name } => {
+            let v = agent.call(&Request::NsShow { name })?;
+            let ep: Endpoint = agent.decode(v.clone())?;
+            print_endpoints(json, &[ep], &v)
+        }
+        NsCommand::Exec { name, cmd } => exec_in(&agent.ns_show(&name)?, &cmd),
+    }
+}
+
+/// `raw`: the agent's answer as it came, printed as it is with `-o json`.
+fn print_endpoints(json: bool, eps: &[Endpoint], raw: &Value) -> Result<(), Failure> {
+    if json {
+        println!("{raw}");
+        return Ok(());
+    }
+    let rows: Vec<[String; 5]> = eps
+        .iter()
+        .map(|e| {
+            let publish: Vec<String> = e.publish.iter().map(|p| p.to_string()).collect();
+            [
+                e.name.clone(),
+                e.ip.to_string(),
+                e.mac.to_string(),
+                if publish.is_empty() {
+                    "-".into()
+                } else {
+                    publish.join(",")
+                },
+                e.netns.clone(),
+            ]
+        })
+        .collect();
+    output::table(["NAME", "IP", "MAC", "PUBLISH", "NETNS"], &rows);
+    Ok(())
+}
+
+/// Enters the endpoint's network namespace and replaces this process with
+/// `cmd`, so its exit code is the command's own.
+fn exec_in(ep: &Endpoint, cmd: &[String]) -> Result<(), Failure> {
+    use nix::sched::{setns, CloneFlags};
+    let ns = std::fs::File::open(&ep.netns)
+        .map_err(|e| Failure::failed(format!("open namespace {}: {e}", ep.netns)))?;
+    setns(&ns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Failure::failed(format!("enter namespace {}: {e}", ep.netns)))?;
+    let args: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Failure::usage("command contains a NUL byte"))?;
+    let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
+    let code = if err == nix::Error::ENOENT { 127 } else { 126 };
+    Err(Failure(
+        format!(
+            "cannot run {:?} in namespace {}: {}",
+            cmd[0],
+            ep.name,
+            err.desc()
+        ),
+        code,
+    ))
+}

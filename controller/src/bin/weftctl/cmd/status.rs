@@ -1,0 +1,85 @@
+//! `weftctl status`: the local agent's node, subnet, controller link and
+//! peers (probed unless `--no-probe`).
+
+use weft_common::agent_client::AgentClient;
+use weft_common::api::{Request, Status};
+
+use crate::output::{self, Failure};
+
+pub fn run(json: bool, agent: &mut AgentClient, no_probe: bool) -> Result<(), Failure> {
+    let v = agent.call(&Request::Status { probe: !no_probe })?;
+    let s: Status = agent.decode(v.clone())?;
+    if json {
+        println!("{v}");
+    } else {
+        print_status(&s);
+    }
+    Ok(())
+}
+
+fn print_status(s: &Status) {
+    println!("node:        {}", s.node);
+    println!(
+        "subnet:      {} (gateway {} on {}, mtu {})",
+        s.subnet, s.gateway, s.bridge, s.mtu
+    );
+    println!("namespaces:  {}", s.endpoints);
+    let now = weft_controller::store::now();
+    let since = |t: Option<u64>| match t {
+        Some(t) => format!(" since {}", output::span(now.saturating_sub(t))),
+        None => String::new(),
+    };
+    let c = &s.controller;
+    match (c.connected, &c.address) {
+        (true, Some(a)) => println!("controller:  connected to {a}{}", since(c.since)),
+        (false, Some(a)) => println!(
+            "controller:  DISCONNECTED{} (last tried {a}; the data plane stays as it is, the agent keeps retrying)",
+            since(c.since)
+        ),
+        (_, None) if c.since.is_some() => println!(
+            "controller:  none reached yet, DISCONNECTED{}",
+            since(c.since)
+        ),
+        _ => println!("controller:  none (standalone)"),
+    }
+    if s.peers.is_empty() {
+        println!("peers:       none");
+        return;
+    }
+    let down = s
+        .peers
+        .iter()
+        .filter(|p| p.reachable == Some(false))
+        .count();
+    let probed = s.peers.iter().any(|p| p.reachable.is_some());
+    match (probed, down) {
+        (false, _) => println!("peers:       {} (not probed)", s.peers.len()),
+        (true, 0) => println!("peers:       {}, all reachable", s.peers.len()),
+        (true, d) => println!("peers:       {}, {d} UNREACHABLE", s.peers.len()),
+    }
+    let rows: Vec<[String; 6]> = s
+        .peers
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.subnet.clone(),
+                p.public_ip.to_string(),
+                p.mode.clone(),
+                match p.reachable {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => "-".into(),
+                },
+                match p.rtt_ms {
+                    Some(ms) => format!("{ms:.2} ms"),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    output::table(
+        ["NAME", "SUBNET", "PUBLIC-IP", "MODE", "REACHABLE", "RTT"],
+        &rows,
+    );
+}

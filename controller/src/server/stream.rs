@@ -1,0 +1,137 @@
+//! A registered session's stream: a snapshot (a few sessions at a time),
+//! then deltas, while reading heartbeats and keeping the host's lease.
+
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, warn};
+use weft_common::wire::{AgentMsg, FrameError, FrameReader};
+
+use super::shared::Controller;
+use crate::telemetry::metrics;
+
+/// An agent that sends nothing (not even a heartbeat) for this long is gone.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Snapshots being sent at once. While a whole fleet registers, thousands
+/// of snapshots streaming together (each of every host) took the CPU and
+/// the socket from the handshakes and registrations still queued, and the
+/// acknowledgements overflowed the socket: handshakes timed out and were
+/// retried. A few at a time, each goes out quickly and registrations go
+/// first.
+pub const SNAPSHOTS_AT_ONCE: usize = 32;
+/// The longest a session waits for its turn to get a snapshot.
+pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+/// The longest one session holds a turn.
+pub const SNAPSHOT_TURN: Duration = Duration::from_secs(5);
+
+/// How the stream ended.
+pub(super) enum Ended {
+    /// The agent closed its side.
+    Closed,
+    /// The agent broke the protocol (or the connection was lost).
+    Protocol(String),
+    /// The host's record is gone: the agent is told to register again.
+    Gone,
+}
+
+fn protocol(why: impl Into<String>) -> Ended {
+    Ended::Protocol(why.into())
+}
+
+/// Snapshot, then deltas, while reading heartbeats and keeping the lease.
+pub(super) async fn run(
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader<quinn::RecvStream>,
+    ctl: &Controller,
+    lease: i64,
+    refresh_lease: bool,
+) -> Ended {
+    let mut hold = ctl.leases.hold(lease, refresh_lease);
+    // Snapshots go out a few at a time (each session waits at most
+    // SNAPSHOT_WAIT for its turn). A session subscribes only when its turn
+    // comes, so until then nothing is buffered for it, and sessions that
+    // wait together share one encoded snapshot of a later revision.
+    let waiting = metrics::snapshot_waiter();
+    let permit = tokio::time::timeout(SNAPSHOT_WAIT, ctl.snapshots.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    drop(waiting);
+    // A turn ends when the snapshot is out or after SNAPSHOT_TURN, so an
+    // agent that stops reading cannot hold one.
+    let (done, turn_over) = tokio::sync::oneshot::channel::<()>();
+    if let Some(p) = permit {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SNAPSHOT_TURN, turn_over).await;
+            drop(p);
+        });
+    }
+    let (mut rev, snapshot, mut rx) = ctl.hub.subscribe().await;
+    // With the connection's send window (common/src/tls/config.rs) this returns
+    // once most of the snapshot is acknowledged, not merely buffered.
+    if let Err(e) = send.write_chunk(snapshot).await {
+        return protocol(format!("write snapshot: {e}"));
+    }
+    drop(done);
+    metrics::get().snapshots.inc();
+    debug!("snapshot at revision {rev} sent");
+    loop {
+        tokio::select! {
+            f = rx.recv() => match f {
+                Ok(f) => {
+                    if f.revision > rev {
+                        if let Err(e) = send.write_chunk(f.bytes.clone()).await {
+                            return protocol(format!("write delta: {e}"));
+                        }
+                        rev = f.revision;
+                        metrics::get().deltas.inc();
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!("session fell {n} deltas behind; sending a fresh snapshot");
+                    let (r, snap, new_rx) = ctl.hub.subscribe().await;
+                    rx = new_rx;
+                    rev = r;
+                    if let Err(e) = send.write_chunk(snap).await {
+                        return protocol(format!("write snapshot: {e}"));
+                    }
+                    metrics::get().snapshots.inc();
+                }
+                Err(RecvError::Closed) => return protocol("controller shutting down"),
+            },
+            m = tokio::time::timeout(SILENCE_LIMIT, reader.read::<AgentMsg>()) => match m {
+                Err(_) => return protocol(format!("silent for {SILENCE_LIMIT:?}")),
+                Ok(Ok(Some(AgentMsg::Heartbeat {}))) => {}
+                Ok(Ok(Some(AgentMsg::Register { .. }))) => {
+                    return protocol("out-of-order frame: register on a registered session")
+                }
+                Ok(Ok(None)) => return Ended::Closed,
+                Ok(Err(FrameError::Io(e))) => {
+                    return match conn_closed_by_peer(&e) {
+                        true => Ended::Closed,
+                        false => protocol(format!("connection lost: {e}")),
+                    }
+                }
+                Ok(Err(e)) => return protocol(e.to_string()),
+            },
+            r = hold.gone.changed() => {
+                if r.is_err() || *hold.gone.borrow() {
+                    return Ended::Gone;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a read failed because the agent closed the connection itself.
+fn conn_closed_by_peer(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<quinn::ReadError>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_))
+            )
+        })
+}
