@@ -69,16 +69,14 @@ pub fn run(rounds: usize, seconds: u64, out: Option<&Path>) -> Result<()> {
     }
     // The mesh, and the modes this benchmark relies on.
     let mode_of = |h: &Host, peer: &str| -> Option<String> {
-        let out = h.weftctl(&["-o", "json", "status"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let peers = v["peers"].as_array()?;
-        if peers.len() != 3 {
+        let st = h.try_status().ok()?;
+        if st.peers.len() != 3 {
             return None;
         }
-        peers
-            .iter()
-            .find(|p| p["name"] == peer)
-            .and_then(|p| p["mode"].as_str().map(String::from))
+        st.peers
+            .into_iter()
+            .find(|p| p.name == peer)
+            .map(|p| p.mode)
     };
     for (a, b, want) in [
         (1, 2, "vxlan"),
@@ -94,11 +92,11 @@ pub fn run(rounds: usize, seconds: u64, out: Option<&Path>) -> Result<()> {
         ensure!(got == want, "h{a} sees h{b} as {got}, expected {want}");
     }
     let ep = |h: usize, name: &str| -> Result<(PathBuf, String)> {
-        let j = lab.host(h).ns_add(name, &[]);
-        Ok((
-            j["netns"].as_str().context("netns")?.into(),
-            j["ip"].as_str().context("ip")?.to_string(),
-        ))
+        let e: weft_tests::Endpoint = lab
+            .host(h)
+            .try_weftctl_as(&["ns", "add", name])
+            .map_err(anyhow::Error::msg)?;
+        Ok((e.netns.into(), e.ip.to_string()))
     };
     let (a, b, c, d) = (
         ep(1, "bench-a")?,

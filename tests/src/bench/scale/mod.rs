@@ -32,7 +32,7 @@ use weft_common::MacAddr;
 use weft_controller::store::Store;
 use weft_tests::{Lab, LabOpts};
 
-use super::common::{cpu_ms, header, stats, status_kb, write_raw};
+use super::common::{cpu_ms, header, ms, stats, status_kb, write_raw};
 
 /// Clients per UDP socket: a real agent has its own, and one socket for
 /// thousands of handshakes would measure this process's receive buffer.
@@ -256,7 +256,7 @@ impl Probe {
 
     /// Ends a phase (and begins the next).
     fn end(&mut self, name: &str) -> Phase {
-        let wall_ms = super::ms(self.start.elapsed());
+        let wall_ms = ms(self.start.elapsed());
         let counters = etcd_metrics(&self.etcd).unwrap_or_default();
         let controllers: Vec<Proc> = self
             .pids
@@ -423,7 +423,7 @@ fn one(k: usize, c: usize, changes: usize) -> Result<Run> {
     let t = Instant::now();
     let all: Vec<&String> = names.iter().chain(&extra).collect();
     weft_tests::clients::issue_agents(&pki_dir, &all)?;
-    let cert_issue_ms = super::ms(t.elapsed());
+    let cert_issue_ms = ms(t.elapsed());
     let pids: Vec<(String, i32)> = (1..=c)
         .map(|j| {
             let l = format!("controller-c{j}");
@@ -685,7 +685,7 @@ async fn clients(
     for t in tasks {
         match tokio::time::timeout_at(deadline, t).await {
             Ok(Ok(Ok((took, done, ctl)))) => {
-                lat.push(super::ms(took));
+                lat.push(ms(took));
                 last = last.max(done);
                 per_controller[ctl] += 1;
             }
@@ -744,7 +744,7 @@ async fn clients(
                         .get(&(up, name.clone()))
                         .map(|v| {
                             v.iter()
-                                .map(|at| super::ms(at.saturating_duration_since(start)))
+                                .map(|at| ms(at.saturating_duration_since(start)))
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -759,7 +759,7 @@ async fn clients(
         let reg = register_msg(name, 60_000 + r);
         let start = Instant::now();
         let (s, _) = connect(&x_endpoint, &addrs, &tls, &reg, name, &retries, &causes).await?;
-        let register_ms = super::ms(start.elapsed());
+        let register_ms = ms(start.elapsed());
         let got: Vec<f64> = wait_all(name.clone(), true, start).await;
         changes.push(Change {
             kind: "join".into(),
@@ -791,8 +791,8 @@ async fn clients(
         controllers: addrs.len(),
         per_controller,
         cert_issue_ms,
-        registered_ms: super::ms(last),
-        snapshots_ms: super::ms(all_snap),
+        registered_ms: ms(last),
+        snapshots_ms: ms(all_snap),
         register_latencies_ms: lat,
         failures,
         retries: retries.load(Ordering::Relaxed),

@@ -939,7 +939,7 @@ fn converge(name: &str, v: &Value) -> Figure {
         ("join_each_ms", "join: spawn → each peer programmed"),
         (
             "join_program_ms",
-            "join: per agent, `route add` → programmed",
+            "join: per agent, `peer_change` → `overlay_programmed`",
         ),
         ("host_rm_cmd_ms", "removal: `weftctl host rm` (the command)"),
         (
