@@ -625,7 +625,9 @@ fn spare_namespaces_are_used_refilled_and_die_with_the_agent() {
     assert!(lab.ping(&h1.netns, ip(&b)), "host cannot reach b");
     h1.del_endpoint("c");
     assert!(agent.stop().success());
-    h1.exec_ok(&["ip", "link", "add", "wtmark", "type", "dummy"]);
+    h1.exec_ok(&[
+        "ip", "link", "add", "wtmark", "type", "veth", "peer", "name", "wtmark1",
+    ]);
     assert!(
         weft_tests::wait_until(WAIT, || monitor.log_text().contains("wtmark")),
         "ip monitor did not see the marker link:\n{}",

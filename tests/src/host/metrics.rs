@@ -1,6 +1,7 @@
 //! The host agent's `--metrics-listen` endpoint (`/metrics`, `/readyz`),
 //! scraped from inside the host's namespace.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Host;
@@ -21,15 +22,21 @@ impl Host {
             .unwrap_or_else(|e| panic!("{}: {e:#}", self.name))
     }
 
-    /// Kernel changes the running agent has applied since it started, all
-    /// kinds together (`weft_agent_changes_applied_total`).
-    pub fn agent_changes_applied(&self) -> f64 {
+    /// Kernel changes the running agent has applied since it started, by
+    /// kind (`weft_agent_changes_applied_total`).
+    pub fn agent_changes(&self) -> BTreeMap<&'static str, f64> {
         CHANGE_KINDS
             .iter()
             .map(|k| {
-                self.agent_metric(&format!("weft_agent_changes_applied_total{{kind=\"{k}\"}}"))
+                let name = format!("weft_agent_changes_applied_total{{kind=\"{k}\"}}");
+                (*k, self.agent_metric(&name))
             })
-            .sum()
+            .collect()
+    }
+
+    /// [`Host::agent_changes`], all kinds together.
+    pub fn agent_changes_applied(&self) -> f64 {
+        self.agent_changes().values().sum()
     }
 
     /// Waits until the agent's `/readyz` answers 200: its data plane is
