@@ -40,6 +40,7 @@ pub mod http;
 pub mod lab;
 pub mod logfile;
 pub mod netns;
+pub mod ping;
 pub mod sock;
 pub mod tempdir;
 

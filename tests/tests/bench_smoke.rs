@@ -215,23 +215,19 @@ fn all_quick_produces_every_figure_and_the_report() {
     // The benchmark's labs (named after its pid) cleaned up after
     // themselves: no namespace, directory or mount of theirs is left.
     let ours = format!("wt{pid}x");
-    let netns: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&ours))
-                .collect()
-        })
-        .unwrap_or_default();
+    let named = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&ours))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let netns = named(weft_tests::netns::NETNS_RUN_DIR);
     assert!(netns.is_empty(), "namespaces left in /run/netns: {netns:?}");
-    let dirs: Vec<String> = std::fs::read_dir(cleanup::LAB_ROOT)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&ours))
-                .collect()
-        })
-        .unwrap_or_default();
+    let dirs = named(cleanup::LAB_ROOT);
     assert!(
         dirs.is_empty(),
         "lab directories left in {}: {dirs:?}",

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weft_tests::health::{self, Opts};
 use weft_tests::logfile::{len as file_len, lines_since};
+use weft_tests::ping::reply_times;
 use weft_tests::{log_tail, wait_until, Host, Lab, LabOpts, INTERNET_IP, ROUTER_IP};
 
 /// Adds endpoint `name` on `h`; returns its address.
@@ -20,17 +21,6 @@ fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// Timestamps (`ping -D`) of the echo replies in a ping log.
-fn reply_times(log: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| {
-            let ts = l.strip_prefix('[')?.split(']').next()?;
-            ts.parse().ok()
-        })
-        .collect()
 }
 
 /// How long after link up traffic may take to resume: generous, the

@@ -279,27 +279,14 @@ fn spawn_ping(lab: &Lab, from: &Ep, to: &Ep, count: usize) -> weft_tests::lab::P
     )
 }
 
-/// (transmitted, received) from a finished ping's summary.
-fn ping_counts(p: &mut weft_tests::lab::Process) -> (usize, usize) {
+/// (transmitted, received) of a ping run in the background, once done.
+fn ping_counts(p: &mut weft_tests::Process) -> (usize, usize) {
     let st = p
         .wait_timeout(Duration::from_secs(60))
         .expect("ping finished");
     let log = p.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary ({st:?}):\n{log}"));
-    let num = |word: &str| -> usize {
-        let i = line.find(word).unwrap();
-        line[..i]
-            .trim_end()
-            .rsplit(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (num(" packets transmitted"), num(" received"))
+    assert!(log.contains("packets transmitted"), "ping {st:?}:\n{log}");
+    weft_tests::ping::summary(&log)
 }
 
 #[test]

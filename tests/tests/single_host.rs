@@ -200,19 +200,6 @@ fn published_ports_answer_from_another_host_the_host_itself_and_neighbours() {
     let _ = pinned;
 }
 
-/// Runs `ping -i 0.01` for `count` packets; returns (sent, received).
-fn ping_stats(out: &str) -> (u32, u32) {
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {out}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    (nums[0], nums[1])
-}
-
 #[test]
 fn agent_killed_and_restarted_drops_no_packets() {
     let lab = Lab::new(LabOpts::hosts(1));
@@ -250,7 +237,7 @@ fn agent_killed_and_restarted_drops_no_packets() {
             .wait_timeout(Duration::from_secs(30))
             .expect("ping finished");
         let out = p.log_text();
-        let (sent, got) = ping_stats(&out);
+        let (sent, got) = weft_tests::ping::summary(&out);
         assert_eq!(sent, 400, "{out}");
         assert_eq!(got, sent, "lost replies across the restart:\n{out}");
         assert!(st.success(), "{out}");

@@ -15,7 +15,7 @@ use super::Host;
 use crate::bin_path;
 use crate::lab::log_tail;
 use crate::lab::process::{spawn_logged, Process};
-use crate::netns::{self, command_in, describe_status, SpawnOpts};
+use crate::netns::{self, describe_status};
 
 /// How long [`Host::start_agent`] waits for the agent socket.
 pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,16 +189,7 @@ impl Host {
     /// foreground and returns its output once it exits; killed after
     /// `timeout`. For tests of start-up failures (bad flags, bad state).
     pub fn run_agent(&self, extra_args: &[&str], timeout: Duration) -> Output {
-        let bin = bin_path("weft-agent");
-        let mut c = command_in(
-            &self.netns,
-            &bin,
-            SpawnOpts {
-                own_group: true,
-                ..Default::default()
-            },
-        )
-        .expect("host namespace");
+        let mut c = self.command("weft-agent");
         c.args(self.agent_args()).args(extra_args);
         netns::run_with_timeout(&mut c, timeout).expect("run weft-agent")
     }

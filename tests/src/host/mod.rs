@@ -10,7 +10,7 @@ pub mod metrics;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 pub use agent::{Agent, AGENT_START_TIMEOUT, AGENT_STOP_TIMEOUT};
@@ -111,17 +111,23 @@ impl Host {
         self.weftctl_with(args, "0")
     }
 
-    fn weftctl_with(&self, args: &[&str], no_probe: &str) -> Output {
-        let bin = bin_path("weftctl");
-        let mut c = command_in(
+    /// A command running weft's binary `name` inside this host's
+    /// namespace, in a process group of its own (so a time limit ends it
+    /// and whatever it started).
+    pub(crate) fn command(&self, name: &str) -> Command {
+        command_in(
             &self.netns,
-            &bin,
+            bin_path(name),
             SpawnOpts {
                 own_group: true,
                 ..Default::default()
             },
         )
-        .expect("host namespace");
+        .expect("host namespace")
+    }
+
+    fn weftctl_with(&self, args: &[&str], no_probe: &str) -> Output {
+        let mut c = self.command("weftctl");
         c.env("WEFT_NO_PROBE", no_probe)
             .arg("--agent-socket")
             .arg(self.socket())
@@ -179,17 +185,8 @@ impl Host {
     /// [`Host::exec`], panicking (with its output) unless `cmd` exits 0;
     /// its stdout.
     pub fn exec_ok(&self, cmd: &[&str]) -> String {
-        let out = self.exec(cmd);
-        assert!(
-            out.status.success(),
-            "`{}` on {} failed ({}):\nstdout: {}\nstderr: {}",
-            cmd.join(" "),
-            self.name,
-            describe_status(&out.status),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let what = format!("`{}` on {}", cmd.join(" "), self.name);
+        netns::stdout_of_success(&what, &self.exec(cmd))
     }
 
     /// Runs `cmd` inside endpoint namespace `name` of this host
@@ -202,16 +199,7 @@ impl Host {
     /// [`Host::exec_endpoint`], panicking (with its output) unless `cmd`
     /// exits 0; its stdout.
     pub fn exec_endpoint_ok(&self, name: &str, cmd: &[&str]) -> String {
-        let out = self.exec_endpoint(name, cmd);
-        assert!(
-            out.status.success(),
-            "`{}` in {name} on {} failed ({}):\nstdout: {}\nstderr: {}",
-            cmd.join(" "),
-            self.name,
-            describe_status(&out.status),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let what = format!("`{}` in {name} on {}", cmd.join(" "), self.name);
+        netns::stdout_of_success(&what, &self.exec_endpoint(name, cmd))
     }
 }

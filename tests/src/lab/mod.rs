@@ -50,7 +50,7 @@ pub use process::Process;
 
 use crate::cleanup::{self, proc_start_time, Leftovers, LAB_ROOT};
 use crate::host::Host;
-use crate::netns::{self, describe_status, ns_path};
+use crate::netns::{self, ns_path};
 use crate::require_root;
 use process::{spawn_logged, ProcRec, Slot};
 
@@ -310,17 +310,8 @@ impl Lab {
     /// its stdout.
     pub fn exec_ok(&self, ns: impl AsRef<Path>, cmd: &[&str]) -> String {
         let path = self.ns(ns);
-        let out = self.exec(&path, cmd);
-        assert!(
-            out.status.success(),
-            "`{}` in {} failed ({}):\nstdout: {}\nstderr: {}",
-            cmd.join(" "),
-            path.display(),
-            describe_status(&out.status),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let what = format!("`{}` in {}", cmd.join(" "), path.display());
+        netns::stdout_of_success(&what, &self.exec(&path, cmd))
     }
 
     /// Pings `ip` from namespace `ns` until one reply comes, for at most
