@@ -299,7 +299,7 @@ fn agent_down_past_its_lease_is_dropped_and_comes_back_old_subnet_or_is_refused(
         .filter(|s| !lab.etcd_host_subnets().values().any(|h| h == s))
         .collect();
     assert_eq!(free.len(), 1, "{free:?}");
-    lab.weftctl_etcd_json(&["subnet", "reserve", &free[0]]);
+    lab.weftctl_etcd_ok(&["subnet", "reserve", &free[0]]);
     agents[2].kill();
     assert!(
         wait_until(Duration::from_secs(20), || !lab
@@ -314,7 +314,7 @@ fn agent_down_past_its_lease_is_dropped_and_comes_back_old_subnet_or_is_refused(
         "h4 did not get h3's freed subnet"
     );
     endpoint(lab.host(4), "a");
-    lab.weftctl_etcd_json(&["subnet", "release", &free[0]]);
+    lab.weftctl_etcd_ok(&["subnet", "release", &free[0]]);
 
     // h3 restarts: its saved subnet now belongs to h4. Its agent cannot
     // follow another subnet (that would re-address its namespaces), so the
@@ -410,8 +410,8 @@ fn agent_down_past_its_lease_is_dropped_and_comes_back_old_subnet_or_is_refused(
     // namespaces would move elsewhere), `host rm h4`, and the subnet is
     // reserved for h3. h3 takes it on its next retry.
     agents[3].stop();
-    lab.weftctl_etcd_json(&["host", "rm", "h4"]);
-    lab.weftctl_etcd_json(&["subnet", "reserve", &old3, "--host", "h3"]);
+    lab.weftctl_etcd_ok(&["host", "rm", "h4"]);
+    lab.weftctl_etcd_ok(&["subnet", "reserve", &old3, "--host", "h3"]);
     assert!(
         wait_until(Duration::from_secs(25), || {
             lab.etcd_host_subnets().get("h3") == Some(&old3)
