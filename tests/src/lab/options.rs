@@ -31,7 +31,7 @@ pub struct LabOpts {
     pub controllers: usize,
     /// `--lease-ttl` of the controllers (seconds); default theirs (24 h).
     pub lease_ttl: Option<u64>,
-    /// `weftctl cluster init --cidr`; default [`CLUSTER_CIDR`].
+    /// `weftctl cluster init --cidr`; default [`CLUSTER_CIDR`](super::addresses::CLUSTER_CIDR).
     pub cluster_cidr: Option<String>,
     /// `weftctl cluster init --subnet-len`; default 24.
     pub subnet_len: Option<u8>,

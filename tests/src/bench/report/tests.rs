@@ -1,3 +1,6 @@
+//! Tests of the report: a well-formed SVG for every known shape, unknown
+//! shapes skipped, the Markdown spliced between its markers, round axes.
+
 use super::svg::{axis, tick_label};
 use super::*;
 use serde_json::json;
