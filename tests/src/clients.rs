@@ -136,6 +136,10 @@ pub fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bound of one `/healthz` request of a [`Watchdog`]: an answer later than
+/// this (or none) is a failure.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a [`Watchdog`] saw.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
@@ -143,7 +147,8 @@ pub struct Health {
     pub checks: usize,
     /// The slowest answer (or failure).
     pub max_latency: Duration,
-    /// Requests that failed or answered other than 200, with why.
+    /// Requests that failed, timed out ([`HEALTH_TIMEOUT`]) or answered
+    /// other than 200, with why.
     pub failures: Vec<String>,
     /// Highest VmRSS seen, KiB.
     pub peak_rss_kb: u64,
@@ -165,7 +170,7 @@ impl Watchdog {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = crate::http::get_in(&ns, addr, "/healthz", Duration::from_secs(5));
+                let r = crate::http::get_in(&ns, addr, "/healthz", HEALTH_TIMEOUT);
                 let took = t.elapsed();
                 let rss = status_kb(pid, "VmRSS:");
                 {

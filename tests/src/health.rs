@@ -10,8 +10,10 @@
 //! ```
 //!
 //! "Live" hosts are those whose agent (started through the lab) runs. The
-//! truth is etcd, read with etcdctl ([`Lab::etcd_dump`]); each live agent's
-//! `weftctl -o json status` and `ns list`, and its host's kernel (`ip -j`,
+//! truth is etcd, read with etcdctl ([`Lab::etcd_dump`], kept as raw JSON:
+//! the check must also report records that do not decode); each live
+//! agent's `weftctl status` and `ns list` ([`Host::try_status`],
+//! [`Host::try_endpoints`]), and its host's kernel (`ip -j`,
 //! `bridge -j`, `nft -j`), are compared with it:
 //!
 //! - etcd: every host record's subnet is distinct, its subnet key names it
@@ -37,7 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::lab::{Host, Lab};
+use crate::host::Host;
+use crate::lab::Lab;
 use crate::netns::describe_status;
 
 /// What [`check`] allows.
@@ -205,16 +208,16 @@ fn check_state(lab: &Lab, opts: &Opts, r: &mut Report) {
     let mut seen_subnets: BTreeMap<String, String> = BTreeMap::new();
     for h in live_hosts(lab) {
         r.live.push(h.name.clone());
-        let st = match json(h, &["status"]) {
+        let st = match h.try_status() {
             Ok(v) => v,
             Err(e) => {
                 p.push(e);
                 continue;
             }
         };
-        let subnet = st["subnet"].as_str().unwrap_or_default().to_string();
-        if st["node"] != h.name.as_str() {
-            p.push(format!("{}: status names node {}", h.name, st["node"]));
+        let subnet = st.subnet.clone();
+        if st.node != h.name {
+            p.push(format!("{}: status names node {}", h.name, st.node));
         }
         if let Some(other) = seen_subnets.insert(subnet.clone(), h.name.clone()) {
             p.push(format!(
@@ -235,14 +238,12 @@ fn check_state(lab: &Lab, opts: &Opts, r: &mut Report) {
         }
         let want: BTreeMap<&String, &Rec> = recs.iter().filter(|(n, _)| **n != h.name).collect();
         let mut modes = BTreeMap::new();
-        let have: BTreeMap<String, String> = st["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let have: BTreeMap<String, String> = st
+            .peers
+            .iter()
             .map(|x| {
-                let n = x["name"].as_str().unwrap_or_default().to_string();
-                modes.insert(n.clone(), x["mode"].as_str().unwrap_or("?").to_string());
-                (n, x["subnet"].as_str().unwrap_or_default().to_string())
+                modes.insert(x.name.clone(), x.mode.clone());
+                (x.name.clone(), x.subnet.clone())
             })
             .collect();
         let want_peers: BTreeMap<String, String> = want
@@ -255,39 +256,15 @@ fn check_state(lab: &Lab, opts: &Opts, r: &mut Report) {
                 h.name
             ));
         }
-        let eps = match json(h, &["ns", "list"]) {
-            Ok(v) => v,
+        let ep_names: Vec<String> = match h.try_endpoints() {
+            Ok(v) => v.into_iter().map(|e| e.name).collect(),
             Err(e) => {
                 p.push(e);
                 continue;
             }
         };
-        let ep_names: Vec<String> = eps
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["name"].as_str().map(str::to_string))
-            .collect();
         kernel(h, &vxlan, &want, &modes, &ep_names, opts.pool, p);
     }
-}
-
-/// `weftctl -o json ARGS` on a host, as a problem line on failure.
-fn json(h: &Host, args: &[&str]) -> Result<Value, String> {
-    let mut a = vec!["-o", "json"];
-    a.extend_from_slice(args);
-    let out = h.weftctl(&a);
-    if !out.status.success() {
-        return Err(format!(
-            "{}: weftctl {} failed ({}): {}",
-            h.name,
-            a.join(" "),
-            describe_status(&out.status),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("{}: weftctl {}: {e}", h.name, a.join(" ")))
 }
 
 /// `cmd` in the host's namespace, parsed as JSON (an empty output is `[]`).
@@ -464,19 +441,20 @@ fn kernel(
 fn ping_matrix(lab: &Lab, r: &mut Report) {
     let mut eps: Vec<(String, PathBuf, String, String)> = Vec::new();
     for h in live_hosts(lab) {
-        let list = match json(h, &["ns", "list"]) {
+        let list = match h.try_endpoints() {
             Ok(v) => v,
             Err(e) => {
                 r.problems.push(e);
                 continue;
             }
         };
-        for e in list.as_array().into_iter().flatten() {
-            let (Some(n), Some(ip)) = (e["name"].as_str(), e["ip"].as_str()) else {
-                continue;
-            };
-            let ip = ip.split('/').next().unwrap_or(ip).to_string();
-            eps.push((h.name.clone(), h.endpoint(n), n.to_string(), ip));
+        for e in list {
+            eps.push((
+                h.name.clone(),
+                h.endpoint_netns(&e.name),
+                e.name,
+                e.ip.to_string(),
+            ));
         }
     }
     r.endpoints = eps

@@ -118,6 +118,46 @@ fn dechunk(mut s: &str) -> Result<String> {
     }
 }
 
+/// The value of sample `name_with_labels` ([`metric_value`]) in
+/// `/metrics` of `addr`, scraped from namespace `ns`; an error if the
+/// request fails, does not answer 200 or lacks the sample.
+pub fn metric_in(
+    ns: impl AsRef<Path>,
+    addr: SocketAddr,
+    name_with_labels: &str,
+    timeout: Duration,
+) -> Result<f64> {
+    let (code, body) = get_in(ns, addr, "/metrics", timeout)?;
+    if code != 200 {
+        bail!("GET /metrics from {addr}: {code}: {body}");
+    }
+    metric_value(&body, name_with_labels)
+        .with_context(|| format!("no {name_with_labels} in /metrics of {addr}:\n{body}"))
+}
+
+/// Polls `/readyz` of `addr` from namespace `ns` until it answers 200, for
+/// at most `timeout`; the error is the last answer.
+pub fn wait_ready_in(ns: impl AsRef<Path>, addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let ns = ns.as_ref();
+    let mut last = String::from("no answer yet");
+    let each = timeout.min(Duration::from_secs(5));
+    let ok = crate::wait_until(timeout, || match get_in(ns, addr, "/readyz", each) {
+        Ok((200, _)) => true,
+        Ok((code, body)) => {
+            last = format!("{code}: {body}");
+            false
+        }
+        Err(e) => {
+            last = format!("{e:#}");
+            false
+        }
+    });
+    if !ok {
+        bail!("{addr} not ready within {timeout:?}: {last}");
+    }
+    Ok(())
+}
+
 /// The value of one sample in a Prometheus/OpenMetrics text body, e.g.
 /// `metric_value(body, "weft_agent_endpoints")` or
 /// `metric_value(body, r#"weft_agent_peers{mode="vxlan"}"#)`. The name

@@ -7,11 +7,19 @@
 //! let lab = Lab::new(LabOpts::hosts(1));
 //! let h1 = lab.host(1);
 //! let _agent = h1.start_agent(&[]);
-//! let ep = h1.ns_add("a", &[]);
-//! let ns = ep["netns"].as_str().unwrap();
-//! assert!(lab.ping(ns, INTERNET_IP));
+//! let ep = h1.add_endpoint("a");
+//! assert!(lab.ping(&ep.netns, INTERNET_IP));
 //! // everything is removed when `lab` goes out of scope, also on panic
 //! ```
+//!
+//! Where things are: the lab itself (building, processes, logs, manifest)
+//! in [`lab`]; a simulated host, its agent and the typed view of the
+//! agent's API in [`host`]; etcd and controllers in [`cluster`]; reading
+//! log files in [`logfile`] and structured events in [`events`];
+//! `weftctl`'s output contract in [`cli`]; the end-of-test health check in
+//! [`health`]; hand-made controller clients in [`clients`]; sockets,
+//! HTTP and namespaces in [`sock`], [`http`], [`netns`]; removing
+//! leftovers in [`cleanup`]; temporary directories in [`tempdir`].
 //!
 //! Rules (see DESIGN.md, "Testing on one machine"): nothing here touches the
 //! root network namespace; every name carries a unique per-lab prefix; all
@@ -22,29 +30,36 @@
 //! Build them first with `cargo build --workspace --bins`.
 
 pub mod cleanup;
+pub mod cli;
 pub mod clients;
 pub mod cluster;
-pub mod etcd;
-pub mod etcd_tls;
+pub mod events;
 pub mod health;
+pub mod host;
 pub mod http;
 pub mod lab;
+pub mod logfile;
 pub mod netns;
+pub mod ping;
 pub mod sock;
+pub mod tempdir;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use host::{Agent, EndpointOpts, Host, WAIT};
 pub use lab::{
-    default_subnet, gateway_of, host_ip, log_tail, Agent, Host, Lab, LabOpts, Manifest, Process,
-    CLUSTER_CIDR, INTERNET_IP, ROUTER_INTERNET_IP, ROUTER_IP, UNDERLAY_CIDR,
+    default_subnet, gateway_of, host_ip, log_tail, Lab, LabOpts, Manifest, Process, CLUSTER_CIDR,
+    INTERNET_IP, ROUTER_INTERNET_IP, ROUTER_IP, UNDERLAY_CIDR,
 };
 pub use netns::{exec_in, in_netns, ns_path};
 pub use sock::{
     tcp_peer_server, tcp_request, try_tcp_request, try_udp_request, udp_echo_server,
     udp_peer_server, udp_request, Server,
 };
+pub use tempdir::TempDir;
+pub use weft_common::api::{Endpoint, Peer, Status};
 
 /// Panics with a clear message unless we are root and can create network
 /// namespaces and run `ip`. Tests call this (via [`Lab::new`]) so that they

@@ -245,6 +245,20 @@ pub(crate) fn wait_deadline(
     }
 }
 
+/// The stdout of a command that must have succeeded; panics naming
+/// `what` (the command and where it ran), with its exit and output,
+/// otherwise.
+pub fn stdout_of_success(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        describe_status(&out.status),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A short human description of an exit status ("exit 1", "signal 9").
 pub fn describe_status(st: &ExitStatus) -> String {
     match (st.code(), st.signal()) {

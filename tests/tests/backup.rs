@@ -4,29 +4,25 @@
 
 use std::collections::BTreeMap;
 
+use ipnetwork::Ipv4Network;
 use serde_json::Value;
-use weft_tests::lab::{Lab, LabOpts};
+use weft_common::cluster::SubnetRecord;
+use weft_tests::cli::fails_with;
+use weft_tests::{Lab, LabOpts};
 
-/// (subnet → host) and (host → subnet) as etcd holds them.
-fn holdings(lab: &Lab) -> (BTreeMap<String, Value>, BTreeMap<String, String>) {
-    let mut subnets = BTreeMap::new();
-    let mut hosts = BTreeMap::new();
-    for (k, v) in lab.etcd_dump() {
-        if let Some(s) = k.strip_prefix("/weft/subnets/") {
-            subnets.insert(s.to_string(), v);
-        } else if let Some(h) = k.strip_prefix("/weft/hosts/") {
-            hosts.insert(h.to_string(), v["subnet"].as_str().unwrap().to_string());
-        }
-    }
-    (subnets, hosts)
+/// (subnet → its record) and (host → subnet) as etcd holds them.
+fn holdings(
+    lab: &Lab,
+) -> (
+    BTreeMap<Ipv4Network, SubnetRecord>,
+    BTreeMap<String, String>,
+) {
+    (lab.etcd_subnets(), lab.etcd_host_subnets())
 }
 
+/// A refusal: one `weftctl: …` line, the same in table and JSON form.
 fn fails(lab: &Lab, args: &[&str]) -> (i32, String) {
-    let out = lab.weftctl_etcd(args);
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert!(!out.status.success(), "weftctl {args:?} succeeded");
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    (out.status.code().unwrap_or(-1), err)
+    fails_with(|a| lab.weftctl_etcd(a), args)
 }
 
 #[test]
@@ -40,8 +36,8 @@ fn a_backup_restores_every_subnet_to_its_host_and_nothing_twice() {
     let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
     let mut a1 = h1.start_agent(&[]);
     let mut a2 = h2.start_agent(&[]);
-    let web1 = h1.ns_add("web", &[]);
-    let web2 = h2.ns_add("web", &[]);
+    let web1 = h1.add_endpoint("web");
+    let web2 = h2.add_endpoint("web");
     let (_, before) = holdings(&lab);
     assert_eq!(before.len(), 2, "{before:?}");
     let free: Vec<String> = (0..4)
@@ -142,25 +138,17 @@ fn a_backup_restores_every_subnet_to_its_host_and_nothing_twice() {
     let _a1 = h1.start_agent(&[]);
     let _a2 = h2.start_agent(&[]);
     let mut now = BTreeMap::new();
-    weft_tests::wait_until(std::time::Duration::from_secs(15), || {
+    weft_tests::wait_until(weft_tests::WAIT, || {
         now = holdings(&lab).1;
         now.len() == 3
     });
     assert_eq!(now.get("h3"), Some(&last_free), "{now:?}");
     assert_eq!(now.get("h1"), before.get("h1"));
     assert_eq!(now.get("h2"), before.get("h2"));
-    let ip2 = web2["ip"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let ep1 = h1.endpoint("web");
+    let ip2 = web2.ip;
     assert!(
-        weft_tests::wait_until(std::time::Duration::from_secs(10), || lab
-            .ping_once(&ep1, &ip2)),
+        weft_tests::wait_until(weft_tests::WAIT, || lab.ping_once(&web1.netns, ip2)),
         "web on h1 ({}) cannot reach web on h2 ({ip2}) after the restore",
-        web1["ip"]
+        web1.ip
     );
 }

@@ -11,29 +11,19 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use weft_tests::lab::Host;
-use weft_tests::{gateway_of, wait_until, Lab, LabOpts};
+use weft_tests::{gateway_of, wait_until, EndpointOpts, Host, Lab, LabOpts};
 
 /// A refused start must end within this (it fails before any kernel work).
 const REFUSE_WITHIN: Duration = Duration::from_secs(10);
 /// Prefix of the agent's spare namespaces and their veths.
 const SPARE: &str = "wp";
 
-fn stdout(o: std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Everything weft built on the host that a bad start could destroy: links
 /// (with their master), addresses, routes, the nft ruleset, and the
 /// namespaces' mounts; and each endpoint's own links and addresses.
 fn kernel(h: &Host, eps: &[&str]) -> String {
     let mut s = String::new();
-    for l in stdout(h.exec(&["ip", "-o", "link", "show"])).lines() {
+    for l in h.exec_ok(&["ip", "-o", "link", "show"]).lines() {
         // Names and master only: flags follow carrier timing, not weft.
         // Spare namespaces (`wp…`) are the agent's pool, not endpoints.
         let name = l.split(':').nth(1).unwrap_or("").trim();
@@ -46,12 +36,12 @@ fn kernel(h: &Host, eps: &[&str]) -> String {
             .map(|m| m.split(' ').next().unwrap_or(""));
         s += &format!("{name} master {master:?}\n");
     }
-    s += &stdout(h.exec(&["ip", "-o", "-4", "addr", "show"]));
-    s += &stdout(h.exec(&["ip", "-4", "route", "show"]));
-    s += &stdout(h.exec(&["nft", "list", "ruleset"]));
+    s += &h.exec_ok(&["ip", "-o", "-4", "addr", "show"]);
+    s += &h.exec_ok(&["ip", "-4", "route", "show"]);
+    s += &h.exec_ok(&["nft", "list", "ruleset"]);
     for ep in eps {
-        s += &stdout(h.exec_endpoint(ep, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]));
-        s += &stdout(h.exec_endpoint(ep, &["ip", "-4", "route", "show"]));
+        s += &h.exec_endpoint_ok(ep, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+        s += &h.exec_endpoint_ok(ep, &["ip", "-4", "route", "show"]);
     }
     let mut names: Vec<String> = std::fs::read_dir(&h.netns_dir)
         .map(|r| {
@@ -119,12 +109,12 @@ fn corrupt_state_files_refuse_to_start_and_destroy_nothing() {
     let h = lab.host(1);
     let mut agent = h.start_agent(&[]);
     let mut eps = Vec::new();
-    for (name, extra) in [("a", vec!["--publish", "8080:80"]), ("b", vec![])] {
-        let ep = h.ns_add(name, &extra);
-        eps.push((
-            ep["netns"].as_str().unwrap().to_string(),
-            ep["ip"].as_str().unwrap().to_string(),
-        ));
+    for (name, opts) in [
+        ("a", EndpointOpts::default().publish("8080:80")),
+        ("b", EndpointOpts::default()),
+    ] {
+        let ep = h.add_endpoint_with(name, &opts);
+        eps.push((ep.netns, ep.ip.to_string()));
     }
     assert_traffic(&lab, h, &eps, "before");
     agent.stop();
@@ -191,13 +181,7 @@ fn corrupt_state_files_refuse_to_start_and_destroy_nothing() {
 
     // Restored: it starts, keeps both endpoints, changes nothing they use.
     let mut agent = h.start_agent(&[]);
-    let list = h.weftctl_json(&["ns", "list"]);
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<String> = h.endpoints().into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["a", "b"]);
     assert_traffic(&lab, h, &eps, "restored");
     agent.stop();
@@ -219,16 +203,10 @@ fn lost_state_directory_refuses_to_start_when_namespaces_exist() {
     // First start: no state directory at all.
     let _ = std::fs::remove_dir_all(&h.state_dir);
     let mut agent = h.start_agent(&[]);
-    let ep = h.ns_add("a", &[]);
+    let ep = h.add_endpoint("a");
     let eps = vec![
-        (
-            ep["netns"].as_str().unwrap().to_string(),
-            ep["ip"].as_str().unwrap().to_string(),
-        ),
-        (
-            ep["netns"].as_str().unwrap().to_string(),
-            gateway_of(&h.subnet).unwrap().to_string(),
-        ),
+        (ep.netns.clone(), ep.ip.to_string()),
+        (ep.netns.clone(), gateway_of(&h.subnet).unwrap().to_string()),
     ];
     agent.stop();
     let before = kernel(h, &["a"]);
@@ -250,7 +228,7 @@ fn lost_state_directory_refuses_to_start_when_namespaces_exist() {
     }
     std::fs::rename(&moved, &h.state_dir).unwrap();
     let mut agent = h.start_agent(&[]);
-    assert_eq!(h.weftctl_json(&["ns", "show", "a"])["ip"], ep["ip"]);
+    assert_eq!(h.show_endpoint("a").ip, ep.ip);
     assert_traffic(&lab, h, &eps, "restored");
     agent.stop();
 }
@@ -263,21 +241,12 @@ fn lost_state_in_cluster_mode_is_refused_before_registering() {
     let lab = Lab::new(LabOpts::cluster(1, 1));
     let h = lab.host(1);
     let mut agent = h.start_agent(&[]);
-    let ep = h.ns_add("a", &[]);
-    let gw = (
-        ep["netns"].as_str().unwrap().to_string(),
-        gateway_of(
-            h.weftctl_json(&["status", "--no-probe"])["subnet"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap()
-        .to_string(),
-    );
+    let ep = h.add_endpoint("a");
+    let gw = (ep.netns.clone(), h.status().gateway.to_string());
     agent.stop();
     // The host's lease ended meanwhile (as after a long outage): etcd holds
     // no record of it, so a registration would allocate.
-    lab.weftctl_etcd_json(&["host", "rm", "h1"]);
+    lab.weftctl_etcd_ok(&["host", "rm", "h1"]);
     let ours = |k: &str| {
         k.starts_with("/weft/hosts/")
             || k.starts_with("/weft/subnets/")
@@ -321,7 +290,7 @@ fn lost_state_in_cluster_mode_is_refused_before_registering() {
     std::fs::remove_dir_all(&h.state_dir).unwrap();
     std::fs::rename(&moved, &h.state_dir).unwrap();
     let mut agent = h.start_agent(&[]);
-    assert_eq!(h.weftctl_json(&["ns", "show", "a"])["ip"], ep["ip"]);
+    assert_eq!(h.show_endpoint("a").ip, ep.ip);
     agent.stop();
 }
 
@@ -378,11 +347,8 @@ fn garbage_on_the_api_socket_is_answered_and_survived() {
     assert!(answers[0].contains("longer than"), "{}", answers[0]);
     // Nothing was created, the agent still serves.
     assert!(std::fs::read_dir(&h.netns_dir).unwrap().next().is_none());
-    let ep = h.ns_add("a", &[]);
-    assert!(lab.ping(
-        ep["netns"].as_str().unwrap(),
-        gateway_of(&h.subnet).unwrap()
-    ));
+    let ep = h.add_endpoint("a");
+    assert!(lab.ping(&ep.netns, gateway_of(&h.subnet).unwrap()));
     assert!(agent.is_running());
     agent.stop();
 }

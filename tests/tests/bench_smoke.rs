@@ -3,26 +3,86 @@
 //! (and the CNI plugins, netavark and iperf3 it compares with), writes its
 //! raw samples, and `weft-bench report` turns them into Markdown and plots.
 //!
-//! No timing is asserted (CI machines are shared and noisy); what is
-//! asserted is that every figure was produced, with plausible content, and
-//! that the lab left nothing behind. Needs root and the binaries
-//! (`cargo build --workspace`).
+//! No timing is judged (CI machines are shared and noisy); what is
+//! asserted is that every figure was produced with its measurements
+//! present (a figure whose timings are all zero, or missing because an
+//! event never came, fails), for this machine, and that the benchmark's
+//! labs left nothing behind. Needs root and the binaries (`cargo build
+//! --workspace`).
 
-use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use weft_tests::{cleanup, TempDir};
 
 /// The figures `all` produces, by their raw-sample file name.
 const FIGURES: [&str; 6] = ["attach", "scale", "converge", "peers", "churn", "dataplane"];
 
-fn weft_bench() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weft-bench"))
-}
+/// What each figure measured, as paths into its JSON (`a[]` is every
+/// element of array `a`, which must not be empty): each value there must
+/// be a number above zero. Settings (counts, rounds) are not among them.
+const MEASURED: [(&str, &[&str]); 6] = [
+    ("attach", &["series[].samples_ms[]"]),
+    (
+        "scale",
+        &[
+            "runs[].registered_ms",
+            "runs[].snapshots_ms",
+            "runs[].register_latencies_ms[]",
+            "runs[].changes[].latencies_ms[]",
+            "runs[].phases[].controllers[].rss_kb",
+        ],
+    ),
+    (
+        "converge",
+        &[
+            "rounds[].ready_ms",
+            "rounds[].registered_ms",
+            "rounds[].broadcast_ms",
+            "rounds[].join_ms",
+            "rounds[].join_each_ms[]",
+            "rounds[].remove_broadcast_ms",
+            "rounds[].remove_ms",
+            "rounds[].remove_each_ms[]",
+        ],
+    ),
+    (
+        "peers",
+        &[
+            "samples[].total_ms",
+            "samples[].assigned_ms",
+            "samples[].snapshot_ms",
+            "samples[].rss_kb",
+            "samples[].hwm_kb",
+        ],
+    ),
+    (
+        "churn",
+        &[
+            "phases[].duration_s",
+            "phases[].cycles_per_s",
+            "phases[].step_ms[]",
+            "samples[].agent_h1.rss_kb",
+            "samples[].controller.rss_kb",
+        ],
+    ),
+    ("dataplane", &["series[].gbits[]", "series[].rtt_ms[]"]),
+];
 
-fn run(mut c: Command, what: &str) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+/// Runs `weft-bench ARGS…`; its stdout and its pid (which names its labs,
+/// `wt<pid>x<n>`). Panics unless it succeeds.
+fn weft_bench(args: &[&str]) -> (String, u32) {
+    let what = format!("weft-bench {}", args.join(" "));
+    let child = Command::new(env!("CARGO_BIN_EXE_weft-bench"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let pid = child.id();
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -30,44 +90,57 @@ fn run(mut c: Command, what: &str) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
+    (stdout, pid)
 }
 
-fn mounts_under(dir: &str) -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(dir)))
-        .count()
-}
-
-fn netns_names() -> BTreeSet<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The values at `path` in `v` (see [`MEASURED`]); panics naming the path
+/// where an array is empty or a field missing.
+fn at<'a>(v: &'a Value, path: &str, figure: &str) -> Vec<&'a Value> {
+    let mut here = vec![v];
+    for seg in path.split('.') {
+        let (key, each) = match seg.strip_suffix("[]") {
+            Some(k) => (k, true),
+            None => (seg, false),
+        };
+        let mut next = Vec::new();
+        for x in here {
+            let field = x
+                .get(key)
+                .unwrap_or_else(|| panic!("{figure}: no {key:?} (in {path}) in {x}"));
+            if each {
+                let a = field
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{figure}: {path}: {key} is not an array"));
+                assert!(!a.is_empty(), "{figure}: {path}: {key} is empty");
+                next.extend(a);
+            } else {
+                next.push(field);
+            }
+        }
+        here = next;
+    }
+    here
 }
 
 #[test]
 fn all_quick_produces_every_figure_and_the_report() {
     weft_tests::require_root();
-    let out = tempfile_dir();
-    let netns_before = netns_names();
-    let lab_mounts_before = mounts_under("/tmp/weft-lab");
+    let out = TempDir::new("bench-smoke");
+    let out_s = out.path().display().to_string();
 
-    let mut all = weft_bench();
-    all.args(["all", "--quick", "--out"]).arg(&out);
-    let tables = run(all, "weft-bench all --quick");
+    let (tables, pid) = weft_bench(&["all", "--quick", "--out", &out_s]);
     // Every benchmark printed its Markdown table with the machine it ran on.
     assert!(
         tables.matches("Machine: ").count() >= FIGURES.len(),
         "{tables}"
     );
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let this_machine = |m: &str| {
+        m.starts_with(&format!("{cores} cores")) && m.ends_with(&format!("Linux {}", kernel.trim()))
+    };
 
-    for f in FIGURES {
+    for (f, measured) in MEASURED {
         let file = out.join(format!("{f}.json"));
         let text = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("{} missing: {e}", file.display()));
@@ -78,19 +151,27 @@ fn all_quick_produces_every_figure_and_the_report() {
             command.starts_with("weft-bench all --quick"),
             "{f}: command {command:?}"
         );
+        let machine = v["machine"].as_str().unwrap_or_default();
         assert!(
-            v["machine"].as_str().is_some_and(|m| m.contains("cores")),
-            "{f}: machine {:?}",
-            v["machine"]
+            this_machine(machine),
+            "{f}: machine {machine:?} is not this one ({cores} cores, Linux {})",
+            kernel.trim()
         );
-        // Some samples, and every number in them is finite.
-        let mut numbers = 0;
-        count_numbers(&v, &mut numbers, f);
-        assert!(numbers >= 10, "{f}: only {numbers} numbers in {text}");
+        // Each measurement is there (a NaN is written as null) and above
+        // zero.
+        for path in measured {
+            for x in at(&v, path, f) {
+                assert!(
+                    x.as_f64().is_some_and(|n| n > 0.0 && n.is_finite()),
+                    "{f}: {path} holds {x}: not a measurement"
+                );
+            }
+        }
     }
+    assert_eq!(MEASURED.map(|(f, _)| f), FIGURES);
     let attach: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("attach.json")).unwrap()).unwrap();
-    let tools: BTreeSet<&str> = attach["series"]
+    let tools: std::collections::BTreeSet<&str> = attach["series"]
         .as_array()
         .unwrap()
         .iter()
@@ -98,19 +179,19 @@ fn all_quick_produces_every_figure_and_the_report() {
         .collect();
     assert_eq!(
         tools,
-        BTreeSet::from(["weft", "cni-bridge", "netavark"]),
+        std::collections::BTreeSet::from(["weft", "cni-bridge", "netavark"]),
         "attach measured against both peers"
     );
 
     let doc = out.join("BENCHMARKS.md");
     std::fs::write(&doc, "# Benchmarks\n\nHand-written text stays.\n").unwrap();
-    let mut report = weft_bench();
-    report
-        .args(["report", "--out"])
-        .arg(&out)
-        .arg("--write")
-        .arg(&doc);
-    run(report, "weft-bench report");
+    weft_bench(&[
+        "report",
+        "--out",
+        &out_s,
+        "--write",
+        &doc.display().to_string(),
+    ]);
     let md = std::fs::read_to_string(&doc).unwrap();
     assert!(
         md.starts_with("# Benchmarks\n\nHand-written text stays.\n"),
@@ -131,32 +212,37 @@ fn all_quick_produces_every_figure_and_the_report() {
         );
     }
 
-    // The labs cleaned up after themselves.
-    assert_eq!(netns_names(), netns_before, "namespaces left in /run/netns");
-    assert_eq!(
-        mounts_under("/tmp/weft-lab"),
-        lab_mounts_before,
-        "mounts left under /tmp/weft-lab"
+    // The benchmark's labs (named after its pid) cleaned up after
+    // themselves: no namespace, directory or mount of theirs is left.
+    let ours = format!("wt{pid}x");
+    let named = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&ours))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let netns = named(weft_tests::netns::NETNS_RUN_DIR);
+    assert!(netns.is_empty(), "namespaces left in /run/netns: {netns:?}");
+    let dirs = named(cleanup::LAB_ROOT);
+    assert!(
+        dirs.is_empty(),
+        "lab directories left in {}: {dirs:?}",
+        cleanup::LAB_ROOT
     );
-    let _ = std::fs::remove_dir_all(&out);
-}
-
-fn count_numbers(v: &Value, n: &mut usize, figure: &str) {
-    match v {
-        Value::Number(x) => {
-            let f = x.as_f64().unwrap_or(f64::NAN);
-            assert!(f.is_finite(), "{figure}: bad number {x}");
-            *n += 1;
-        }
-        Value::Array(a) => a.iter().for_each(|x| count_numbers(x, n, figure)),
-        Value::Object(o) => o.values().for_each(|x| count_numbers(x, n, figure)),
-        _ => {}
-    }
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let d = Path::new("/tmp").join(format!("weft-bench-smoke-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    let root = std::path::Path::new(cleanup::LAB_ROOT);
+    let mounts: Vec<_> = cleanup::mount_points()
+        .into_iter()
+        .filter(|m| {
+            m.strip_prefix(root).is_ok_and(|r| {
+                r.components()
+                    .next()
+                    .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with(&ours))
+            })
+        })
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }

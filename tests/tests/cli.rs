@@ -104,7 +104,7 @@ fn the_agent_logs_one_json_object_per_line() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let mut agent = h1.start_agent(&["--log-format", "json"]);
-    h1.ns_add("web", &[]);
+    h1.add_endpoint("web");
     agent.stop();
     let log = std::fs::read_to_string(h1.agent_log()).expect("agent log");
     let mut messages = Vec::new();

@@ -6,53 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
-use serde_json::Value;
-use weft_tests::cluster::controller_addr;
-use weft_tests::lab::{log_tail, Host, Lab, LabOpts, CLUSTER_CIDR};
-use weft_tests::wait_until;
-
-/// The peers (name → subnet) an agent reports in `weftctl status`.
-pub fn peers(h: &Host) -> BTreeMap<String, String> {
-    let s = h.weftctl_json(&["status"]);
-    s["peers"]
-        .as_array()
-        .expect("peers array")
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap().to_string(),
-                p["subnet"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn subnet_of(h: &Host) -> String {
-    h.weftctl_json(&["status"])["subnet"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// (host → subnet) and the subnet records, read with etcdctl.
-fn etcd_state(lab: &Lab) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
-    let mut hosts = BTreeMap::new();
-    let mut subnets = BTreeMap::new();
-    for (k, v) in lab.etcd_dump() {
-        if let Some(name) = k.strip_prefix("/weft/hosts/") {
-            assert_eq!(v["name"], name, "host record {k} names another host");
-            hosts.insert(name.to_string(), v["subnet"].as_str().unwrap().to_string());
-        } else if let Some(s) = k.strip_prefix("/weft/subnets/") {
-            subnets.insert(s.replace('-', "/"), v);
-        }
-    }
-    (hosts, subnets)
-}
+use weft_tests::cluster::{controller_addr, controller_metrics_addr};
+use weft_tests::http::metric_in;
+use weft_tests::{log_tail, logfile, wait_until, Host, Lab, LabOpts, CLUSTER_CIDR, WAIT};
 
 /// Every host's subnet is distinct, inside `cidr`, and its subnet key names
 /// it and is not a reservation. Returns host → subnet.
 fn assert_consistent_in(lab: &Lab, cidr: &str) -> BTreeMap<String, String> {
-    let (hosts, subnets) = etcd_state(lab);
+    let hosts = lab.etcd_host_subnets();
+    let subnets = lab.etcd_subnets();
     let cidr: Ipv4Network = cidr.parse().unwrap();
     let distinct: BTreeSet<&String> = hosts.values().collect();
     assert_eq!(
@@ -67,10 +29,10 @@ fn assert_consistent_in(lab: &Lab, cidr: &str) -> BTreeMap<String, String> {
             "{h}: {s}"
         );
         let rec = subnets
-            .get(s)
+            .get(&net)
             .unwrap_or_else(|| panic!("no subnet key for {h}'s {s}"));
-        assert_eq!(rec["host"], h.as_str(), "subnet {s} names {}", rec["host"]);
-        assert_eq!(rec["reserved"], false, "{s} is reserved");
+        assert_eq!(rec.host.as_deref(), Some(h.as_str()), "subnet {s}: {rec:?}");
+        assert!(!rec.reserved, "{s} is reserved");
     }
     hosts
 }
@@ -87,30 +49,10 @@ fn others(hosts: &BTreeMap<String, String>, me: &str) -> BTreeMap<String, String
         .collect()
 }
 
-/// Waits until `h` reports exactly `want` as its peers.
-fn wait_peers(h: &Host, want: &BTreeMap<String, String>, timeout: Duration) {
-    let mut last = BTreeMap::new();
-    let ok = wait_until(timeout, || {
-        last = peers(h);
-        &last == want
-    });
-    assert!(
-        ok,
-        "{}: peers {last:?}, expected {want:?}; agent log:\n{}",
-        h.name,
-        log_tail(&h.agent_log(), 30)
-    );
-}
-
+/// Whether `h`'s agent is connected, and to which controller.
 fn controller_of(h: &Host) -> (bool, String) {
-    let s = h.weftctl_json(&["status"]);
-    (
-        s["controller"]["connected"].as_bool().unwrap(),
-        s["controller"]["address"]
-            .as_str()
-            .unwrap_or("")
-            .to_string(),
-    )
+    let c = h.status().controller;
+    (c.connected, c.address.unwrap_or_default())
 }
 
 #[test]
@@ -120,16 +62,16 @@ fn agents_register_get_stable_subnets_and_see_each_other() {
     let hosts = assert_consistent(&lab);
     assert_eq!(hosts.len(), 3);
     for h in lab.hosts() {
-        assert_eq!(subnet_of(h), hosts[&h.name]);
-        let st = h.weftctl_json(&["status"]);
-        assert_eq!(st["controller"]["connected"], true, "{st}");
+        let st = h.status();
+        assert_eq!(st.subnet, hosts[&h.name]);
+        assert!(st.controller.connected, "{st:?}");
         // The bridge gateway is the subnet's first address.
         let net: Ipv4Network = hosts[&h.name].parse().unwrap();
         assert_eq!(
-            st["gateway"],
-            std::net::Ipv4Addr::from(u32::from(net.network()) + 1).to_string()
+            st.gateway,
+            std::net::Ipv4Addr::from(u32::from(net.network()) + 1)
         );
-        wait_peers(h, &others(&hosts, &h.name), Duration::from_secs(10));
+        h.wait_peers(&others(&hosts, &h.name), WAIT);
         // Table form names the controller and the peers.
         let table = String::from_utf8(h.weftctl(&["status"]).stdout).unwrap();
         assert!(table.contains("connected to 198.18.0."), "{table}");
@@ -140,25 +82,19 @@ fn agents_register_get_stable_subnets_and_see_each_other() {
     // An agent restarts (crash): same subnet, its namespace still there and
     // served before any controller answers again.
     let h2 = lab.host(2);
-    let ep = h2.ns_add("web", &[]);
+    let ep = h2.add_endpoint("web");
     agents[1].kill();
     let _a2 = h2.start_agent(&[]);
-    assert_eq!(subnet_of(h2), hosts["h2"]);
-    assert_eq!(h2.weftctl_json(&["ns", "show", "web"])["ip"], ep["ip"]);
-    assert!(lab.ping(h2.endpoint("web"), st_gateway(h2)));
+    let st = h2.status();
+    assert_eq!(st.subnet, hosts["h2"]);
+    assert_eq!(h2.show_endpoint("web").ip, ep.ip);
+    assert!(lab.ping(h2.endpoint_netns("web"), st.gateway));
     assert_eq!(assert_consistent(&lab), hosts);
     // A graceful stop and start gives the same subnet too.
     assert!(agents[0].stop().success());
     let _a1 = lab.host(1).start_agent(&[]);
-    assert_eq!(subnet_of(lab.host(1)), hosts["h1"]);
+    assert_eq!(lab.host(1).status().subnet, hosts["h1"]);
     assert_eq!(assert_consistent(&lab), hosts);
-}
-
-fn st_gateway(h: &Host) -> String {
-    h.weftctl_json(&["status"])["gateway"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -167,7 +103,7 @@ fn fifty_agents_register_at_once_through_two_controllers() {
     // Reservations must never be handed out.
     let reserved = ["10.244.0.0/24", "10.244.1.0/24", "10.244.200.0/24"];
     for r in reserved {
-        lab.weftctl_etcd_json(&["subnet", "reserve", r]);
+        lab.weftctl_etcd_ok(&["subnet", "reserve", r]);
     }
     let mut agents: Vec<_> = lab
         .hosts()
@@ -187,24 +123,22 @@ fn fifty_agents_register_at_once_through_two_controllers() {
     }
     // Each agent serves what etcd says it holds.
     for h in lab.hosts() {
-        assert_eq!(subnet_of(h), hosts[&h.name], "{}", h.name);
+        assert_eq!(h.status().subnet, hosts[&h.name], "{}", h.name);
     }
-    // Both controllers took registrations.
+    // Both controllers took registrations (their own count of them).
     for j in 1..=2 {
-        let log = std::fs::read_to_string(lab.held_log(&format!("controller-c{j}"))).unwrap();
-        assert!(
-            log.contains("registered"),
-            "controller c{j} registered no host:\n{log}"
-        );
+        let ok = metric_in(
+            lab.control(),
+            controller_metrics_addr(j),
+            r#"weft_controller_registrations_total{result="ok"}"#,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(ok >= 1.0, "controller c{j} registered no host");
     }
     // The last host sees all 49 others.
-    wait_peers(
-        lab.host(50),
-        &others(&hosts, "h50"),
-        Duration::from_secs(15),
-    );
-    let list = lab.weftctl_etcd_json(&["subnet", "list"]);
-    assert_eq!(list.as_array().unwrap().len(), 53);
+    lab.host(50).wait_peers(&others(&hosts, "h50"), WAIT);
+    assert_eq!(lab.etcd_subnets().len(), 53);
 }
 
 #[test]
@@ -215,23 +149,24 @@ fn lease_end_frees_the_subnet_and_peers_drop_the_host() {
     });
     let mut agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
     let hosts = assert_consistent(&lab);
-    wait_peers(lab.host(1), &others(&hosts, "h1"), Duration::from_secs(10));
+    lab.host(1).wait_peers(&others(&hosts, "h1"), WAIT);
     // h3 stops; nothing keeps its lease alive any more.
     assert!(agents[2].stop().success());
     let gone = wait_until(Duration::from_secs(20), || {
-        !etcd_state(&lab).0.contains_key("h3")
+        !lab.etcd_hosts().contains_key("h3")
     });
     assert!(gone, "h3's host record outlived its 3 s lease");
+    let h3_subnet: Ipv4Network = hosts["h3"].parse().unwrap();
     assert!(
-        !etcd_state(&lab).1.contains_key(&hosts["h3"]),
+        !lab.etcd_subnets().contains_key(&h3_subnet),
         "h3's subnet key outlived its lease"
     );
     let mut want = others(&hosts, "h1");
     want.remove("h3");
-    wait_peers(lab.host(1), &want, Duration::from_secs(10));
+    lab.host(1).wait_peers(&want, WAIT);
     let mut want2 = others(&hosts, "h2");
     want2.remove("h3");
-    wait_peers(lab.host(2), &want2, Duration::from_secs(10));
+    lab.host(2).wait_peers(&want2, WAIT);
     // The live hosts' leases are kept alive well past the TTL.
     std::thread::sleep(Duration::from_secs(4));
     let now = assert_consistent(&lab);
@@ -239,13 +174,10 @@ fn lease_end_frees_the_subnet_and_peers_drop_the_host() {
     // h3 comes back: it serves its saved subnet at once, and registers
     // it again since it is still free.
     let _a3 = lab.host(3).start_agent(&[]);
-    assert_eq!(subnet_of(lab.host(3)), hosts["h3"]);
-    assert!(wait_until(Duration::from_secs(10), || etcd_state(&lab)
-        .0
-        .len()
-        == 3));
+    assert_eq!(lab.host(3).status().subnet, hosts["h3"]);
+    assert!(wait_until(WAIT, || lab.etcd_hosts().len() == 3));
     assert_eq!(assert_consistent(&lab), hosts);
-    wait_peers(lab.host(1), &others(&hosts, "h1"), Duration::from_secs(10));
+    lab.host(1).wait_peers(&others(&hosts, "h1"), WAIT);
 }
 
 #[test]
@@ -256,21 +188,48 @@ fn agents_fail_over_when_a_controller_dies() {
         .map(|h| h.start_agent(&[]))
         .collect();
     let before = assert_consistent(&lab);
-    let on_c1: Vec<&Host> = lab.hosts()[..3]
+    // The controller the agents actually use (where h1 is, at least): the
+    // name hash that picks each agent's first controller may well put
+    // every host on the same one.
+    for h in &lab.hosts()[..3] {
+        h.wait_connected(WAIT);
+    }
+    let used = controller_of(lab.host(1)).1;
+    let dead = (1..=2)
+        .find(|&j| controller_addr(j) == used)
+        .unwrap_or_else(|| panic!("h1 is connected to {used:?}, none of the lab's controllers"));
+    let alive = 3 - dead;
+    let on_dead: Vec<&Host> = lab.hosts()[..3]
         .iter()
-        .filter(|h| controller_of(h).1 == controller_addr(1))
+        .filter(|h| controller_of(h).1 == used)
         .collect();
-    assert!(lab.kill_held("controller-c1"));
-    let c2 = controller_addr(2);
+    let log_from: Vec<u64> = on_dead
+        .iter()
+        .map(|h| logfile::len(&h.agent_log()))
+        .collect();
+    assert!(lab.kill_held(&format!("controller-c{dead}")));
+    let to = controller_addr(alive);
     for h in &lab.hosts()[..3] {
         let ok = wait_until(Duration::from_secs(30), || {
-            controller_of(h) == (true, c2.clone())
+            controller_of(h) == (true, to.clone())
         });
         assert!(
             ok,
-            "{} did not fail over to {c2}: {:?}\n{}",
+            "{} did not fail over to {to}: {:?}\n{}",
             h.name,
             controller_of(h),
+            log_tail(&h.agent_log(), 20)
+        );
+    }
+    // Every agent that was on the dead controller says it lost it.
+    for (h, from) in on_dead.iter().zip(log_from) {
+        let lost = format!("lost controller {used}");
+        assert!(
+            logfile::lines_since(&h.agent_log(), from)
+                .iter()
+                .any(|l| l.contains(&lost)),
+            "{} does not log {lost:?}:\n{}",
+            h.name,
             log_tail(&h.agent_log(), 20)
         );
     }
@@ -280,28 +239,28 @@ fn agents_fail_over_when_a_controller_dies() {
     let _a4 = lab.host(4).start_agent(&[]);
     let hosts = assert_consistent(&lab);
     assert_eq!(hosts.len(), 4);
-    wait_peers(lab.host(1), &others(&hosts, "h1"), Duration::from_secs(10));
-    if let Some(h) = on_c1.first() {
-        let log = std::fs::read_to_string(h.agent_log()).unwrap();
-        assert!(log.contains("lost controller"), "{log}");
-    }
+    lab.host(1).wait_peers(&others(&hosts, "h1"), WAIT);
     // No controller at all: a restarted agent still serves its saved subnet
     // and its namespaces (fail static).
     let h1 = lab.host(1);
-    let a = h1.ns_add("a", &[]);
-    let b = h1.ns_add("b", &[]);
-    assert!(lab.kill_held("controller-c2"));
+    let a = h1.add_endpoint("a");
+    let b = h1.add_endpoint("b");
+    assert!(lab.kill_held(&format!("controller-c{alive}")));
     drop(_agents);
     let _again = h1.start_agent(&[]);
-    assert_eq!(subnet_of(h1), hosts["h1"]);
-    assert!(!controller_of(h1).0, "connected with every controller down");
-    assert_eq!(h1.weftctl_json(&["ns", "show", "a"])["ip"], a["ip"]);
-    assert!(lab.ping(h1.endpoint("a"), b["ip"].as_str().unwrap()));
+    let st = h1.status();
+    assert_eq!(st.subnet, hosts["h1"]);
+    assert!(
+        !st.controller.connected,
+        "connected with every controller down"
+    );
+    assert_eq!(h1.show_endpoint("a").ip, a.ip);
+    assert!(lab.ping(h1.endpoint_netns("a"), b.ip));
     // Its peers are still known (saved with the subnet).
-    assert_eq!(peers(h1), others(&hosts, "h1"));
+    assert_eq!(h1.peer_subnets(), others(&hosts, "h1"));
     // A controller comes back: the agent reconnects by itself.
-    lab.start_controller(1, &[]).unwrap();
-    assert!(wait_until(Duration::from_secs(30), || controller_of(h1).0));
+    lab.start_controller(dead, &[]).unwrap();
+    h1.wait_connected(Duration::from_secs(30));
     assert_eq!(assert_consistent(&lab), hosts);
 }
 
@@ -314,9 +273,8 @@ fn etcd_outage_is_survived_without_restarts() {
         .collect();
     let before = assert_consistent(&lab);
     let h1 = lab.host(1);
-    h1.ns_add("a", &[]);
-    let b = h1.ns_add("b", &[]);
-    let b_ip = b["ip"].as_str().unwrap().to_string();
+    h1.add_endpoint("a");
+    let b_ip = h1.add_endpoint("b").ip;
 
     assert!(lab.kill_held("etcd"));
     // A host that starts during the outage waits (and says why).
@@ -324,7 +282,7 @@ fn etcd_outage_is_survived_without_restarts() {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(4) {
         assert!(
-            lab.ping(h1.endpoint("a"), &b_ip),
+            lab.ping(h1.endpoint_netns("a"), b_ip),
             "endpoints broke during the etcd outage"
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -355,7 +313,7 @@ fn etcd_outage_is_survived_without_restarts() {
         assert_eq!(&after[h], s, "{h} changed subnet across the outage");
     }
     // The controllers' watches resumed: old hosts learn of h3.
-    wait_peers(h1, &others(&after, "h1"), Duration::from_secs(15));
+    h1.wait_peers(&others(&after, "h1"), WAIT);
     for j in 1..=2 {
         let log = std::fs::read_to_string(lab.held_log(&format!("controller-c{j}"))).unwrap();
         assert!(
@@ -363,7 +321,7 @@ fn etcd_outage_is_survived_without_restarts() {
             "controller c{j} did not report the outage:\n{log}"
         );
     }
-    assert!(lab.ping(h1.endpoint("a"), &b_ip));
+    assert!(lab.ping(h1.endpoint_netns("a"), b_ip));
 }
 
 #[test]
@@ -385,8 +343,11 @@ fn subnet_exhaustion_is_a_clear_error_and_others_keep_working() {
     assert!(controller_of(lab.host(2)).0);
     // Decommission h1: its subnet goes to the waiting h3.
     assert!(a1.stop().success());
-    let rm = lab.weftctl_etcd_json(&["host", "rm", "h1"]);
-    assert_eq!(rm["name"], "h1");
+    lab.weftctl_etcd_ok(&["host", "rm", "h1"]);
+    assert!(
+        !lab.etcd_hosts().contains_key("h1"),
+        "host rm left h1 in etcd"
+    );
     let ready = wait_until(Duration::from_secs(30), || {
         lab.host(3).socket().exists() && lab.host(3).weftctl(&["status"]).status.success()
     });
@@ -397,5 +358,5 @@ fn subnet_exhaustion_is_a_clear_error_and_others_keep_working() {
     );
     let hosts = assert_consistent_in(&lab, "10.244.0.0/23");
     assert_eq!(hosts.keys().collect::<Vec<_>>(), ["h2", "h3"]);
-    wait_peers(lab.host(2), &others(&hosts, "h2"), Duration::from_secs(10));
+    lab.host(2).wait_peers(&others(&hosts, "h2"), WAIT);
 }

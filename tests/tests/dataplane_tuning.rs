@@ -4,40 +4,9 @@
 //! made without them is corrected when the agent starts. Real kernel, real
 //! etcd, controller and agents in simulated hosts.
 
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::Path;
 
-use weft_tests::lab::{Agent, Host, Lab, LabOpts};
-use weft_tests::wait_until;
-
-/// An endpoint: its namespace, address and the host end of its veth.
-struct Ep {
-    netns: PathBuf,
-    ip: Ipv4Addr,
-    host_veth: String,
-}
-
-fn add_ep(h: &Host, name: &str) -> Ep {
-    let j = h.ns_add(name, &[]);
-    Ep {
-        netns: j["netns"].as_str().expect("netns").into(),
-        ip: j["ip"].as_str().expect("ip").parse().expect("ip"),
-        host_veth: j["host_veth"].as_str().expect("host_veth").to_string(),
-    }
-}
-
-fn wait_peer(h: &Host, peer: &str) {
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            h.weftctl_json(&["status"])["peers"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|p| p["name"] == peer))
-        }),
-        "{} never saw {peer}",
-        h.name
-    );
-}
+use weft_tests::{Agent, Endpoint, Host, Lab, LabOpts, WAIT};
 
 /// The words of `ip -d link show weft.1` in a host.
 fn vxlan_words(lab: &Lab, h: &Host) -> Vec<String> {
@@ -48,7 +17,7 @@ fn vxlan_words(lab: &Lab, h: &Host) -> Vec<String> {
 }
 
 /// `generic-receive-offload` of `dev` as `ethtool -k` shows it ("on"/"off").
-fn gro(lab: &Lab, ns: &PathBuf, dev: &str) -> String {
+fn gro(lab: &Lab, ns: impl AsRef<Path>, dev: &str) -> String {
     let out = lab.exec_ok(ns, &["ethtool", "-k", dev]);
     out.lines()
         .find_map(|l| l.strip_prefix("generic-receive-offload:"))
@@ -61,12 +30,15 @@ fn gro(lab: &Lab, ns: &PathBuf, dev: &str) -> String {
 
 /// Agents on h1 and h2 that see each other, and a namespace on each that
 /// reaches the other.
-fn two_hosts_with_endpoints(lab: &Lab) -> (Agent, Agent, [Ep; 2]) {
+fn two_hosts_with_endpoints(lab: &Lab) -> (Agent, Agent, [Endpoint; 2]) {
     let a1 = lab.host(1).start_agent(&[]);
     let a2 = lab.host(2).start_agent(&[]);
-    wait_peer(lab.host(1), "h2");
-    wait_peer(lab.host(2), "h1");
-    let eps = [add_ep(lab.host(1), "tun-a"), add_ep(lab.host(2), "tun-b")];
+    lab.host(1).wait_peer("h2", WAIT);
+    lab.host(2).wait_peer("h1", WAIT);
+    let eps = [
+        lab.host(1).add_endpoint("tun-a"),
+        lab.host(2).add_endpoint("tun-b"),
+    ];
     assert!(
         lab.ping(&eps[0].netns, eps[1].ip),
         "no path between the namespaces"

@@ -30,6 +30,7 @@ use std::process::{Command, Output};
 
 use serde::Deserialize;
 use serde_json::Value;
+use weft_tests::TempDir;
 
 const NAMESPACE: &str = "weft-system";
 /// The image of every weft container; its tag is the workspace version.
@@ -70,24 +71,6 @@ fn read(p: &Path) -> String {
 
 fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// A directory removed when the test ends, also on panic.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("weft-deploy-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs `program` with `args` and exactly the `WEFT_*` variables in `env`.
@@ -139,7 +122,7 @@ fn accepted(bin: &Path) -> Accepted {
 /// A certificate directory for `weft-controller --check-config`, which
 /// loads its TLS files (made with the real weftctl).
 fn controller_pki(tmp: &TempDir) -> String {
-    let dir = tmp.0.join("pki");
+    let dir = tmp.join("pki");
     let d = dir.to_str().unwrap();
     for args in [
         vec!["certs", "init", "--dir", d],
@@ -519,8 +502,8 @@ fn systemd_units_and_examples_are_accepted_by_the_binaries() {
             "{}: no commented log-format = \"json\"",
             inv.origin
         );
-        let tmp = TempDir::new(&format!("uncommented-{example}"));
-        let enabled = tmp.0.join(example);
+        let tmp = TempDir::new(&format!("deploy-uncommented-{example}"));
+        let enabled = tmp.join(example);
         std::fs::write(&enabled, text).unwrap();
         let mut args = exec[1..].to_vec();
         args[at] = enabled.to_str().unwrap().to_string();
@@ -547,7 +530,7 @@ fn systemd_units_and_examples_are_accepted_by_the_binaries() {
         !example.contains_key("WEFT_TLS_DIR"),
         "controller.env must not set WEFT_TLS_DIR: it would override the unit's credentials directory"
     );
-    let tmp = TempDir::new("unit");
+    let tmp = TempDir::new("deploy-unit");
     let tls = controller_pki(&tmp);
     let mut env = BTreeMap::new();
     for e in ctl.all("Environment") {
@@ -618,7 +601,7 @@ fn systemd_units_and_examples_are_accepted_by_the_binaries() {
         })
         .collect();
     let pki = Path::new(&tls);
-    let creds = tmp.0.join("credentials");
+    let creds = tmp.join("credentials");
     std::fs::create_dir_all(&creds).unwrap();
     let mut env = env_with_tls.clone();
     for (k, v) in &commented {
@@ -821,7 +804,7 @@ fn systemd_analyze_verifies_the_units() {
         return;
     };
     // verify wants ExecStart's program to exist: point it at the built binaries.
-    let tmp = TempDir::new("verify");
+    let tmp = TempDir::new("deploy-verify");
     let mut paths = Vec::new();
     for name in ["weft-agent.service", "weft-controller.service"] {
         let unit = Unit::load(name);
@@ -833,7 +816,7 @@ fn systemd_analyze_verifies_the_units() {
             &format!("ExecStart={}", built.display()),
         );
         assert_ne!(copy, original);
-        let path = tmp.0.join(name);
+        let path = tmp.join(name);
         std::fs::write(&path, copy).unwrap();
         paths.push(path);
     }
@@ -1285,7 +1268,7 @@ fn kubernetes_manifests_parse_and_have_the_documented_shape() {
 #[test]
 fn kubernetes_flags_and_variables_are_accepted_by_the_binaries() {
     let docs = manifests();
-    let tmp = TempDir::new("k8s");
+    let tmp = TempDir::new("deploy-k8s");
     let pki = controller_pki(&tmp);
     let mut seen = BTreeSet::new();
     for w in workloads(&docs) {
@@ -1453,7 +1436,7 @@ fn kubernetes_probes_and_image_match_the_binaries() {
         "the Dockerfile installs the binaries into /usr/local/bin"
     );
     assert!(dockerfile.contains("nftables"), "the agent runs nft");
-    let tmp = TempDir::new("probe");
+    let tmp = TempDir::new("deploy-probe");
     for w in workloads(&docs) {
         for c in containers(w) {
             if !c["image"]
@@ -1475,7 +1458,7 @@ fn kubernetes_probes_and_image_match_the_binaries() {
                 if cmd[0].ends_with("/weftctl") {
                     // Run it against a socket that does not exist: it must get
                     // past parsing (exit 1 and the path), not be a usage error (2).
-                    let sock = tmp.0.join("agent.sock");
+                    let sock = tmp.join("agent.sock");
                     let mut args = cmd[1..].to_vec();
                     let i = args
                         .iter()
@@ -1677,14 +1660,14 @@ fn probe_paths_are_served_by_a_real_controller() {
         }
     }
     assert!(!paths.is_empty(), "no httpGet probes");
-    let tmp = TempDir::new("probe-live");
+    let tmp = TempDir::new("deploy-probe-live");
     let pki = controller_pki(&tmp);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let log = std::fs::File::create(tmp.0.join("controller.log")).unwrap();
+    let log = std::fs::File::create(tmp.join("controller.log")).unwrap();
     let mut cmd = Command::new(weft_tests::bin_path("weft-controller"));
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("WEFT_") {
@@ -1713,7 +1696,7 @@ fn probe_paths_are_served_by_a_real_controller() {
     assert!(
         up,
         "weft-controller --metrics-listen 127.0.0.1:{port} never answered: {}",
-        read(&tmp.0.join("controller.log"))
+        read(&tmp.join("controller.log"))
     );
     for (probe, path) in &paths {
         let (status, body) =
@@ -1820,7 +1803,7 @@ fn kubernetes_etcd_tls_component_patches_the_controllers() {
     // The controller accepts it, with https:// endpoints (the component
     // leaves them to the ConfigMap) and the test PKI standing in for both
     // Secrets (it has ca.pem, cert.pem, key.pem too).
-    let tmp = TempDir::new("etcd-tls");
+    let tmp = TempDir::new("deploy-etcd-tls");
     let pki = controller_pki(&tmp);
     for (k, v) in env.iter_mut() {
         if k == "WEFT_TLS_DIR" {
@@ -1857,10 +1840,10 @@ fn kubernetes_etcd_tls_component_patches_the_controllers() {
         text(&out.stderr)
     );
     assert!(!text(&out.stdout).contains("WEFT_ETCD_CA"));
-    let overlay = TempDir::new("overlay");
+    let overlay = TempDir::new("deploy-overlay");
     let rel = |p: &Path| {
         // kustomize wants relative paths: up from the overlay to /, down to p.
-        let ups = overlay.0.components().count() - 1;
+        let ups = overlay.path().components().count() - 1;
         format!(
             "{}{}",
             "../".repeat(ups),
@@ -1868,7 +1851,7 @@ fn kubernetes_etcd_tls_component_patches_the_controllers() {
         )
     };
     std::fs::write(
-        overlay.0.join("kustomization.yaml"),
+        overlay.join("kustomization.yaml"),
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
             rel(&base),
@@ -1878,7 +1861,7 @@ fn kubernetes_etcd_tls_component_patches_the_controllers() {
     .unwrap();
     let out = Command::new(&kubectl)
         .arg("kustomize")
-        .arg(&overlay.0)
+        .arg(overlay.path())
         .output()
         .unwrap();
     assert!(

@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_tests::cluster::controller_metrics_addr;
-use weft_tests::http::{get_in, metric_value};
-use weft_tests::lab::{Host, Lab, LabOpts};
-use weft_tests::wait_until;
+use weft_tests::http::{get_in, metric_in, wait_ready_in};
+use weft_tests::{wait_until, Host, Lab, LabOpts};
 
+/// Bound of one HTTP request: an endpoint that blocks (on etcd, say) fails
+/// it, one that merely answers slowly on a busy machine does not.
 const T: Duration = Duration::from_secs(5);
 
 fn get(ns: &Path, addr: SocketAddr, path: &str) -> (u16, String) {
@@ -18,41 +19,18 @@ fn get(ns: &Path, addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The value of `name` in `/metrics` of `addr`; panics if it is missing.
 fn value(ns: &Path, addr: SocketAddr, name: &str) -> f64 {
-    let (code, body) = get(ns, addr, "/metrics");
-    assert_eq!(code, 200, "{body}");
-    metric_value(&body, name).unwrap_or_else(|| panic!("no {name} in:\n{body}"))
-}
-
-fn agent_value(h: &Host, name: &str) -> f64 {
-    value(&h.netns, h.metrics_addr(), name)
+    metric_in(ns, addr, name, T).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Waits (bounded) until `name` of `h`'s agent satisfies `f`.
 fn wait_agent(h: &Host, name: &str, f: impl Fn(f64) -> bool) {
-    let ok = wait_until(Duration::from_secs(20), || f(agent_value(h, name)));
-    assert!(ok, "{}: {name} = {}", h.name, agent_value(h, name));
+    let ok = wait_until(Duration::from_secs(20), || f(h.agent_metric(name)));
+    assert!(ok, "{}: {name} = {}", h.name, h.agent_metric(name));
 }
 
 fn wait_ready(ns: &Path, addr: SocketAddr) {
-    let mut last = (0, String::new());
-    let ok = wait_until(Duration::from_secs(20), || {
-        last = get(ns, addr, "/readyz");
-        last.0 == 200
-    });
-    assert!(ok, "{addr} never became ready: {last:?}");
-    assert_eq!(last.1, "ready\n");
-}
-
-fn changes_total(h: &Host) -> f64 {
-    ["route", "neigh", "fdb", "link", "address", "nft"]
-        .iter()
-        .map(|k| {
-            agent_value(
-                h,
-                &format!("weft_agent_changes_applied_total{{kind=\"{k}\"}}"),
-            )
-        })
-        .sum()
+    wait_ready_in(ns, addr, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(get(ns, addr, "/readyz"), (200, "ready\n".into()));
 }
 
 #[test]
@@ -71,19 +49,19 @@ fn metrics_follow_the_cluster() {
             (200, "ok\n".into())
         );
         wait_agent(h, r#"weft_agent_peers{mode="vxlan"}"#, |v| v == 1.0);
-        assert_eq!(agent_value(h, r#"weft_agent_peers{mode="direct"}"#), 0.0);
-        assert_eq!(agent_value(h, "weft_agent_controller_connected"), 1.0);
+        assert_eq!(h.agent_metric(r#"weft_agent_peers{mode="direct"}"#), 0.0);
+        assert_eq!(h.agent_metric("weft_agent_controller_connected"), 1.0);
         assert_eq!(
-            agent_value(h, r#"weft_agent_controller{address="198.18.0.3:7470"}"#),
+            h.agent_metric(r#"weft_agent_controller{address="198.18.0.3:7470"}"#),
             1.0
         );
-        assert!(agent_value(h, "weft_agent_reconcile_runs_total") >= 1.0);
-        assert!(agent_value(h, "weft_agent_peer_snapshots_total") >= 1.0);
-        assert!(agent_value(h, "weft_agent_peer_revision") > 0.0);
+        assert!(h.agent_metric("weft_agent_reconcile_runs_total") >= 1.0);
+        assert!(h.agent_metric("weft_agent_peer_snapshots_total") >= 1.0);
+        assert!(h.agent_metric("weft_agent_peer_revision") > 0.0);
         // The overlay entries of the one peer were programmed.
-        assert!(agent_value(h, r#"weft_agent_changes_applied_total{kind="route"}"#) >= 1.0);
-        assert!(agent_value(h, r#"weft_agent_changes_applied_total{kind="fdb"}"#) >= 1.0);
-        assert_eq!(agent_value(h, "weft_agent_endpoints"), 0.0);
+        assert!(h.agent_metric(r#"weft_agent_changes_applied_total{kind="route"}"#) >= 1.0);
+        assert!(h.agent_metric(r#"weft_agent_changes_applied_total{kind="fdb"}"#) >= 1.0);
+        assert_eq!(h.agent_metric("weft_agent_endpoints"), 0.0);
     }
     // Content type, unknown paths.
     let (code, body) = get(&c, cm, "/metrics");
@@ -100,37 +78,28 @@ fn metrics_follow_the_cluster() {
     assert!(cv("weft_controller_snapshots_sent_total") >= 2.0);
 
     // ns add: one more endpoint, kernel changes applied.
-    let before = changes_total(h1);
-    let adds = agent_value(
-        h1,
-        r#"weft_agent_endpoint_operations_total{op="add",result="ok"}"#,
-    );
-    h1.ns_add("a", &[]);
-    assert_eq!(agent_value(h1, "weft_agent_endpoints"), 1.0);
+    let before = h1.agent_changes_applied();
+    let adds = h1.agent_metric(r#"weft_agent_endpoint_operations_total{op="add",result="ok"}"#);
+    h1.add_endpoint("a");
+    assert_eq!(h1.agent_metric("weft_agent_endpoints"), 1.0);
     assert_eq!(
-        agent_value(
-            h1,
-            r#"weft_agent_endpoint_operations_total{op="add",result="ok"}"#
-        ),
+        h1.agent_metric(r#"weft_agent_endpoint_operations_total{op="add",result="ok"}"#),
         adds + 1.0
     );
     assert!(
-        changes_total(h1) > before,
+        h1.agent_changes_applied() > before,
         "no kernel change counted for ns add"
     );
     // A refused ns add counts as an error.
     let (code, _, _) = h1.weftctl_err(&["ns", "add", "a"]);
     assert_ne!(code, 0);
     assert_eq!(
-        agent_value(
-            h1,
-            r#"weft_agent_endpoint_operations_total{op="add",result="error"}"#
-        ),
+        h1.agent_metric(r#"weft_agent_endpoint_operations_total{op="add",result="error"}"#),
         1.0
     );
 
     // h2's agent stops, then the host is removed: the gauges follow.
-    let rev = agent_value(h1, "weft_agent_peer_revision");
+    let rev = h1.agent_metric("weft_agent_peer_revision");
     a2.stop();
     let ok = wait_until(Duration::from_secs(20), || {
         cv("weft_controller_connected_agents") == 1.0
@@ -143,8 +112,8 @@ fn metrics_follow_the_cluster() {
     let out = lab.weftctl_etcd(&["host", "rm", "h2"]);
     assert!(out.status.success(), "{out:?}");
     wait_agent(h1, r#"weft_agent_peers{mode="vxlan"}"#, |v| v == 0.0);
-    assert!(agent_value(h1, "weft_agent_peer_revision") > rev);
-    assert!(agent_value(h1, "weft_agent_peer_deltas_total") >= 1.0);
+    assert!(h1.agent_metric("weft_agent_peer_revision") > rev);
+    assert!(h1.agent_metric("weft_agent_peer_deltas_total") >= 1.0);
     assert_eq!(cv("weft_controller_allocations_total"), 2.0);
     assert!(cv("weft_controller_deltas_sent_total") >= 1.0);
 }
@@ -176,16 +145,19 @@ fn agent_is_not_ready_until_a_controller_answers() {
     );
     assert_eq!(body.lines().count(), 1, "{body}");
     assert_eq!(get(&h1.netns, addr, "/healthz"), (200, "ok\n".into()));
-    assert_eq!(agent_value(h1, "weft_agent_controller_connected"), 0.0);
+    assert_eq!(h1.agent_metric("weft_agent_controller_connected"), 0.0);
 
     lab.start_controller(1, &[]).unwrap();
     a.wait_ready(Duration::from_secs(30)).unwrap();
     wait_ready(&h1.netns, addr);
-    assert_eq!(agent_value(h1, "weft_agent_controller_connected"), 1.0);
+    assert_eq!(h1.agent_metric("weft_agent_controller_connected"), 1.0);
 }
 
+/// With etcd gone, `/readyz` says not ready and `/healthz` still answers
+/// at once: neither waits for etcd (each request is bounded by [`T`]; how
+/// fast they answer is weft-bench's business, not a pass/fail here).
 #[test]
-fn controller_readiness_follows_etcd_and_health_stays_fast() {
+fn controller_readiness_follows_etcd_and_health_answers_without_it() {
     let lab = Lab::new(LabOpts::cluster(1, 1));
     let c = lab.control();
     let cm = controller_metrics_addr(1);
@@ -199,20 +171,8 @@ fn controller_readiness_follows_etcd_and_health_stays_fast() {
     assert!(ok, "still ready with etcd killed: {last:?}");
     assert!(last.1.contains("etcd"), "{last:?}");
     for _ in 0..10 {
-        let t = Instant::now();
         assert_eq!(get(&c, cm, "/healthz"), (200, "ok\n".into()));
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "healthz took {:?}",
-            t.elapsed()
-        );
-        let t = Instant::now();
         assert_eq!(get(&c, cm, "/readyz").0, 503);
-        assert!(
-            t.elapsed() < Duration::from_millis(1500),
-            "readyz took {:?}",
-            t.elapsed()
-        );
     }
     assert!(value(&c, cm, r#"weft_controller_etcd_errors_total{op="get"}"#) >= 1.0);
     lab.start_etcd().unwrap();

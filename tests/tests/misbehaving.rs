@@ -4,10 +4,12 @@
 //! deltas per second, and a storm of 2,000 agents registering at once.
 //!
 //! Throughout, a watchdog polls the controller's `/healthz` every 100 ms
-//! (each answer must come in < 1 s) and samples its RSS (must stay below
-//! [`RSS_LIMIT_KB`]); after each phase a real agent still registers and
-//! endpoints on two hosts ping each other. Each phase prints what it
-//! measured (max health-check latency, peak RSS) on stderr.
+//! (each must answer 200 within the watchdog's bound,
+//! [`weft_tests::clients::HEALTH_TIMEOUT`]) and samples its RSS (must stay
+//! below [`RSS_LIMIT_KB`]); after each phase a real agent still registers
+//! and endpoints on two hosts ping each other. Each phase prints what it
+//! measured (max health-check latency, peak RSS, registration time, delta
+//! rate) on stderr: the figures are weft-bench's to judge, not this test's.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -27,11 +29,8 @@ use weft_tests::clients::{connect, issue_agents, register_msg, run_in, Health, W
 use weft_tests::cluster::{
     controller_addr, controller_ip, controller_metrics_addr, controller_sockaddr, etcd_url,
 };
-use weft_tests::lab::{log_tail, Lab, LabOpts};
-use weft_tests::wait_until;
+use weft_tests::{log_tail, wait_until, Lab, LabOpts};
 
-/// Every `/healthz` answer must come within this.
-const HEALTH_LIMIT: Duration = Duration::from_secs(1);
 /// The controller's RSS must stay below this (a debug build, 2,000
 /// sessions with their send windows, and a snapshot of 2,000 hosts).
 const RSS_LIMIT_KB: u64 = 512 << 10;
@@ -55,13 +54,9 @@ fn check(phase: &str, h: &Health) {
     assert!(h.checks > 0, "{phase}: no health check ran");
     assert!(
         h.failures.is_empty(),
-        "{phase}: health checks failed: {:?}",
+        "{phase}: health checks failed or did not answer within {:?}: {:?}",
+        weft_tests::clients::HEALTH_TIMEOUT,
         &h.failures[..h.failures.len().min(5)]
-    );
-    assert!(
-        h.max_latency < HEALTH_LIMIT,
-        "{phase}: /healthz took {:?} (limit {HEALTH_LIMIT:?})",
-        h.max_latency
     );
     assert!(
         h.peak_rss_kb > 0 && h.peak_rss_kb < RSS_LIMIT_KB,
@@ -265,8 +260,8 @@ fn controller_survives_misbehaving_clients() {
         (ends, joined)
     });
     eprintln!("misbehaving never-register: {ends:?}; an agent registered meanwhile: {joined:?}");
-    let (took, _) = joined.expect("an agent registers while 1,000 connections idle");
-    assert!(took < Duration::from_secs(10), "registration took {took:?}");
+    // `connect` gives up after 20 s: the bound of this registration.
+    joined.expect("an agent registers while 1,000 connections idle");
     assert_eq!(
         ends.open, 0,
         "connections the controller never closed: {ends:?}"
@@ -426,20 +421,16 @@ fn controller_survives_misbehaving_clients() {
         (written, rate, behind)
     });
     eprintln!("misbehaving deltas: {written} changes at {rate:.0}/s; reader {behind:?}");
+    let total = DELTA_RATE * DELTA_FOR.as_secs() as usize;
+    assert_eq!(written, total, "the writer did not write every change");
     assert_eq!(behind, None, "the connected agent did not keep up");
-    assert!(
-        rate > DELTA_RATE as f64 * 0.5,
-        "the writer reached only {rate:.0} changes/s"
-    );
     // The real agent followed too: a route to every other host in etcd,
     // and to no host that left.
     let want: std::collections::BTreeSet<String> = lab
-        .weftctl_etcd_json(&["host", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["name"] != "h1")
-        .map(|h| h["subnet"].as_str().unwrap().to_string())
+        .host_list()
+        .into_iter()
+        .filter(|h| h.name != "h1")
+        .map(|h| h.subnet.to_string())
         .collect();
     let routes = || -> std::collections::BTreeSet<String> {
         String::from_utf8_lossy(
@@ -538,14 +529,10 @@ fn controller_survives_misbehaving_clients() {
     // Afterwards: a real agent registers and the two hosts' endpoints ping.
     let dog = watchdog();
     let _h2 = lab.host(2).start_agent(&[]);
-    let a = lab.host(1).ns_add("a", &[]);
-    let b = lab.host(2).ns_add("b", &[]);
-    let (a_ns, b_ip) = (
-        a["netns"].as_str().unwrap().to_string(),
-        b["ip"].as_str().unwrap().to_string(),
-    );
+    let a = lab.host(1).add_endpoint("a");
+    let b = lab.host(2).add_endpoint("b");
     assert!(
-        wait_until(Duration::from_secs(20), || lab.ping_once(&a_ns, &b_ip)),
+        wait_until(Duration::from_secs(20), || lab.ping_once(&a.netns, b.ip)),
         "h1's a cannot reach h2's b after the storm"
     );
     check("after", &dog.finish());

@@ -8,11 +8,11 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_tests::lab::{Agent, Host, Lab, LabOpts};
+use weft_common::cluster::HostRecord;
 use weft_tests::netns::in_netns;
-use weft_tests::wait_until;
+use weft_tests::{log_tail, logfile, wait_until, Agent, Host, Lab, LabOpts, WAIT};
 
-/// An endpoint namespace: where it lives and its address.
+/// An endpoint namespace: on which host, where it lives and its address.
 #[derive(Clone, Debug)]
 struct Ep {
     host: usize,
@@ -21,23 +21,19 @@ struct Ep {
     netns: PathBuf,
 }
 
-fn add_ep(h: &Host, name: &str) -> Ep {
-    let j = h.ns_add(name, &[]);
-    Ep {
-        host: h.index,
-        name: name.to_string(),
-        ip: j["ip"].as_str().unwrap().parse().unwrap(),
-        netns: j["netns"].as_str().unwrap().into(),
-    }
-}
-
 /// `n` endpoints on each of the given hosts.
 fn add_eps(lab: &Lab, hosts: &[usize], n: usize) -> Vec<Ep> {
     let mut eps = Vec::new();
     for &i in hosts {
         let h = lab.host(i);
         for j in 1..=n {
-            eps.push(add_ep(h, &format!("{}-n{j}", h.name)));
+            let e = h.add_endpoint(&format!("{}-n{j}", h.name));
+            eps.push(Ep {
+                host: i,
+                name: e.name,
+                ip: e.ip,
+                netns: e.netns.into(),
+            });
         }
     }
     eps
@@ -58,17 +54,10 @@ fn start(lab: &Lab, hosts: &[usize], extra: &[&str]) -> BTreeMap<usize, Agent> {
 
 /// The peers (name → mode) an agent reports.
 fn peer_modes(h: &Host) -> BTreeMap<String, String> {
-    let s = h.weftctl_json(&["status"]);
-    s["peers"]
-        .as_array()
-        .expect("peers")
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap().to_string(),
-                p["mode"].as_str().unwrap().to_string(),
-            )
-        })
+    h.status()
+        .peers
+        .into_iter()
+        .map(|p| (p.name, p.mode))
         .collect()
 }
 
@@ -81,16 +70,11 @@ fn wait_mesh(lab: &Lab, hosts: &[usize]) {
             .filter(|&&j| j != i)
             .map(|j| format!("h{j}"))
             .collect();
-        assert!(
-            wait_until(Duration::from_secs(20), || peer_modes(h)
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                == want),
-            "{} has peers {:?}, expected {want:?}",
-            h.name,
-            peer_modes(h)
-        );
+        h.wait_status(WAIT, &format!("exactly the peers {want:?}"), |s| {
+            let mut have: Vec<&String> = s.peers.iter().map(|p| &p.name).collect();
+            have.sort();
+            have.into_iter().eq(want.iter())
+        });
     }
 }
 
@@ -174,8 +158,10 @@ fn entries_for(lab: &Lab, host: usize, subnet: &str, mac: &str, ip: &str) -> [bo
     ]
 }
 
-fn host_record(lab: &Lab, name: &str) -> serde_json::Value {
-    lab.weftctl_etcd_json(&["host", "show", name])
+fn host_record(lab: &Lab, name: &str) -> HostRecord {
+    lab.etcd_hosts()
+        .remove(name)
+        .unwrap_or_else(|| panic!("no host record of {name} in etcd"))
 }
 
 #[test]
@@ -188,7 +174,7 @@ fn full_mesh_and_mtu_across_three_hosts() {
     // The overlay MTU is the underlay's (1500) minus VXLAN's 50 bytes, on
     // the bridge, the vxlan device and inside the namespaces.
     for h in lab.hosts() {
-        assert_eq!(h.weftctl_json(&["status"])["mtu"], 1450, "{}", h.name);
+        assert_eq!(h.status().mtu, 1450, "{}", h.name);
         let link = sh(&lab, h.index, &["ip", "-d", "link", "show", "weft.1"]);
         assert!(link.contains("mtu 1450"), "{link}");
         assert!(link.contains("vxlan id 1"), "{link}");
@@ -246,9 +232,9 @@ fn fourth_host_joins_and_host_rm_cleans_up() {
     assert_eq!(pids, after, "no agent was restarted");
 
     let rec = host_record(&lab, "h4");
-    let subnet = rec["subnet"].as_str().unwrap().to_string();
-    let mac = rec["vtep_mac"].as_str().unwrap().to_string();
-    let ip = rec["public_ip"].as_str().unwrap().to_string();
+    let subnet = rec.subnet.to_string();
+    let mac = rec.vtep_mac.to_string();
+    let ip = rec.public_ip.to_string();
     for i in 1..=3 {
         assert_eq!(
             entries_for(&lab, i, &subnet, &mac, &ip),
@@ -293,66 +279,88 @@ fn spawn_ping(lab: &Lab, from: &Ep, to: &Ep, count: usize) -> weft_tests::lab::P
     )
 }
 
-/// (transmitted, received) from a finished ping's summary.
-fn ping_counts(p: &mut weft_tests::lab::Process) -> (usize, usize) {
+/// (transmitted, received) of a ping run in the background, once done.
+fn ping_counts(p: &mut weft_tests::Process) -> (usize, usize) {
     let st = p
         .wait_timeout(Duration::from_secs(60))
         .expect("ping finished");
     let log = p.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary ({st:?}):\n{log}"));
-    let num = |word: &str| -> usize {
-        let i = line.find(word).unwrap();
-        line[..i]
-            .trim_end()
-            .rsplit(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (num(" packets transmitted"), num(" received"))
+    assert!(log.contains("packets transmitted"), "ping {st:?}:\n{log}");
+    weft_tests::ping::summary(&log)
 }
 
 #[test]
 fn agent_restart_loses_no_packets() {
     let lab = Lab::new(LabOpts::cluster(2, 1));
-    let mut agents = start(&lab, &[1, 2], &[]);
+    // No spare namespaces: they live and die with the agent process, so a
+    // restart would rebuild them; everything else must survive untouched.
+    let no_pool = ["--ns-pool", "0"];
+    let mut agents = start(&lab, &[1, 2], &no_pool);
     wait_mesh(&lab, &[1, 2]);
     let eps = add_eps(&lab, &[1, 2], 1);
     assert_mesh(&lab, &eps);
+    let logs_from: Vec<u64> = (1..=2)
+        .map(|i| logfile::len(&lab.host(i).agent_log()))
+        .collect();
+    let ruleset = |i: usize| {
+        lab.host(i)
+            .exec_ok(&["nft", "-s", "list", "table", "inet", "weft"])
+    };
+    let tables_before = [ruleset(1), ruleset(2)];
     // 600 pings 10 ms apart while both agents restart, one after the other,
     // once with SIGTERM and once killed outright.
     let mut ping = spawn_ping(&lab, &eps[0], &eps[1], 600);
     std::thread::sleep(Duration::from_millis(500));
     let a1 = agents.get_mut(&1).unwrap();
     a1.stop();
-    *a1 = lab.host(1).start_agent(&[]);
+    *a1 = lab.host(1).start_agent(&no_pool);
     std::thread::sleep(Duration::from_millis(300));
     let a2 = agents.get_mut(&2).unwrap();
     a2.kill();
-    *a2 = lab.host(2).start_agent(&[]);
+    *a2 = lab.host(2).start_agent(&no_pool);
     let (tx, rx) = ping_counts(&mut ping);
     assert_eq!(tx, 600);
     assert_eq!(rx, tx, "pings lost across agent restarts");
-    // The restarts changed nothing in the kernel: no kernel change (each
-    // is logged at info as "<what>: <why>") in the second start's log.
-    let log = std::fs::read_to_string(lab.host(1).agent_log()).unwrap();
-    let second = log.rsplit("=== weft-tests: starting").next().unwrap();
-    for word in [
-        "link add",
-        "link set",
-        "address add",
-        "restored",
-        "route add",
-        "neigh add",
-        "fdb append",
-        "nft table",
-        "nft add element",
-    ] {
-        assert!(!second.contains(word), "restart logged {word:?}:\n{second}");
+    // The restarts changed nothing in the kernel. Once each new agent has
+    // programmed its data plane and applied its first peer snapshot
+    // (ready), it has counted no change at all — no device, address,
+    // route, neighbour, FDB entry, sysctl, namespace or nft transaction;
+    // its nft table holds what it held before; and its log has no line of
+    // a change (each is logged at info as "<what>: <why>").
+    for ((i, from), table_before) in [1, 2].into_iter().zip(logs_from).zip(tables_before) {
+        let h = lab.host(i);
+        h.wait_agent_ready(WAIT);
+        let changes = h.agent_changes();
+        assert!(
+            changes.contains_key("nft") && changes.values().all(|&n| n == 0.0),
+            "{}: the restarted agent changed the kernel: {changes:?}; log:\n{}",
+            h.name,
+            log_tail(&h.agent_log(), 40)
+        );
+        assert_eq!(
+            ruleset(i),
+            table_before,
+            "{}: the restart changed the nft table",
+            h.name
+        );
+        let second = logfile::lines_since(&h.agent_log(), from).join("\n");
+        for word in [
+            "link add",
+            "link set",
+            "address add",
+            "restored",
+            "route add",
+            "neigh add",
+            "fdb append",
+            "nft table",
+            "nft add element",
+        ] {
+            assert!(
+                !second.contains(word),
+                "{}: restart logged {word:?}:\n{second}",
+                h.name
+            );
+        }
     }
 }
 
@@ -372,10 +380,31 @@ fn controllers_down_traffic_flows_and_late_host_joins() {
         (200, 200),
         "cross-host traffic with controllers down"
     );
-    // A new host starts meanwhile: it waits for a subnet.
-    let mut late = lab.host(3).spawn_agent(&[]).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(!lab.host(3).socket().exists(), "h3 serves without a subnet");
+    // A new host starts meanwhile: it waits for a subnet. Seen from the
+    // outside: it runs, its readiness says it waits for a controller to
+    // assign the subnet, it has tried and failed at least once, and it
+    // does not serve (its socket is bound only once it has a subnet).
+    let h3 = lab.host(3);
+    let mut late = h3.spawn_agent(&[]).unwrap();
+    let mut last = Err(anyhow::anyhow!("no answer yet"));
+    let waiting = wait_until(WAIT, || {
+        last = weft_tests::http::get_in(
+            &h3.netns,
+            h3.metrics_addr(),
+            "/readyz",
+            Duration::from_secs(5),
+        );
+        matches!(&last, Ok((503, body)) if body.contains("waiting for a controller to assign"))
+    });
+    assert!(waiting, "h3 does not say it waits for a subnet: {last:?}");
+    logfile::wait_for_line(
+        &h3.agent_log(),
+        &["no controller assigned a subnet yet"],
+        0,
+        WAIT,
+    );
+    assert!(late.is_running(), "h3's agent exited while waiting");
+    assert!(!h3.socket().exists(), "h3 serves without a subnet");
     lab.start_controller(2, &[]).unwrap();
     late.wait_ready(Duration::from_secs(30)).unwrap();
     wait_mesh(&lab, &[1, 2, 3]);
@@ -426,16 +455,12 @@ fn reconcile_removes_stale_entries_and_restores_deleted_ones() {
 
     // Deleted by hand: the peer's route, then the whole vxlan device.
     let rec = host_record(&lab, "h2");
-    let subnet = rec["subnet"].as_str().unwrap().to_string();
+    let subnet = rec.subnet.to_string();
+    let (mac, ip) = (rec.vtep_mac.to_string(), rec.public_ip.to_string());
     sh(&lab, 1, &["ip", "route", "del", &subnet]);
     assert!(
-        wait_until(Duration::from_secs(5), || entries_for(
-            &lab,
-            1,
-            &subnet,
-            rec["vtep_mac"].as_str().unwrap(),
-            rec["public_ip"].as_str().unwrap()
-        ) == [true; 4]),
+        wait_until(WAIT, || entries_for(&lab, 1, &subnet, &mac, &ip)
+            == [true; 4]),
         "the deleted route was not restored"
     );
     sh(&lab, 1, &["ip", "link", "del", "weft.1"]);
@@ -505,25 +530,15 @@ fn forged_vxlan_from_a_non_peer_is_dropped() {
     wait_mesh(&lab, &[1, 2]);
     let eps = add_eps(&lab, &[1], 1);
     let target = eps[0].clone();
-    let h1 = host_record(&lab, "h1");
-    let vtep: Vec<u8> = h1["vtep_mac"]
-        .as_str()
-        .unwrap()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    let h2_subnet: ipnetwork::Ipv4Network = host_record(&lab, "h2")["subnet"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let vtep = host_record(&lab, "h1").vtep_mac.octets();
+    let h2_subnet = host_record(&lab, "h2").subnet;
     let src = Ipv4Addr::from(u32::from(h2_subnet.network()) + 77);
     let sock = in_netns(&target.netns, move || UdpSocket::bind((target.ip, 9999)))
         .unwrap()
         .unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
-    let pkt = vxlan_packet(1, vtep.try_into().unwrap(), src, eps[0].ip, 9999);
+    let pkt = vxlan_packet(1, vtep, src, eps[0].ip, 9999);
     let h1_ip = lab.host(1).ip;
     let send_from = |host: usize| {
         let pkt = pkt.clone();
@@ -584,10 +599,7 @@ fn direct_routing_on_one_segment_vxlan_across_the_router() {
     assert_eq!(modes(1), ["h2=direct", "h3=vxlan"]);
     assert_eq!(modes(2), ["h1=direct", "h3=vxlan"]);
     assert_eq!(modes(3), ["h1=vxlan", "h2=vxlan"]);
-    let h2_subnet = host_record(&lab, "h2")["subnet"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let h2_subnet = host_record(&lab, "h2").subnet.to_string();
     let route = sh(&lab, 1, &["ip", "-4", "route", "show", &h2_subnet]);
     assert!(
         route.contains(&format!("via {} dev eth0", lab.host(2).ip)) && route.contains("proto 119"),
@@ -615,15 +627,14 @@ fn peer_with_a_new_vtep_mac_is_updated_in_place() {
     std::fs::create_dir_all(&lab.host(2).state_dir).unwrap();
     *agents.get_mut(&2).unwrap() = lab.host(2).start_agent(&[]);
     let after = host_record(&lab, "h2");
-    assert_eq!(after["subnet"], before["subnet"]);
-    let new_mac = after["vtep_mac"].as_str().unwrap().to_string();
-    assert_ne!(new_mac, before["vtep_mac"].as_str().unwrap());
-    let subnet = after["subnet"].as_str().unwrap().to_string();
-    let ip = after["public_ip"].as_str().unwrap().to_string();
+    assert_eq!(after.subnet, before.subnet);
+    assert_ne!(after.vtep_mac, before.vtep_mac);
+    let new_mac = after.vtep_mac.to_string();
+    let subnet = after.subnet.to_string();
+    let ip = after.public_ip.to_string();
     assert!(
-        wait_until(Duration::from_secs(10), || entries_for(
-            &lab, 1, &subnet, &new_mac, &ip
-        ) == [true; 4]),
+        wait_until(WAIT, || entries_for(&lab, 1, &subnet, &new_mac, &ip)
+            == [true; 4]),
         "h1 did not follow h2's new MAC: {:?}",
         entries_for(&lab, 1, &subnet, &new_mac, &ip)
     );

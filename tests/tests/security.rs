@@ -8,17 +8,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustls::pki_types::CertificateDer;
 use weft_common::tls::{self, CertSummary};
+use weft_tests::cli::check_failure;
 use weft_tests::clients::run_in;
 use weft_tests::cluster::{controller_addr, controller_ip, controller_sockaddr};
-use weft_tests::lab::{host_ip, log_tail, Host, Lab, LabOpts};
-use weft_tests::netns::{self, command_in, describe_status, SpawnOpts};
-use weft_tests::{bin_path, wait_until};
+use weft_tests::logfile::{lines_with, wait_for_line};
+use weft_tests::netns::{self, command_in, SpawnOpts};
+use weft_tests::{bin_path, host_ip, log_tail, wait_until, Host, Lab, LabOpts, TempDir};
 
 /// Bound of each wait for a log line, a connection or a reload.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -30,62 +31,20 @@ fn cluster_lab(hosts: usize, etcd_tls: bool) -> Lab {
     })
 }
 
-/// Asserts `out` failed with exactly one stderr line containing `want`.
+/// Asserts `out` is weftctl's one-line refusal, containing `want`.
 fn assert_one_line_failure(what: &str, out: &Output, want: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let (_, msg) = check_failure(what, out, false);
     assert!(
-        !out.status.success(),
-        "{what}: expected failure, got {}; stdout {}",
-        describe_status(&out.status),
-        String::from_utf8_lossy(&out.stdout)
+        msg.contains(want),
+        "{what}: message {msg:?} does not contain {want:?}"
     );
-    assert_eq!(stderr.lines().count(), 1, "{what}: not one line: {stderr}");
-    assert!(
-        stderr.contains(want),
-        "{what}: stderr {stderr:?} does not contain {want:?}"
-    );
-    stderr
-}
-
-fn wait_connected(h: &Host) {
-    let mut last = serde_json::Value::Null;
-    let ok = wait_until(LIMIT, || {
-        last = h.weftctl_json(&["status"]);
-        last["controller"]["connected"] == true
-    });
-    assert!(
-        ok,
-        "agent {} not connected within {LIMIT:?}: {last}; log:\n{}",
-        h.name,
-        log_tail(&h.agent_log(), 30)
-    );
-}
-
-/// Lines of `log` containing every one of `needles`.
-fn lines_with(log: &Path, needles: &[&str]) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .map(str::to_string)
-        .collect()
+    msg
 }
 
 /// Waits until `log` has more than `before` lines containing all `needles`;
 /// returns the newest one.
 fn await_lines(log: &Path, needles: &[&str], before: usize) -> String {
-    let mut found = Vec::new();
-    wait_until(LIMIT, || {
-        found = lines_with(log, needles);
-        found.len() > before
-    });
-    assert!(
-        found.len() > before,
-        "{} has no new line with {needles:?} within {LIMIT:?}; tail:\n{}",
-        log.display(),
-        log_tail(log, 40)
-    );
-    found.last().unwrap().clone()
+    wait_for_line(log, needles, before, LIMIT)
 }
 
 #[test]
@@ -94,24 +53,13 @@ fn etcd_over_tls_with_client_certificates_and_users() {
     let t = lab.etcd_tls().expect("TLS etcd");
     let _agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
     for h in lab.hosts() {
-        wait_connected(h);
+        h.wait_connected(LIMIT);
     }
     // The controller's watch works as the weft user too: h1 learns of h2.
-    let ok = wait_until(LIMIT, || {
-        lab.host(1).weftctl_json(&["status"])["peers"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["name"] == "h2"))
-    });
-    assert!(ok, "h1 never saw peer h2 through a TLS etcd with auth");
+    lab.host(1).wait_peer("h2", LIMIT);
     // The controller and the lab's weftctl use TLS, a client certificate
     // and the weft user: both hosts are registered.
-    let hosts = lab.weftctl_etcd_json(&["host", "list"]);
-    let mut names: Vec<&str> = hosts
-        .as_array()
-        .expect("host list is an array")
-        .iter()
-        .map(|h| h["name"].as_str().unwrap())
-        .collect();
+    let mut names: Vec<String> = lab.host_list().into_iter().map(|h| h.name).collect();
     names.sort();
     assert_eq!(names, ["h1", "h2"]);
     let dump = lab.etcd_dump();
@@ -352,16 +300,6 @@ fn replace(file: &Path, contents: &[u8]) {
     std::fs::rename(&tmp, file).unwrap();
 }
 
-fn weftctl_ok(lab: &Lab, args: &[&str]) {
-    let out = lab.weftctl_plain(args);
-    assert!(
-        out.status.success(),
-        "weftctl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn sighup(h: &Host) {
     let pid = h.agent_pid().expect("agent runs");
     kill(Pid::from_raw(pid), Signal::SIGHUP).expect("SIGHUP");
@@ -370,7 +308,7 @@ fn sighup(h: &Host) {
 /// A bounded ping from an endpoint on h1 to one on h2, run in the
 /// background: `count` probes every 50 ms.
 fn ping_in_background(lab: &Lab, to: &str, count: u32) -> std::thread::JoinHandle<Output> {
-    let ns = lab.host(1).endpoint("a");
+    let ns = lab.host(1).endpoint_netns("a");
     let to = to.to_string();
     std::thread::spawn(move || {
         netns::exec_in_timeout(
@@ -406,13 +344,12 @@ fn certificates_rotate_without_dropping_traffic() {
     let lab = cluster_lab(2, false);
     let _agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
     for h in lab.hosts() {
-        wait_connected(h);
+        h.wait_connected(LIMIT);
     }
-    lab.host(1).ns_add("a", &[]);
-    let b = lab.host(2).ns_add("b", &[]);
-    let b_ip = b["ip"].as_str().unwrap().to_string();
+    lab.host(1).add_endpoint("a");
+    let b_ip = lab.host(2).add_endpoint("b").ip.to_string();
     assert!(
-        lab.ping(lab.host(1).endpoint("a"), &b_ip),
+        lab.ping(lab.host(1).endpoint_netns("a"), &b_ip),
         "a cannot reach b"
     );
     let pki = lab.cluster_info().pki;
@@ -426,22 +363,19 @@ fn certificates_rotate_without_dropping_traffic() {
     let n = lines_with(&clog, &reloaded).len();
     let ping = ping_in_background(&lab, &b_ip, 200);
     let ip = controller_ip(1).to_string();
-    weftctl_ok(
-        &lab,
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            &pki_s,
-            "--name",
-            "c1",
-            "--role",
-            "controller",
-            "--ip",
-            &ip,
-            "--force",
-        ],
-    );
+    lab.weftctl_plain_ok(&[
+        "certs",
+        "issue",
+        "--dir",
+        &pki_s,
+        "--name",
+        "c1",
+        "--role",
+        "controller",
+        "--ip",
+        &ip,
+        "--force",
+    ]);
     let line = await_lines(&clog, &reloaded, n);
     let now = summary_of(&c1_dir);
     assert!(
@@ -454,12 +388,9 @@ fn certificates_rotate_without_dropping_traffic() {
     // 2. A new certificate for h1, taken on SIGHUP.
     let alog = lab.host(1).agent_log();
     let an = lines_with(&alog, &reloaded).len();
-    weftctl_ok(
-        &lab,
-        &[
-            "certs", "issue", "--dir", &pki_s, "--name", "h1", "--role", "agent", "--force",
-        ],
-    );
+    lab.weftctl_plain_ok(&[
+        "certs", "issue", "--dir", &pki_s, "--name", "h1", "--role", "agent", "--force",
+    ]);
     sighup(lab.host(1));
     let line = await_lines(&alog, &reloaded, an);
     assert!(
@@ -481,29 +412,23 @@ fn certificates_rotate_without_dropping_traffic() {
     // then new certificates, then trust only the new CA.
     let pki2 = lab.dir.join("pki2");
     let pki2_s = pki2.display().to_string();
-    weftctl_ok(&lab, &["certs", "init", "--dir", &pki2_s]);
-    weftctl_ok(
-        &lab,
-        &[
-            "certs",
-            "issue",
-            "--dir",
-            &pki2_s,
-            "--name",
-            "c1",
-            "--role",
-            "controller",
-            "--ip",
-            &ip,
-        ],
-    );
+    lab.weftctl_plain_ok(&["certs", "init", "--dir", &pki2_s]);
+    lab.weftctl_plain_ok(&[
+        "certs",
+        "issue",
+        "--dir",
+        &pki2_s,
+        "--name",
+        "c1",
+        "--role",
+        "controller",
+        "--ip",
+        &ip,
+    ]);
     for h in ["h1", "h2"] {
-        weftctl_ok(
-            &lab,
-            &[
-                "certs", "issue", "--dir", &pki2_s, "--name", h, "--role", "agent",
-            ],
-        );
+        lab.weftctl_plain_ok(&[
+            "certs", "issue", "--dir", &pki2_s, "--name", h, "--role", "agent",
+        ]);
     }
     let old_ca = std::fs::read(pki.join("ca.pem")).unwrap();
     let new_ca = std::fs::read(pki2.join("ca.pem")).unwrap();
@@ -552,19 +477,17 @@ fn certificates_rotate_without_dropping_traffic() {
         .collect();
     lab.kill_held("controller-c1");
     lab.start_controller(1, &[]).expect("restart controller");
-    let t0 = Instant::now();
     for (h, n) in lab.hosts().iter().zip(counts) {
         await_lines(&h.agent_log(), &["connected to controller"], n);
-        wait_connected(h);
+        h.wait_connected(LIMIT);
         await_lines(
             &lab.held_log("controller-c1"),
             &[&format!("host {} registered", h.name)],
             0,
         );
     }
-    assert!(t0.elapsed() < LIMIT * 2);
     assert!(
-        lab.ping(lab.host(1).endpoint("a"), &b_ip),
+        lab.ping(lab.host(1).endpoint_netns("a"), &b_ip),
         "a cannot reach b after rotation"
     );
     // A half-written set is not taken: a key without its certificate.
@@ -632,29 +555,40 @@ fn expired_and_foreign_agent_certificates_are_refused_on_both_sides() {
     );
     let agent_line = await_lines(&alog, &[&want], 0);
     eprintln!("controller: {ctl_line}\nagent: {agent_line}");
-    // Backoff, not a tight loop: a handful of attempts in 6 s.
-    let start = lines_with(&clog, &[&from]).len();
-    std::thread::sleep(Duration::from_secs(6));
-    let attempts = lines_with(&clog, &[&from]).len() - start;
+    // It retries, with backoff (from 0.2 s, doubling), not in a tight
+    // loop: by the fifth attempt the agent waits more than a second
+    // between two. Read from the controller's own timestamps: a slow
+    // machine can only make the gaps longer.
+    await_lines(&clog, &[&from], 4);
+    let times: Vec<f64> = lines_with(&clog, &[&from])
+        .iter()
+        .filter_map(|l| weft_tests::events::rfc3339(l.split_whitespace().next()?))
+        .collect();
+    assert!(times.len() >= 5, "attempts without a timestamp: {times:?}");
+    let gap = times[4] - times[3];
     assert!(
-        (1..=6).contains(&attempts),
-        "{attempts} attempts in 6 s; controller log:\n{}",
+        gap >= 1.0,
+        "4th to 5th attempt {gap:.3} s apart: no backoff; controller log:\n{}",
         log_tail(&clog, 20)
     );
-    // The expired set is not taken on reload either (the agent already
-    // runs with it: it just logs why).
+    // The expired set is not taken on reload either: the agent already
+    // runs with it, so a SIGHUP only logs why it keeps it.
+    let n_reload = lines_with(&alog, &["not reloading TLS"]).len();
+    sighup(h1);
+    let line = await_lines(&alog, &["not reloading TLS from", "(SIGHUP)"], n_reload);
+    assert!(
+        line.contains("expired") && line.contains("keeping the certificate in use"),
+        "{line}"
+    );
     agent.kill();
 
     // A certificate from another CA (h1's directory still trusts the lab CA).
     let other = lab.dir.join("other-pki");
     let other_s = other.display().to_string();
-    weftctl_ok(&lab, &["certs", "init", "--dir", &other_s]);
-    weftctl_ok(
-        &lab,
-        &[
-            "certs", "issue", "--dir", &other_s, "--name", "h1", "--role", "agent",
-        ],
-    );
+    lab.weftctl_plain_ok(&["certs", "init", "--dir", &other_s]);
+    lab.weftctl_plain_ok(&[
+        "certs", "issue", "--dir", &other_s, "--name", "h1", "--role", "agent",
+    ]);
     let n_ctl = lines_with(&clog, &[&from, "not signed by the cluster CA"]).len();
     let n_agent = lines_with(&alog, &["refused this host's certificate h1"]).len();
     for f in ["key.pem", "cert.pem"] {
@@ -670,18 +604,15 @@ fn expired_and_foreign_agent_certificates_are_refused_on_both_sides() {
     assert!(line.contains("not signed by the cluster CA"), "{line}");
     // Fixing the certificate while the agent retries: SIGHUP, and it joins.
     let pki_s = pki.display().to_string();
-    weftctl_ok(
-        &lab,
-        &[
-            "certs", "issue", "--dir", &pki_s, "--name", "h1", "--role", "agent", "--force",
-        ],
-    );
+    lab.weftctl_plain_ok(&[
+        "certs", "issue", "--dir", &pki_s, "--name", "h1", "--role", "agent", "--force",
+    ]);
     sighup(h1);
     await_lines(&alog, &["reloaded TLS from"], 0);
     agent
         .wait_ready(Duration::from_secs(30))
         .expect("agent joins with its new certificate");
-    wait_connected(h1);
+    h1.wait_connected(LIMIT);
     // Node name = certificate name is enforced by the controller
     // (tests/tests/control_refusals.rs covers it).
 }
@@ -700,9 +631,8 @@ fn non_root_weftctl_gets_a_clear_permission_error() {
         "agent socket mode"
     );
     // weftctl must be executable by nobody: copy it somewhere world-readable.
-    let dir = std::env::temp_dir().join(format!("weft-sec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = TempDir::new("security");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.join("weftctl");
     std::fs::copy(bin_path("weftctl"), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -729,7 +659,6 @@ fn non_root_weftctl_gets_a_clear_permission_error() {
         });
     }
     let out = netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl");
-    let _ = std::fs::remove_dir_all(&dir);
     let want = format!(
         "weftctl: permission denied on {}: weftctl must run as root (the agent socket is 0600 root)",
         sock.display()
@@ -737,5 +666,5 @@ fn non_root_weftctl_gets_a_clear_permission_error() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), want);
     // As root it works.
-    h.weftctl_json(&["status"]);
+    h.status();
 }

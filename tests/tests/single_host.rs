@@ -7,18 +7,15 @@ use std::thread;
 use std::time::Duration;
 
 use weft_common::name::host_veth_name;
+use weft_tests::cli::{check_failure, fails_with};
 use weft_tests::{
-    gateway_of, host_ip, tcp_peer_server, tcp_request, udp_peer_server, udp_request, Host, Lab,
-    LabOpts, INTERNET_IP,
+    gateway_of, host_ip, tcp_peer_server, tcp_request, udp_peer_server, udp_request, EndpointOpts,
+    Host, Lab, LabOpts, INTERNET_IP, WAIT,
 };
 
-fn ip_of(ep: &serde_json::Value) -> String {
-    ep["ip"].as_str().expect("endpoint has an ip").to_string()
-}
-
-fn stdout(out: std::process::Output) -> String {
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// An endpoint's address, as text.
+fn ip(e: &weft_tests::Endpoint) -> String {
+    e.ip.to_string()
 }
 
 /// Everything on a host that weft may change: links, addresses, routes,
@@ -32,7 +29,7 @@ fn is_spare(line: &str) -> bool {
 
 fn snapshot(lab: &Lab, h: &Host) -> String {
     let mut s = String::new();
-    let links = stdout(h.exec(&["ip", "-o", "link", "show"]));
+    let links = h.exec_ok(&["ip", "-o", "link", "show"]);
     // Names only: flags like NO-CARRIER follow carrier timing, not weft.
     // Spare namespaces' veths (`wp…`) come and go with the agent's pool;
     // spare_namespaces_* checks them.
@@ -40,9 +37,9 @@ fn snapshot(lab: &Lab, h: &Host) -> String {
         s += l.split(':').nth(1).unwrap_or("").trim();
         s += "\n";
     }
-    s += &stdout(h.exec(&["ip", "-o", "-4", "addr", "show"]));
-    s += &stdout(h.exec(&["ip", "-4", "route", "show"]));
-    s += &stdout(h.exec(&["nft", "list", "ruleset"]));
+    s += &h.exec_ok(&["ip", "-o", "-4", "addr", "show"]);
+    s += &h.exec_ok(&["ip", "-4", "route", "show"]);
+    s += &h.exec_ok(&["nft", "list", "ruleset"]);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = h.netns_dir.display().to_string();
     for m in mounts.lines().filter(|l| l.contains(&dir)) {
@@ -72,22 +69,22 @@ fn namespaces_ping_each_other_and_the_gateway() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let _agent = h1.start_agent(&[]);
-    let a = h1.ns_add("a", &[]);
-    let b = h1.ns_add("b", &[]);
-    assert_eq!(ip_of(&a), "10.244.1.2");
-    assert_eq!(ip_of(&b), "10.244.1.3");
+    let a = h1.add_endpoint("a");
+    let b = h1.add_endpoint("b");
+    assert_eq!(ip(&a), "10.244.1.2");
+    assert_eq!(ip(&b), "10.244.1.3");
     let gw = gateway_of(&h1.subnet).unwrap();
     for (from, to) in [
-        ("a", ip_of(&b)),
-        ("b", ip_of(&a)),
+        ("a", ip(&b)),
+        ("b", ip(&a)),
         ("a", gw.to_string()),
         ("b", gw.to_string()),
     ] {
-        assert!(lab.ping(h1.endpoint(from), &to), "{from} -> {to}");
+        assert!(lab.ping(h1.endpoint_netns(from), &to), "{from} -> {to}");
     }
     // The namespace looks like one made by hand: lo up, eth0 with the
     // address, MTU of the underlay, default route via the gateway.
-    let addr = stdout(h1.exec_endpoint("a", &["ip", "-o", "-4", "addr", "show"]));
+    let addr = h1.exec_endpoint_ok("a", &["ip", "-o", "-4", "addr", "show"]);
     assert!(
         addr.contains("lo ") && addr.contains("127.0.0.1/8"),
         "{addr}"
@@ -96,20 +93,20 @@ fn namespaces_ping_each_other_and_the_gateway() {
         addr.contains("eth0") && addr.contains("10.244.1.2/24"),
         "{addr}"
     );
-    let route = stdout(h1.exec_endpoint("a", &["ip", "-4", "route", "show", "default"]));
+    let route = h1.exec_endpoint_ok("a", &["ip", "-4", "route", "show", "default"]);
     assert!(
         route.contains(&format!("default via {gw} dev eth0")),
         "{route}"
     );
-    let link = stdout(h1.exec_endpoint("a", &["ip", "-o", "link", "show", "eth0"]));
+    let link = h1.exec_endpoint_ok("a", &["ip", "-o", "link", "show", "eth0"]);
     assert!(
-        link.contains("mtu 1500") && link.contains(a["mac"].as_str().unwrap()),
+        link.contains("mtu 1500") && link.contains(&a.mac.to_string()),
         "{link}"
     );
     // The host end is a port of weft0, named as weft names it.
     let veth = host_veth_name("a");
-    assert_eq!(a["host_veth"], veth.as_str());
-    let port = stdout(h1.exec(&["ip", "-o", "link", "show", &veth]));
+    assert_eq!(a.host_veth, veth);
+    let port = h1.exec_ok(&["ip", "-o", "link", "show", &veth]);
     assert!(port.contains("master weft0"), "{port}");
     // And `ip netns`-style tools see it: weftctl ns exec runs there.
     let out = h1.weftctl(&[
@@ -122,7 +119,7 @@ fn namespaces_ping_each_other_and_the_gateway() {
         "1",
         "-W",
         "2",
-        &ip_of(&a),
+        &ip(&a),
     ]);
     assert!(out.status.success(), "{out:?}");
     let code = h1
@@ -137,15 +134,15 @@ fn egress_needs_and_gets_nat() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let mut agent = h1.start_agent(&[]);
-    let a = h1.ns_add("a", &[]);
-    let ns = h1.endpoint("a");
+    let a = h1.add_endpoint("a");
+    let ns = h1.endpoint_netns("a");
     let server = tcp_peer_server(lab.internet(), (INTERNET_IP, 0));
     let seen = tcp_request(&ns, server.addr());
     assert!(
         seen.starts_with(&format!("{}:", host_ip(1))),
         "internet saw {seen}, not the host address"
     );
-    assert!(!seen.starts_with(&ip_of(&a)));
+    assert!(!seen.starts_with(&ip(&a)));
     // Without weft's table the internet cannot answer: the NAT is what works.
     h1.exec(&["nft", "delete", "table", "inet", "weft"]);
     assert!(
@@ -165,15 +162,21 @@ fn published_ports_answer_from_another_host_the_host_itself_and_neighbours() {
     let lab = Lab::new(LabOpts::hosts(2));
     let (h1, h2) = (lab.host(1), lab.host(2));
     let _agent = h1.start_agent(&[]);
-    let web = h1.ns_add("web", &["--publish", "8080:80", "--publish", "5353:53/udp"]);
-    let pinned = h1.ns_add("pinned", &["--publish", &format!("{}:9090:90", host_ip(1))]);
-    assert_eq!(
-        web["publish"],
-        serde_json::json!(["8080:80/tcp", "5353:53/udp"])
+    let web = h1.add_endpoint_with(
+        "web",
+        &EndpointOpts::default()
+            .publish("8080:80")
+            .publish("5353:53/udp"),
     );
-    let tcp = tcp_peer_server(h1.endpoint("web"), ("0.0.0.0", 80));
-    let udp = udp_peer_server(h1.endpoint("web"), ("0.0.0.0", 53));
-    let tcp90 = tcp_peer_server(h1.endpoint("pinned"), ("0.0.0.0", 90));
+    let pinned = h1.add_endpoint_with(
+        "pinned",
+        &EndpointOpts::default().publish(&format!("{}:9090:90", host_ip(1))),
+    );
+    let published: Vec<String> = web.publish.iter().map(|p| p.to_string()).collect();
+    assert_eq!(published, ["8080:80/tcp", "5353:53/udp"]);
+    let tcp = tcp_peer_server(h1.endpoint_netns("web"), ("0.0.0.0", 80));
+    let udp = udp_peer_server(h1.endpoint_netns("web"), ("0.0.0.0", 53));
+    let tcp90 = tcp_peer_server(h1.endpoint_netns("pinned"), ("0.0.0.0", 90));
 
     // From another host: DNAT keeps the client's address.
     let seen = tcp_request(&h2.netns, (host_ip(1), 8080));
@@ -189,25 +192,12 @@ fn published_ports_answer_from_another_host_the_host_itself_and_neighbours() {
     udp_request(&h1.netns, ("127.0.0.1", 5353), "q");
     // From a neighbour namespace through the host address (hairpin).
     // The reply must come back through the host, so the source is the gateway.
-    h1.ns_add("other", &[]);
-    let seen = tcp_request(h1.endpoint("other"), (host_ip(1), 8080));
+    h1.add_endpoint("other");
+    let seen = tcp_request(h1.endpoint_netns("other"), (host_ip(1), 8080));
     assert!(seen.starts_with("10.244.1.1:"), "{seen}");
     assert_eq!(tcp.hits(), 4);
     assert_eq!(udp.hits(), 2);
     let _ = pinned;
-}
-
-/// Runs `ping -i 0.01` for `count` packets; returns (sent, received).
-fn ping_stats(out: &str) -> (u32, u32) {
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {out}"));
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    (nums[0], nums[1])
 }
 
 #[test]
@@ -215,27 +205,17 @@ fn agent_killed_and_restarted_drops_no_packets() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let mut agent = h1.start_agent(&[]);
-    let a = h1.ns_add("a", &["--publish", "8080:80"]);
-    let b = h1.ns_add("b", &[]);
-    assert!(lab.ping(h1.endpoint("a"), ip_of(&b)));
-    assert!(lab.ping(h1.endpoint("a"), INTERNET_IP));
+    let a = h1.add_endpoint_with("a", &EndpointOpts::default().publish("8080:80"));
+    let b = h1.add_endpoint("b");
+    assert!(lab.ping(h1.endpoint_netns("a"), ip(&b)));
+    assert!(lab.ping(h1.endpoint_netns("a"), INTERNET_IP));
     let count = "400";
     let mut local = lab.spawn(
-        h1.endpoint("a"),
-        &[
-            "ping",
-            "-n",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            "-c",
-            count,
-            &ip_of(&b),
-        ],
+        h1.endpoint_netns("a"),
+        &["ping", "-n", "-i", "0.01", "-W", "1", "-c", count, &ip(&b)],
     );
     let mut nat = lab.spawn(
-        h1.endpoint("b"),
+        h1.endpoint_netns("b"),
         &[
             "ping",
             "-n",
@@ -257,21 +237,17 @@ fn agent_killed_and_restarted_drops_no_packets() {
             .wait_timeout(Duration::from_secs(30))
             .expect("ping finished");
         let out = p.log_text();
-        let (sent, got) = ping_stats(&out);
+        let (sent, got) = weft_tests::ping::summary(&out);
         assert_eq!(sent, 400, "{out}");
         assert_eq!(got, sent, "lost replies across the restart:\n{out}");
         assert!(st.success(), "{out}");
     }
-    let list = h1.weftctl_json(&["ns", "list"]);
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+    let list = h1.endpoints();
+    let names: Vec<&str> = list.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
-    assert_eq!(list[0]["ip"], a["ip"]);
-    assert_eq!(list[0]["publish"], serde_json::json!(["8080:80/tcp"]));
+    assert_eq!(list[0].ip, a.ip);
+    let published: Vec<String> = list[0].publish.iter().map(|p| p.to_string()).collect();
+    assert_eq!(published, ["8080:80/tcp"]);
 }
 
 #[test]
@@ -279,7 +255,8 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let _agent = h1.start_agent(&[]);
-    let a = h1.ns_add("a", &["--publish", "8080:80"]);
+    let a = h1.add_endpoint_with("a", &EndpointOpts::default().publish("8080:80"));
+    let a_ip = ip(&a);
     std::fs::write(h1.netns_dir.join("foreign"), b"").unwrap();
     // A host process listening on 9091 in the host namespace.
     let busy = tcp_peer_server(&h1.netns, ("0.0.0.0", 9091));
@@ -306,7 +283,7 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
         (vec!["ns", "add", "c", "--ip", "10.244.1.1"], "gateway"),
         (vec!["ns", "add", "c", "--ip", "10.244.1.255"], "broadcast"),
         (
-            vec!["ns", "add", "c", "--ip", a["ip"].as_str().unwrap()],
+            vec!["ns", "add", "c", "--ip", &a_ip],
             "already used by namespace \"a\"",
         ),
         (
@@ -353,20 +330,10 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
         ),
     ];
     for (args, want) in &cases {
-        let (code, stderr, stdout) = h1.weftctl_err(args);
-        assert!(code != 0 && stdout.is_empty(), "{args:?}");
-        assert!(stderr.contains(want), "{args:?}: {stderr:?} lacks {want:?}");
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "{args:?}: not one line: {stderr:?}"
-        );
-        let mut json = vec!["-o", "json"];
-        json.extend(args.iter());
-        let (_, _, out) = h1.weftctl_err(&json);
-        let v: serde_json::Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {out:?}: {e}"));
-        assert!(v["error"].as_str().unwrap().contains(want), "{args:?}: {v}");
+        // One `weftctl: …` line, nothing on stdout; with -o json the same
+        // message as `{"error": …}`.
+        let (_, msg) = fails_with(|a| h1.weftctl(a), args);
+        assert!(msg.contains(want), "{args:?}: {msg:?} lacks {want:?}");
     }
     assert_eq!(
         snapshot(&lab, h1),
@@ -375,8 +342,8 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
     );
     drop(busy);
     // The agent is still healthy afterwards.
-    let c = h1.ns_add("c", &[]);
-    assert_eq!(ip_of(&c), "10.244.1.3");
+    let c = h1.add_endpoint("c");
+    assert_eq!(ip(&c), "10.244.1.3");
 }
 
 #[test]
@@ -385,14 +352,15 @@ fn a_full_subnet_is_refused() {
     let h1 = lab.host(1);
     let _agent = h1.start_agent(&[]);
     for i in 0..5 {
-        h1.ns_add(&format!("n{i}"), &[]);
+        h1.add_endpoint(&format!("n{i}"));
     }
     let before = snapshot(&lab, h1);
-    let (_, stderr, _) = h1.weftctl_err(&["ns", "add", "n5"]);
-    assert!(stderr.contains("subnet 10.244.1.0/29 is full"), "{stderr}");
+    let (code, msg) = check_failure("ns add n5", &h1.weftctl(&["ns", "add", "n5"]), false);
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("subnet 10.244.1.0/29 is full"), "{msg}");
     assert_eq!(snapshot(&lab, h1), before);
-    h1.weftctl_json(&["ns", "del", "n2"]);
-    assert_eq!(ip_of(&h1.ns_add("n5", &[])), "10.244.1.4");
+    h1.del_endpoint("n2");
+    assert_eq!(ip(&h1.add_endpoint("n5")), "10.244.1.4");
 }
 
 #[test]
@@ -400,21 +368,23 @@ fn a_failure_half_way_through_ns_add_is_rolled_back() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let _agent = h1.start_agent(&[]);
-    h1.ns_add("a", &[]);
+    h1.add_endpoint("a");
     // 1. The veth cannot be created: its host-side name is taken (by a device
     //    that is not weft's, so the agent leaves it alone). The namespace was
     //    already made by then and must go again.
     let veth = host_veth_name("victim");
-    stdout(h1.exec(&["ip", "link", "add", &veth, "type", "bridge"]));
+    h1.exec_ok(&["ip", "link", "add", &veth, "type", "bridge"]);
     let before = snapshot(&lab, h1);
-    let (_, stderr, _) = h1.weftctl_err(&["ns", "add", "victim"]);
-    assert!(stderr.contains(&format!("create veth {veth}")), "{stderr}");
+    let args = ["ns", "add", "victim"];
+    let (code, msg) = check_failure("ns add victim", &h1.weftctl(&args), false);
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains(&format!("create veth {veth}")), "{msg}");
     assert_eq!(snapshot(&lab, h1), before, "ns add left pieces behind");
-    stdout(h1.exec(&["ip", "link", "del", &veth]));
+    h1.exec_ok(&["ip", "link", "del", &veth]);
 
     // 2. nftables refuses the port forward (an entry weft does not know of
     //    holds the key), after namespace and veth exist.
-    stdout(h1.exec(&[
+    h1.exec_ok(&[
         "nft",
         "add",
         "element",
@@ -422,8 +392,8 @@ fn a_failure_half_way_through_ns_add_is_rolled_back() {
         "weft",
         "publish_any_addr",
         "{ tcp . 7777 : 10.244.1.200 }",
-    ]));
-    stdout(h1.exec(&[
+    ]);
+    h1.exec_ok(&[
         "nft",
         "add",
         "element",
@@ -431,14 +401,16 @@ fn a_failure_half_way_through_ns_add_is_rolled_back() {
         "weft",
         "publish_any_port",
         "{ tcp . 7777 : 80 }",
-    ]));
+    ]);
     let before = snapshot(&lab, h1);
-    let (_, stderr, _) = h1.weftctl_err(&["ns", "add", "victim", "--publish", "7777:80"]);
-    assert!(stderr.contains("7777"), "{stderr}");
+    let args = ["ns", "add", "victim", "--publish", "7777:80"];
+    let (code, msg) = check_failure("ns add victim --publish", &h1.weftctl(&args), false);
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("7777"), "{msg}");
     assert_eq!(snapshot(&lab, h1), before, "ns add left pieces behind");
     // The address it had taken is free again.
-    let ep = h1.ns_add("victim", &["--ip", "10.244.1.3"]);
-    assert_eq!(ip_of(&ep), "10.244.1.3");
+    let ep = h1.add_endpoint_with("victim", &EndpointOpts::ip("10.244.1.3".parse().unwrap()));
+    assert_eq!(ip(&ep), "10.244.1.3");
 }
 
 #[test]
@@ -446,11 +418,13 @@ fn ns_del_leaves_nothing_behind() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let _agent = h1.start_agent(&[]);
-    h1.ns_add("keep", &[]);
+    h1.add_endpoint("keep");
     let before = snapshot(&lab, h1);
-    let ep = h1.ns_add(
+    let ep = h1.add_endpoint_with(
         "gone",
-        &["--publish", "8080:80", "--publish", "5353:53/udp"],
+        &EndpointOpts::default()
+            .publish("8080:80")
+            .publish("5353:53/udp"),
     );
     let during = snapshot(&lab, h1);
     assert_ne!(during, before);
@@ -458,12 +432,12 @@ fn ns_del_leaves_nothing_behind() {
         during.contains(&host_veth_name("gone")) && during.contains("8080"),
         "{during}"
     );
-    let deleted = h1.weftctl_json(&["ns", "del", "gone"]);
-    assert_eq!(deleted["name"], "gone");
+    let deleted = h1.del_endpoint("gone");
+    assert_eq!(deleted.name, "gone");
     assert_eq!(snapshot(&lab, h1), before);
-    assert!(!Path::new(ep["netns"].as_str().unwrap()).exists());
+    assert!(!Path::new(&ep.netns).exists());
     // The name and the published ports can be used again at once.
-    h1.ns_add("gone", &["--publish", "8080:80"]);
+    h1.add_endpoint_with("gone", &EndpointOpts::default().publish("8080:80"));
 }
 
 #[test]
@@ -471,38 +445,38 @@ fn restart_recreates_what_was_removed_by_hand() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let mut agent = h1.start_agent(&[]);
-    let a = h1.ns_add("a", &[]);
-    let b = h1.ns_add("b", &[]);
-    let c = h1.ns_add("c", &[]);
+    let a = h1.add_endpoint("a");
+    let b = h1.add_endpoint("b");
+    let c = h1.add_endpoint("c");
     // A process keeps b's namespace alive after its mount is gone, as after
     // a careless `ip netns del b` with something still running inside.
-    let holder = lab.spawn(h1.endpoint("b"), &["sleep", "60"]);
+    let holder = lab.spawn(h1.endpoint_netns("b"), &["sleep", "60"]);
     agent.kill();
-    stdout(h1.exec(&["ip", "link", "del", &host_veth_name("a")]));
-    nix::mount::umount2(&h1.endpoint("b"), nix::mount::MntFlags::MNT_DETACH).unwrap();
-    std::fs::remove_file(h1.endpoint("b")).unwrap();
-    stdout(h1.exec_endpoint("c", &["ip", "route", "del", "default"]));
-    stdout(h1.exec_endpoint("c", &["ip", "link", "set", "lo", "down"]));
+    h1.exec_ok(&["ip", "link", "del", &host_veth_name("a")]);
+    nix::mount::umount2(&h1.endpoint_netns("b"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(h1.endpoint_netns("b")).unwrap();
+    h1.exec_endpoint_ok("c", &["ip", "route", "del", "default"]);
+    h1.exec_endpoint_ok("c", &["ip", "link", "set", "lo", "down"]);
 
     let _agent = h1.start_agent(&[]);
     for (from, to) in [("a", &b), ("b", &c), ("c", &a)] {
         assert!(
-            lab.ping(h1.endpoint(from), ip_of(to)),
+            lab.ping(h1.endpoint_netns(from), ip(to)),
             "{from} -> {}",
-            ip_of(to)
+            ip(to)
         );
     }
     assert!(
-        lab.ping(h1.endpoint("c"), INTERNET_IP),
+        lab.ping(h1.endpoint_netns("c"), INTERNET_IP),
         "c's default route is back"
     );
     assert!(
-        lab.ping(h1.endpoint("c"), "127.0.0.1"),
+        lab.ping(h1.endpoint_netns("c"), "127.0.0.1"),
         "c's lo is up again"
     );
     // The old namespace of b is cut off: its veth was not b's any more.
     let old_b = format!("/proc/{}/ns/net", holder.pid());
-    assert!(!lab.ping_once(&old_b, ip_of(&a)));
+    assert!(!lab.ping_once(&old_b, ip(&a)));
     let log = std::fs::read_to_string(h1.agent_log()).unwrap();
     assert!(log.contains("re-created namespace b"), "{log}");
     assert!(
@@ -552,7 +526,7 @@ fn one_agent_per_host_namespace() {
 
 /// The host veths of this host's spare namespaces: (name, ifindex, line).
 fn spares(h: &Host) -> Vec<(String, u32, String)> {
-    stdout(h.exec(&["ip", "-o", "link", "show"]))
+    h.exec_ok(&["ip", "-o", "link", "show"])
         .lines()
         .filter(|l| is_spare(l))
         .map(|l| {
@@ -594,9 +568,9 @@ fn spare_namespaces_are_used_refilled_and_die_with_the_agent() {
     }
     // ns add takes one: the endpoint's host veth is a former spare (same
     // ifindex), renamed and up, and the endpoint is complete.
-    let a = h1.ns_add("a", &[]);
+    let a = h1.add_endpoint("a");
     let veth = host_veth_name("a");
-    let port = stdout(h1.exec(&["ip", "-o", "link", "show", &veth]));
+    let port = h1.exec_ok(&["ip", "-o", "link", "show", &veth]);
     let index: u32 = port.split(':').next().unwrap().trim().parse().unwrap();
     assert!(
         before.iter().any(|(_, i, _)| *i == index),
@@ -606,15 +580,15 @@ fn spare_namespaces_are_used_refilled_and_die_with_the_agent() {
         port.contains("master weft0") && port.contains("state UP"),
         "{port}"
     );
-    let link = stdout(h1.exec_endpoint("a", &["ip", "-o", "link", "show", "eth0"]));
-    assert!(link.contains(a["mac"].as_str().unwrap()), "{link}");
-    let addr = stdout(h1.exec_endpoint("a", &["ip", "-o", "-4", "addr", "show", "eth0"]));
-    assert!(addr.contains(&format!("{}/24", ip_of(&a))), "{addr}");
-    let route = stdout(h1.exec_endpoint("a", &["ip", "-4", "route", "show", "default"]));
+    let link = h1.exec_endpoint_ok("a", &["ip", "-o", "link", "show", "eth0"]);
+    assert!(link.contains(&a.mac.to_string()), "{link}");
+    let addr = h1.exec_endpoint_ok("a", &["ip", "-o", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("{}/24", ip(&a))), "{addr}");
+    let route = h1.exec_endpoint_ok("a", &["ip", "-4", "route", "show", "default"]);
     assert!(route.contains("default via 10.244.1.1 dev eth0"), "{route}");
-    let lo = stdout(h1.exec_endpoint("a", &["ip", "-o", "link", "show", "lo"]));
+    let lo = h1.exec_endpoint_ok("a", &["ip", "-o", "link", "show", "lo"]);
     assert!(lo.contains("UP"), "{lo}");
-    assert!(lab.ping(&h1.netns, ip_of(&a)), "host cannot reach a");
+    assert!(lab.ping(&h1.netns, ip(&a)), "host cannot reach a");
     // The pool is refilled.
     let refilled = wait_spares(h1, 4);
     assert!(refilled.iter().all(|(_, i, _)| *i != index), "{refilled:?}");
@@ -622,12 +596,40 @@ fn spare_namespaces_are_used_refilled_and_die_with_the_agent() {
     // A crash takes the spares along (nothing names them), not endpoints.
     agent.kill();
     wait_spares(h1, 0);
-    assert!(lab.ping(&h1.netns, ip_of(&a)), "a lost with the agent");
+    assert!(lab.ping(&h1.netns, ip(&a)), "a lost with the agent");
 
-    // Without a pool, ns add builds from scratch.
-    let _agent = h1.start_agent(&["--ns-pool", "0"]);
-    let b = h1.ns_add("b", &[]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(spares(h1).len(), 0, "--ns-pool 0 still made spares");
-    assert!(lab.ping(&h1.netns, ip_of(&b)), "host cannot reach b");
+    // Without a pool, ns add builds from scratch, and no spare is ever
+    // made. Spares appear asynchronously (woken by each ns add) and die
+    // with the agent, so a look at one moment proves nothing: every link
+    // the host's namespace sees from before the agent starts until after
+    // it has exited is recorded (`ip monitor`), and the record ends with a
+    // marker link made last, so it is known to be complete.
+    let mut monitor = lab.spawn(&h1.netns, &["ip", "-o", "monitor", "link"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut agent = h1.start_agent(&["--ns-pool", "0"]);
+    let b = h1.add_endpoint("b");
+    let c = h1.add_endpoint("c");
+    assert!(lab.ping(&h1.netns, ip(&b)), "host cannot reach b");
+    h1.del_endpoint("c");
+    assert!(agent.stop().success());
+    h1.exec_ok(&[
+        "ip", "link", "add", "wtmark", "type", "veth", "peer", "name", "wtmark1",
+    ]);
+    assert!(
+        weft_tests::wait_until(WAIT, || monitor.log_text().contains("wtmark")),
+        "ip monitor did not see the marker link:\n{}",
+        monitor.log_text()
+    );
+    monitor.kill();
+    let seen = monitor.log_text();
+    assert!(
+        seen.contains(&host_veth_name("b")) && seen.contains(&c.host_veth),
+        "ip monitor missed the endpoints' veths:\n{seen}"
+    );
+    let spare_lines: Vec<&str> = seen.lines().filter(|l| is_spare(l)).collect();
+    assert!(
+        spare_lines.is_empty(),
+        "--ns-pool 0 still made spares:\n{}",
+        spare_lines.join("\n")
+    );
 }

@@ -6,10 +6,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use weft_tests::cluster::controller_addr;
-use weft_tests::lab::{Host, Lab, LabOpts};
-use weft_tests::wait_until;
+use weft_tests::host::api::peer;
+use weft_tests::{wait_until, Host, Lab, Status, WAIT};
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -18,58 +17,22 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// The peer named `name` in a status document.
-fn peer<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["peers"]
-        .as_array()
-        .expect("peers array")
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no peer {name} in {status}"))
-}
+/// How long a change of the controller link may take to show: generous
+/// (the QUIC idle timeout is 15 s, the presence lease 10 s); how long it
+/// really takes is for weft-bench.
+const SHOWS_WITHIN: Duration = Duration::from_secs(45);
 
-/// `weftctl -o json status` with the probe (the lab's `weftctl` does not
-/// probe unless asked).
-fn probed_status(h: &Host) -> Value {
-    let out = h.weftctl_probing(&["-o", "json", "status"]);
-    assert!(
-        out.status.success(),
-        "weftctl status on {}: {}",
-        h.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON document")
-}
-
-/// Status of `h` once every peer in `names` has the reachability `want`
-/// (polled, bounded by `timeout`); panics with the last status otherwise.
-fn status_when(h: &Host, want: &[(&str, bool)], timeout: Duration) -> Value {
-    let mut last = Value::Null;
-    let ok = wait_until(timeout, || {
-        last = probed_status(h);
-        let peers = last["peers"].as_array().map_or(0, Vec::len);
-        peers == 2
-            && want
-                .iter()
-                .all(|(n, r)| peer(&last, n)["reachable"] == Value::Bool(*r))
-    });
-    assert!(
-        ok,
-        "{}: status never showed {want:?}; last: {last:#}",
-        h.name
-    );
-    last
-}
-
-/// The host list entry of `name` (from `weftctl -o json host list`).
-fn listed(lab: &Lab, name: &str) -> Value {
-    let list = lab.weftctl_etcd_json(&["host", "list"]);
-    list.as_array()
-        .expect("host list is an array")
-        .iter()
-        .find(|h| h["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no host {name} in {list}"))
+/// Status of `h`, probed, once it has both its peers and each of `want`
+/// has the reachability given (polled, bounded by `timeout`).
+fn status_when(h: &Host, want: &[(&str, bool)], timeout: Duration) -> Status {
+    h.wait_status_probed(timeout, &format!("reachability {want:?}"), |s| {
+        s.peers.len() == 2
+            && want.iter().all(|(n, r)| {
+                s.peers
+                    .iter()
+                    .any(|p| p.name == *n && p.reachable == Some(*r))
+            })
+    })
 }
 
 /// Drops VXLAN packets from `from` arriving at `h`, in a table of its own.
@@ -119,7 +82,7 @@ fn log_of(h: &Host) -> String {
 #[test]
 fn status_reachability_host_presence_and_change_logs() {
     let t0 = unix_now();
-    let lab = Lab::new(LabOpts::cluster(3, 1));
+    let lab = Lab::new(weft_tests::LabOpts::cluster(3, 1));
     let mut agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
     let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
 
@@ -127,35 +90,33 @@ fn status_reachability_host_presence_and_change_logs() {
     let s = status_when(h1, &[("h2", true), ("h3", true)], Duration::from_secs(20));
     for n in ["h2", "h3"] {
         let p = peer(&s, n);
-        let rtt = p["rtt_ms"].as_f64().unwrap_or_else(|| panic!("{p}"));
-        assert!(rtt > 0.0 && rtt < 1000.0, "{p}");
-        assert_eq!(p["mode"], "vxlan", "{p}");
+        let rtt = p.rtt_ms.unwrap_or_else(|| panic!("{p:?}"));
+        assert!(rtt > 0.0 && rtt < 1000.0, "{p:?}");
+        assert_eq!(p.mode, "vxlan", "{p:?}");
     }
     // The controller link: connected, since when, to which controller.
-    let c = &s["controller"];
-    assert_eq!(c["connected"], true, "{c}");
-    assert!(c["address"].is_string(), "{c}");
-    let since = c["since"].as_u64().unwrap_or_else(|| panic!("{c}"));
-    assert!(since >= t0 && since <= unix_now(), "{c} (test began {t0})");
+    let c = &s.controller;
+    assert!(c.connected, "{c:?}");
+    assert!(c.address.is_some(), "{c:?}");
+    let since = c.since.unwrap_or_else(|| panic!("{c:?}"));
+    assert!(
+        since >= t0 && since <= unix_now(),
+        "{c:?} (test began {t0})"
+    );
     // --no-probe: state only, reachability not known.
-    let s = h1.weftctl_json(&["status", "--no-probe"]);
-    assert_eq!(peer(&s, "h3")["reachable"], Value::Null, "{s}");
-    assert_eq!(peer(&s, "h3")["rtt_ms"], Value::Null, "{s}");
+    let s: Status = h1.weftctl_as(&["status", "--no-probe"]);
+    assert_eq!(peer(&s, "h3").reachable, None, "{s:?}");
+    assert_eq!(peer(&s, "h3").rtt_ms, None, "{s:?}");
 
     // Break the tunnel h1 -> h3 (inside h3's namespace): h3 unreachable
-    // within the probe timeout, h2 still fine; the table says so.
-    let h3_subnet = peer(&s, "h3")["subnet"].as_str().unwrap().to_string();
+    // within the probe timeout, h2 still fine; the table says so. (The
+    // probe waits a second at most; weftctl's run is bounded too.)
+    let h3_subnet = peer(&s, "h3").subnet.clone();
     block_vxlan(h3, h1.ip);
-    let started = std::time::Instant::now();
-    let s = probed_status(h1);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "status took {:?}",
-        started.elapsed()
-    );
-    assert_eq!(peer(&s, "h3")["reachable"], false, "{s:#}");
-    assert_eq!(peer(&s, "h3")["rtt_ms"], Value::Null, "{s:#}");
-    assert_eq!(peer(&s, "h2")["reachable"], true, "{s:#}");
+    let s = h1.status_probed();
+    assert_eq!(peer(&s, "h3").reachable, Some(false), "{s:#?}");
+    assert_eq!(peer(&s, "h3").rtt_ms, None, "{s:#?}");
+    assert_eq!(peer(&s, "h2").reachable, Some(true), "{s:#?}");
     let out = h1.weftctl_probing(&["status"]);
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -193,45 +154,42 @@ fn status_reachability_host_presence_and_change_logs() {
         "no controller line:\n{table}"
     );
     unblock_vxlan(h3);
-    status_when(h1, &[("h2", true), ("h3", true)], Duration::from_secs(5));
+    status_when(h1, &[("h2", true), ("h3", true)], WAIT);
 
     // Every host's agent is connected, to the one controller.
     for h in lab.hosts() {
-        let e = listed(&lab, &h.name);
-        assert_eq!(e["connected"], true, "{e}");
+        let e = lab.listed_host(&h.name);
+        assert!(e.connected, "{e:?}");
         assert!(
-            e["controller"]
-                .as_str()
+            e.controller
+                .as_deref()
                 .is_some_and(|c| c.ends_with(":7470")),
-            "{e}"
+            "{e:?}"
         );
-        assert!(
-            e["connected_since"].as_u64().is_some_and(|t| t >= t0),
-            "{e}"
-        );
+        assert!(e.connected_since.is_some_and(|t| t >= t0), "{e:?}");
     }
 
-    // h2's agent crashes: disconnected within ~15 s (QUIC idle timeout),
-    // with last_seen set when its session ended; back when it restarts.
+    // h2's agent crashes: disconnected once the QUIC idle timeout (15 s)
+    // ends its session, with last_seen set when the session ended; back
+    // when it restarts.
     let killed = unix_now();
     agents[1].kill();
-    let mut e = Value::Null;
+    let mut e = lab.listed_host("h2");
     assert!(
-        wait_until(Duration::from_secs(20), || {
-            e = listed(&lab, "h2");
-            e["connected"] == false
+        wait_until(SHOWS_WITHIN, || {
+            e = lab.listed_host("h2");
+            !e.connected
         }),
-        "h2 still connected: {e}"
+        "h2 still connected: {e:?}"
     );
-    assert_eq!(e["controller"], Value::Null, "{e}");
-    let seen = e["last_seen"].as_u64().unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(e.controller, None, "{e:?}");
+    let seen = e.last_seen;
     assert!(
         seen >= killed && seen <= unix_now(),
-        "last_seen {seen} not updated at the session's end (killed at {killed}): {e}"
+        "last_seen {seen} not updated at the session's end (killed at {killed}): {e:?}"
     );
-    assert!(
-        unix_now() - killed <= 16,
-        "took {} s to show disconnected",
+    eprintln!(
+        "h2 shown disconnected {} s after the kill",
         unix_now() - killed
     );
     let out = lab.weftctl_etcd(&["host", "list"]);
@@ -246,11 +204,11 @@ fn status_reachability_host_presence_and_change_logs() {
     assert!(r[6].ends_with('s') && r[7] == "ago", "{t}");
     agents[1] = h2.start_agent(&[]);
     assert!(
-        wait_until(Duration::from_secs(15), || {
-            e = listed(&lab, "h2");
-            e["connected"] == true
+        wait_until(SHOWS_WITHIN, || {
+            e = lab.listed_host("h2");
+            e.connected
         }),
-        "h2 not connected again: {e}"
+        "h2 not connected again: {e:?}"
     );
 
     // Kernel-change logs: h3's route added once, with the reason.
@@ -269,14 +227,14 @@ fn status_reachability_host_presence_and_change_logs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        wait_until(Duration::from_secs(5), || log_of(h1)
+        wait_until(WAIT, || log_of(h1)
             .lines()
             .any(|l| l.contains(&format!("route add {h3_subnet} "))
                 && l.contains("for peer h3: restored (deleted outside weft)"))),
         "no repair line:\n{}",
         log_of(h1)
     );
-    status_when(h1, &[("h2", true), ("h3", true)], Duration::from_secs(5));
+    status_when(h1, &[("h2", true), ("h3", true)], WAIT);
     // h3 leaves (agent stopped, host removed): h1 logs the route's removal.
     agents[2].stop();
     let out = lab.weftctl_etcd(&["host", "rm", "h3"]);
@@ -286,7 +244,7 @@ fn status_reachability_host_presence_and_change_logs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        wait_until(Duration::from_secs(10), || log_of(h1).lines().any(|l| l
+        wait_until(WAIT, || log_of(h1).lines().any(|l| l
             .contains(&format!("route del {h3_subnet} "))
             && l.contains("peer h3 left"))),
         "no route del line:\n{}",
@@ -304,16 +262,13 @@ fn status_reachability_host_presence_and_change_logs() {
 
 /// The controller `host` is connected to (host list), and whether it is.
 fn connection(lab: &Lab, host: &str) -> (bool, Option<String>) {
-    let e = listed(lab, host);
-    (
-        e["connected"] == true,
-        e["controller"].as_str().map(str::to_string),
-    )
+    let e = lab.listed_host(host);
+    (e.connected, e.controller)
 }
 
 #[test]
 fn crashed_controllers_agents_show_disconnected_then_fail_over() {
-    let lab = Lab::new(LabOpts::cluster(2, 2));
+    let lab = Lab::new(weft_tests::LabOpts::cluster(2, 2));
     let _agents: Vec<_> = lab.hosts().iter().map(|h| h.start_agent(&[])).collect();
     let h1 = lab.host(1);
     let mut c = (false, None);
@@ -339,33 +294,31 @@ fn crashed_controllers_agents_show_disconnected_then_fail_over() {
         }),
         "h1 not shown connected to {other}: {c:?}"
     );
-    let s = h1.weftctl_json(&["status", "--no-probe"]);
-    assert_eq!(s["controller"]["connected"], true, "{s}");
-    assert_eq!(s["controller"]["address"], other, "{s}");
+    let s = h1.status();
+    assert!(s.controller.connected, "{s:?}");
+    assert_eq!(s.controller.address.as_ref(), Some(&other), "{s:?}");
     // Every controller gone: nobody removes the keys, the presence lease
     // (10 s) does; the agents say since when they are disconnected.
     assert!(lab.kill_held(&format!("controller-c{}", 3 - j)));
     let killed = unix_now();
     for h in ["h1", "h2"] {
         assert!(
-            wait_until(Duration::from_secs(25), || {
+            wait_until(SHOWS_WITHIN, || {
                 c = connection(&lab, h);
                 !c.0
             }),
             "{h} still shown connected: {c:?}"
         );
     }
-    assert!(unix_now() - killed <= 20, "{} s", unix_now() - killed);
-    let mut s = Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            s = h1.weftctl_json(&["status", "--no-probe"]);
-            s["controller"]["connected"] == false
-        }),
-        "{s}"
+    eprintln!(
+        "both shown disconnected {} s after the kill",
+        unix_now() - killed
     );
-    let since = s["controller"]["since"].as_u64().expect("since");
-    assert!(since >= killed && since <= unix_now(), "{s}");
+    let s = h1.wait_status(SHOWS_WITHIN, "the controller link down", |s| {
+        !s.controller.connected
+    });
+    let since = s.controller.since.expect("since");
+    assert!(since >= killed && since <= unix_now(), "{s:?}");
     let out = h1.weftctl(&["status", "--no-probe"]);
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -21,13 +21,12 @@ fn agent_endpoint_reaches_gateway_and_internet_through_nat() {
     let pid = agent.pid() as i32;
     assert_eq!(h1.agent_pid(), Some(pid));
 
-    let ep = h1.ns_add("a", &[]);
-    for k in ["name", "ip", "mac", "netns", "publish", "host_veth"] {
-        assert!(ep.get(k).is_some(), "ns add -o json lacks {k}: {ep}");
-    }
-    assert_eq!(ep["name"], "a");
-    let ns = ep["netns"].as_str().unwrap().to_string();
-    assert_eq!(Path::new(&ns), h1.endpoint("a"));
+    // The typed helper decodes `weftctl -o json ns add` strictly, every
+    // field of the API's endpoint included.
+    let ep = h1.add_endpoint("a");
+    assert_eq!(ep.name, "a");
+    let ns = ep.netns.clone();
+    assert_eq!(Path::new(&ns), h1.endpoint_netns("a"));
 
     let gw = gateway_of(&h1.subnet).unwrap();
     assert!(lab.ping(&ns, gw), "a -> gateway {gw}");
@@ -52,8 +51,7 @@ fn agent_endpoint_reaches_gateway_and_internet_through_nat() {
         "ns", "exec", "a", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
     ]);
     assert!(out.status.success(), "{out:?}");
-    let ip = ep["ip"].as_str().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(ip));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{}/", ep.ip)));
 
     let (code, stderr, _) = h1.weftctl_err(&["ns", "show", "no-such-ns"]);
     assert_ne!(code, 0);
@@ -77,18 +75,15 @@ fn agent_stop_kill_and_restart() {
     let lab = Lab::new(LabOpts::hosts(1));
     let h1 = lab.host(1);
     let mut agent = h1.start_agent(&[]);
-    h1.ns_add("a", &[]);
+    h1.add_endpoint("a");
     agent.stop();
     assert!(!agent.is_running());
     assert_eq!(h1.agent_pid(), None);
 
     // A second start on the same host (stale socket file, same dirs).
     let mut agent = h1.start_agent(&[]);
-    let list = h1.weftctl_json(&["ns", "list"]);
-    assert!(
-        list.as_array().unwrap().iter().any(|e| e["name"] == "a"),
-        "{list}"
-    );
+    let list = h1.endpoints();
+    assert!(list.iter().any(|e| e.name == "a"), "{list:?}");
     agent.kill();
     assert!(!agent.is_running());
     // Left-over mounts of a killed agent are the lab's to remove (on drop).

@@ -7,108 +7,20 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use weft_tests::cli::{check_failure, fails_with, json_with, table_with};
 use weft_tests::cluster::etcd_url;
-use weft_tests::lab::{log_tail, Host, Lab, LabOpts};
-use weft_tests::wait_until;
-
-/// Checks the output of a failed run: a non-zero exit, exactly one line on
-/// stderr, `weftctl: MSG`, and on stdout nothing (table) or exactly
-/// `{"error": MSG}` (json). Returns (exit code, MSG).
-fn check_failure(what: &str, out: &Output, json: bool) -> (i32, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let code = out
-        .status
-        .code()
-        .unwrap_or_else(|| panic!("weftctl {what} died from a signal: {:?}", out.status));
-    assert_ne!(
-        code, 0,
-        "weftctl {what} was expected to fail:\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "weftctl {what}: stderr is not one line:\n{stderr}"
-    );
-    assert!(stderr.ends_with('\n'), "weftctl {what}: {stderr:?}");
-    let msg = lines[0]
-        .strip_prefix("weftctl: ")
-        .unwrap_or_else(|| panic!("weftctl {what}: stderr lacks the `weftctl: ` prefix: {stderr}"))
-        .to_string();
-    assert!(!msg.is_empty(), "weftctl {what}: empty message");
-    if json {
-        assert_eq!(
-            stdout.lines().count(),
-            1,
-            "weftctl {what}: stdout is not one line:\n{stdout}"
-        );
-        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!("weftctl {what}: stdout is not one JSON document ({e}): {stdout}")
-        });
-        assert_eq!(v, json!({ "error": msg }), "weftctl {what}");
-    } else {
-        assert_eq!(
-            stdout, "",
-            "weftctl {what}: output on stdout despite failing"
-        );
-    }
-    (code, msg)
-}
-
-/// Runs `args` expecting a refusal, in table form and with `-o json`; both
-/// must fail the same way. Returns (exit code, message).
-fn fails_with(run: impl Fn(&[&str]) -> Output, args: &[&str]) -> (i32, String) {
-    let what = args.join(" ");
-    let table = check_failure(&what, &run(args), false);
-    let mut a = vec!["-o", "json"];
-    a.extend_from_slice(args);
-    let json = check_failure(&a.join(" "), &run(&a), true);
-    assert_eq!(table, json, "weftctl {what}: table and json forms differ");
-    table
-}
+use weft_tests::{Host, Lab, LabOpts};
 
 /// [`fails_with`] against the lab's etcd.
 fn fails(lab: &Lab, args: &[&str]) -> (i32, String) {
     fails_with(|a| lab.weftctl_etcd(a), args)
 }
 
-/// Runs `args` in table form; panics unless it succeeds quietly. Returns
-/// stdout.
-fn table_with(run: impl Fn(&[&str]) -> Output, args: &[&str]) -> String {
-    let out = run(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success() && stderr.is_empty(),
-        "weftctl {} ({:?}):\nstdout: {stdout}\nstderr: {stderr}",
-        args.join(" "),
-        out.status
-    );
-    stdout
-}
-
 fn table(lab: &Lab, args: &[&str]) -> String {
     table_with(|a| lab.weftctl_etcd(a), args)
-}
-
-/// `-o json ARGS…`: succeeds quietly with one JSON document.
-fn json_with(run: impl Fn(&[&str]) -> Output, args: &[&str]) -> Value {
-    let mut a = vec!["-o", "json"];
-    a.extend_from_slice(args);
-    let stdout = table_with(run, &a);
-    assert_eq!(
-        stdout.lines().count(),
-        1,
-        "weftctl {}: {stdout}",
-        a.join(" ")
-    );
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("weftctl {}: not JSON ({e}): {stdout}", a.join(" ")))
 }
 
 /// Like [`Lab::weftctl_etcd_json`], and also insists on a quiet stderr and
@@ -151,43 +63,22 @@ fn subnet_key(net: &str) -> String {
     format!("/weft/subnets/{}", net.replace('/', "-"))
 }
 
-fn status_subnet(h: &Host) -> String {
-    h.weftctl_json(&["status"])["subnet"]
-        .as_str()
-        .expect("status subnet")
-        .to_string()
-}
-
 /// The peers (name → (subnet, public ip)) an agent reports.
 fn peers(h: &Host) -> BTreeMap<String, (String, String)> {
-    h.weftctl_json(&["status"])["peers"]
-        .as_array()
-        .expect("peers array")
+    peers_of(&h.status())
+}
+
+fn peers_of(s: &weft_tests::Status) -> BTreeMap<String, (String, String)> {
+    s.peers
         .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap().to_string(),
-                (
-                    p["subnet"].as_str().unwrap().to_string(),
-                    p["public_ip"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
+        .map(|p| (p.name.clone(), (p.subnet.clone(), p.public_ip.to_string())))
         .collect()
 }
 
 fn wait_peers(h: &Host, want: &BTreeMap<String, (String, String)>) {
-    let mut last = BTreeMap::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = peers(h);
-        &last == want
+    h.wait_status(weft_tests::WAIT, &format!("the peers {want:?}"), |s| {
+        &peers_of(s) == want
     });
-    assert!(
-        ok,
-        "{}: peers {last:?}, expected {want:?}; agent log:\n{}",
-        h.name,
-        log_tail(&h.agent_log(), 30)
-    );
 }
 
 /// The VTEP MAC the agent saved in its state directory.
@@ -533,7 +424,7 @@ fn cluster_init_and_show_refusals_and_etcd_unreachable() {
 
     // With a host holding a subnet, the layout cannot change.
     let _a1 = lab.host(1).start_agent(&[]);
-    let s1 = status_subnet(lab.host(1));
+    let s1 = lab.host(1).status().subnet;
     let (code, msg) = fails(&lab, &["cluster", "init", "--cidr", "10.245.0.0/16"]);
     assert_eq!(code, 1);
     assert_eq!(
@@ -676,7 +567,7 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
     let subnet: BTreeMap<String, String> = lab
         .hosts()
         .iter()
-        .map(|h| (h.name.clone(), status_subnet(h)))
+        .map(|h| (h.name.clone(), h.status().subnet))
         .collect();
     let expect = |h: &Host| {
         json!({
@@ -925,9 +816,9 @@ fn subnet_list_reserve_release_and_pinned_subnets() {
     // h1 gets some other subnet; h2 gets the one pinned to it.
     let _a1 = lab.host(1).start_agent(&[]);
     let mut a2 = lab.host(2).start_agent(&[]);
-    let s1 = status_subnet(lab.host(1));
+    let s1 = lab.host(1).status().subnet;
     assert!(s1 != PIN && s1 != RES, "h1 got reserved {s1}");
-    assert_eq!(status_subnet(lab.host(2)), PIN);
+    assert_eq!(lab.host(2).status().subnet, PIN);
     let dump = etcd(&lab);
     assert_eq!(dump["/weft/hosts/h2"]["subnet"], PIN);
     assert_eq!(dump["/weft/hosts/h1"]["subnet"], s1.as_str());

@@ -21,7 +21,7 @@ use serde::Serialize;
 use weft_tests::netns::{command_in, SpawnOpts};
 use weft_tests::{bin_path, require_root, Host, Lab, LabOpts};
 
-use super::{command_line, machine, ms, stats};
+use super::common::{command_line, machine, ms, stats};
 
 const CNI_DIR: &str = "/usr/lib/cni";
 /// Where Debian's `netavark` package puts it (podman calls it from there).

@@ -1,6 +1,6 @@
-//! Helpers shared by the `converge`, `peers` and `dataplane` benchmarks:
-//! reading the agents' log lines and their timestamps, percentiles, the
-//! host namespace's overlay state, raw-sample output.
+//! What the benchmarks share: the clock, percentiles, a process's memory
+//! and CPU, commands in a host's namespace, the machine and command line
+//! every figure names, and raw-sample output.
 
 use std::fs;
 use std::path::Path;
@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use weft_tests::Host;
 
-/// Wall-clock time as Unix seconds (what the agents' log timestamps use).
+/// Wall-clock time as Unix seconds (what the daemons' event timestamps use,
+/// [`weft_tests::events::Event::time`]).
 pub fn wall(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -19,60 +20,6 @@ pub fn wall(t: SystemTime) -> f64 {
 
 pub fn now() -> f64 {
     wall(SystemTime::now())
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// The leading RFC 3339 UTC timestamp of a log line
-/// (`2025-06-01T10:11:12.123456Z  INFO …`) as Unix seconds.
-pub fn line_time(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?;
-    let ts = ts.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let s: f64 = t.next()?.parse().ok()?;
-    Some((days_from_civil(y, mo, da) * 86400 + h * 3600 + mi * 60) as f64 + s)
-}
-
-/// The text appended to a log file since byte `from`.
-pub fn log_since(path: &Path, from: u64) -> String {
-    let data = fs::read(path).unwrap_or_default();
-    let from = (from as usize).min(data.len());
-    String::from_utf8_lossy(&data[from..]).into_owned()
-}
-
-pub fn log_len(path: &Path) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-/// In `text`, the first line containing every one of `first`, then the
-/// first line after it containing `then`: the timestamps of both.
-pub fn after(text: &str, first: &[&str], then: &str) -> Option<(f64, f64, String)> {
-    let mut lines = text.lines();
-    let a = lines.find(|l| first.iter().all(|w| l.contains(w)))?;
-    let b = lines.find(|l| l.contains(then))?;
-    Some((line_time(a)?, line_time(b)?, b.to_string()))
-}
-
-/// Timestamp of the first line in `text` containing every one of `words`.
-pub fn first_time(text: &str, words: &[&str]) -> Option<f64> {
-    text.lines()
-        .find(|l| words.iter().all(|w| l.contains(w)))
-        .and_then(line_time)
 }
 
 /// Median, p99, min, max (nearest rank).
@@ -88,6 +35,11 @@ pub fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 
 pub fn median(v: &[f64]) -> f64 {
     stats(v).0
+}
+
+/// A duration in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// A field of `/proc/PID/status` in kB (`VmRSS:`, `VmHWM:`).
@@ -167,8 +119,8 @@ pub fn write_raw<T: Serialize>(out: Option<&Path>, name: &str, data: &T) -> Resu
     fs::create_dir_all(dir)?;
     let file = dir.join(format!("{name}.json"));
     let mut v = serde_json::json!({
-        "machine": super::machine(),
-        "command": super::command_line(),
+        "machine": machine(),
+        "command": command_line(),
     });
     if let (Some(m), serde_json::Value::Object(d)) =
         (v.as_object_mut(), serde_json::to_value(data)?)
@@ -182,20 +134,33 @@ pub fn write_raw<T: Serialize>(out: Option<&Path>, name: &str, data: &T) -> Resu
 }
 
 pub fn header() {
-    println!("Machine: {}  ", super::machine());
-    println!("Command: `{}`\n", super::command_line());
+    println!("Machine: {}  ", machine());
+    println!("Command: `{}`\n", command_line());
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_log_timestamps() {
-        let t = line_time("2024-02-29T23:59:58.500000Z  INFO weft_agent: x").unwrap();
-        assert!((t - 1_709_251_198.5).abs() < 1e-6, "{t}");
-        assert_eq!(line_time("=== weft-tests: starting"), None);
-        let t = line_time("1970-01-01T00:00:01Z INFO").unwrap();
-        assert!((t - 1.0).abs() < 1e-9);
+/// The machine a figure was measured on: cores, CPU model, kernel.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    if cpu.is_empty() {
+        format!("{cores} cores, Linux {}", kernel.trim())
+    } else {
+        format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
     }
+}
+
+/// This run's command line, as a figure names it.
+pub fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("weft-bench {}", args.join(" "))
 }

@@ -1,25 +1,30 @@
 //! `weft-bench converge`: how long after a host joins (or is removed) every
 //! other agent has programmed its route.
 //!
-//! One cluster lab of N hosts and one controller. The agents of h1…h(N-1)
-//! run throughout. Each round starts the last host's agent as a fresh host
-//! (state directory wiped, its devices and nft table removed), then reads
-//! the other agents' logs: an agent is done when it has written the first
-//! `overlay programmed:` line after its `route add <subnet> …: peer hN
-//! joined` line (both carry a wall-clock timestamp; same machine clock).
-//! Join convergence is from the agent's spawn to the last of these. Then the
+//! One cluster lab of N hosts and one controller, logging JSON. The agents
+//! of h1…h(N-1) run throughout. Each round starts the last host's agent as
+//! a fresh host (state directory wiped, its devices and nft table removed),
+//! then reads the other agents' structured events
+//! ([`weft_common::events`]): an agent is done at its first
+//! `overlay_programmed` after its `peer_change` with `peer` hN and `change`
+//! `joined` (both carry a wall-clock timestamp; same machine clock). Join
+//! convergence is from the agent's spawn to the last of these. Then the
 //! agent is stopped (SIGTERM), `weftctl host rm hN` runs, and removal
-//! convergence is from that command's start to the last `overlay
-//! programmed:` after `route del <subnet> …: peer hN left`.
+//! convergence is from that command's start to the last `overlay_programmed`
+//! after the `peer_change` of hN `left`. The controller's `host_registered`
+//! and `peer_update` (`upsert`, `remove`) events of hN time its part.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use weft_common::events::{HOST_REGISTERED, OVERLAY_PROGRAMMED, PEER_CHANGE, PEER_UPDATE};
+use weft_common::logging::LogFormat;
+use weft_tests::events::{first, Event, EventLog};
 use weft_tests::{Lab, LabOpts};
 
-use super::common::{self, after, first_time, log_len, log_since, now, poll, stats};
+use super::common::{self, now, poll, stats};
 
 /// How long one join or removal may take before the round fails.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,23 +36,25 @@ struct Round {
     join_ms: f64,
     /// Spawn → the joining agent answers on its socket.
     ready_ms: f64,
-    /// Spawn → the controller logged the registration.
-    registered_ms: Option<f64>,
-    /// Spawn → the controller broadcast the new peer (`peer update` line,
-    /// after its 20 ms batch window).
-    broadcast_ms: Option<f64>,
+    /// Spawn → the controller's `host_registered` event.
+    registered_ms: f64,
+    /// Spawn → the controller broadcast the new peer (`peer_update`
+    /// `upsert`, after its 20 ms batch window).
+    broadcast_ms: f64,
     /// Spawn → the first other agent programmed.
     join_first_ms: f64,
-    /// Per other agent: spawn → its `overlay programmed` line.
+    /// Per other agent: spawn → its `overlay_programmed` event.
     join_each_ms: Vec<f64>,
-    /// Per other agent: its `route add` line → its `overlay programmed` line.
+    /// Per other agent: its `peer_change` (`joined`) → its
+    /// `overlay_programmed`.
     join_program_ms: Vec<f64>,
     /// `weftctl host rm` start → last other agent programmed.
     remove_ms: f64,
     remove_first_ms: f64,
     remove_each_ms: Vec<f64>,
-    /// `weftctl host rm` start → the controller broadcast the removal.
-    remove_broadcast_ms: Option<f64>,
+    /// `weftctl host rm` start → the controller broadcast the removal
+    /// (`peer_update` `remove`).
+    remove_broadcast_ms: f64,
     /// The `weftctl host rm` command alone.
     host_rm_cmd_ms: f64,
 }
@@ -57,7 +64,10 @@ pub fn run(hosts: usize, rounds: usize, out: Option<&Path>) -> Result<()> {
     if !(3..=200).contains(&hosts) {
         bail!("--hosts must be 3..=200");
     }
-    let lab = Lab::try_new(LabOpts::cluster(hosts, 1))?;
+    let lab = Lab::try_new(LabOpts {
+        log_format: LogFormat::Json,
+        ..LabOpts::cluster(hosts, 1)
+    })?;
     let others: Vec<usize> = (1..hosts).collect();
     let last = lab.host(hosts);
     eprintln!("starting {} agents…", others.len());
@@ -82,48 +92,39 @@ pub fn run(hosts: usize, rounds: usize, out: Option<&Path>) -> Result<()> {
         common::wipe_host(last)?;
         // Settle: the previous round's removal work is over everywhere.
         std::thread::sleep(Duration::from_millis(300));
-        let offsets: Vec<u64> = others
-            .iter()
-            .map(|&i| log_len(&lab.host(i).agent_log()))
-            .collect();
-        let ctl_off = log_len(&ctl_log);
+        let mut logs = agent_logs(&lab, &others);
+        let mut ctl = EventLog::from_now(&ctl_log);
         let t0 = now();
         let mut agent = last.spawn_agent(&[])?;
         agent.wait_ready(Duration::from_secs(30))?;
         let ready = now() - t0;
-        let status = last.weftctl_json(&["status"]);
-        let subnet = status["subnet"]
-            .as_str()
-            .context("status without a subnet")?
-            .to_string();
+        let subnet = last
+            .try_status()
+            .map_err(anyhow::Error::msg)
+            .context("status of the joining agent")?
+            .subnet;
         let name = last.name.clone();
-        let joined = wait_all(&lab, &others, &offsets, |text| {
-            after(
-                text,
-                &[
-                    &format!("route add {subnet} "),
-                    &format!("peer {name} joined"),
-                ],
-                "overlay programmed:",
-            )
+        let joined = wait_all(&mut logs, &name, "joined")
+            .with_context(|| format!("round {r}: join of {name} ({subnet})"))?;
+        ctl.update();
+        let since = |e: &Event| (e.time - t0) * 1e3;
+        let registered = first(ctl.events(), 0, HOST_REGISTERED, |e| e.has("host", &name))
+            .map(|(_, e)| since(e))
+            .with_context(|| {
+                format!("round {r}: the controller logged no {HOST_REGISTERED} event of {name}")
+            })?;
+        let broadcast = first(ctl.events(), 0, PEER_UPDATE, |e| {
+            e.has("host", &name) && e.has("change", "upsert")
         })
-        .with_context(|| format!("round {r}: join of {name} ({subnet})"))?;
-        let ctl_text = log_since(&ctl_log, ctl_off);
-        let registered =
-            first_time(&ctl_text, &[&format!("host {name} registered")]).map(|t| (t - t0) * 1e3);
-        let broadcast = first_time(
-            &ctl_text,
-            &[&format!("peer update: host {name} subnet {subnet} ")],
-        )
-        .map(|t| (t - t0) * 1e3);
+        .map(|(_, e)| since(e))
+        .with_context(|| {
+            format!("round {r}: the controller logged no {PEER_UPDATE} upsert of {name}")
+        })?;
 
         agent.stop();
         std::thread::sleep(Duration::from_millis(300));
-        let offsets: Vec<u64> = others
-            .iter()
-            .map(|&i| log_len(&lab.host(i).agent_log()))
-            .collect();
-        let ctl_off = log_len(&ctl_log);
+        let mut logs = agent_logs(&lab, &others);
+        let mut ctl = EventLog::from_now(&ctl_log);
         let t1 = now();
         let rm = lab.weftctl_etcd(&["host", "rm", &name]);
         let rm_cmd = now() - t1;
@@ -133,22 +134,16 @@ pub fn run(hosts: usize, rounds: usize, out: Option<&Path>) -> Result<()> {
                 String::from_utf8_lossy(&rm.stderr)
             );
         }
-        let removed = wait_all(&lab, &others, &offsets, |text| {
-            after(
-                text,
-                &[
-                    &format!("route del {subnet} "),
-                    &format!("peer {name} left"),
-                ],
-                "overlay programmed:",
-            )
+        let removed = wait_all(&mut logs, &name, "left")
+            .with_context(|| format!("round {r}: removal of {name} ({subnet})"))?;
+        ctl.update();
+        let remove_broadcast = first(ctl.events(), 0, PEER_UPDATE, |e| {
+            e.has("host", &name) && e.has("change", "remove")
         })
-        .with_context(|| format!("round {r}: removal of {name} ({subnet})"))?;
-        let remove_broadcast = first_time(
-            &log_since(&ctl_log, ctl_off),
-            &[&format!("peer update: host {name} left")],
-        )
-        .map(|t| (t - t1) * 1e3);
+        .map(|(_, e)| (e.time - t1) * 1e3)
+        .with_context(|| {
+            format!("round {r}: the controller logged no {PEER_UPDATE} remove of {name}")
+        })?;
 
         let each = |v: &[(f64, f64)], t: f64| -> Vec<f64> {
             v.iter().map(|(_, done)| (done - t) * 1e3).collect()
@@ -173,7 +168,7 @@ pub fn run(hosts: usize, rounds: usize, out: Option<&Path>) -> Result<()> {
         eprintln!(
             "round {r}: {subnet} join {:.0} ms (registered {:.0} ms, first {:.0} ms), removal {:.0} ms",
             round.join_ms,
-            round.registered_ms.unwrap_or(f64::NAN),
+            round.registered_ms,
             round.join_first_ms,
             round.remove_ms
         );
@@ -188,40 +183,48 @@ pub fn run(hosts: usize, rounds: usize, out: Option<&Path>) -> Result<()> {
 }
 
 fn peer_count(h: &weft_tests::Host) -> usize {
-    let out = h.weftctl(&["-o", "json", "status"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v["peers"].as_array().map(|a| a.len()))
-        .unwrap_or(usize::MAX)
+    h.try_status().map_or(usize::MAX, |s| s.peers.len())
 }
 
-/// Waits until `find` matches the new log text of every host in `hosts`;
-/// returns each one's (first line, done line) timestamps.
-fn wait_all(
-    lab: &Lab,
-    hosts: &[usize],
-    offsets: &[u64],
-    find: impl Fn(&str) -> Option<(f64, f64, String)>,
-) -> Result<Vec<(f64, f64)>> {
-    let mut found: Vec<Option<(f64, f64)>> = vec![None; hosts.len()];
+/// The event logs of the agents of `hosts`, from now on.
+fn agent_logs(lab: &Lab, hosts: &[usize]) -> Vec<(usize, EventLog)> {
+    hosts
+        .iter()
+        .map(|&i| (i, EventLog::from_now(lab.host(i).agent_log())))
+        .collect()
+}
+
+/// In one agent's events: its `peer_change` of `peer` with `change`, then
+/// its first `overlay_programmed` after it; the times of both.
+fn programmed(events: &[Event], peer: &str, change: &str) -> Option<(f64, f64)> {
+    let (i, c) = first(events, 0, PEER_CHANGE, |e| {
+        e.has("peer", peer) && e.has("change", change)
+    })?;
+    let (_, done) = first(events, i + 1, OVERLAY_PROGRAMMED, |_| true)?;
+    Some((c.time, done.time))
+}
+
+/// Waits until every agent in `logs` has programmed the `change` of
+/// `peer`; returns each one's (peer_change, overlay_programmed) times.
+fn wait_all(logs: &mut [(usize, EventLog)], peer: &str, change: &str) -> Result<Vec<(f64, f64)>> {
+    let mut found: Vec<Option<(f64, f64)>> = vec![None; logs.len()];
     let ok = poll(CONVERGE_TIMEOUT, Duration::from_millis(50), || {
-        for (k, &i) in hosts.iter().enumerate() {
+        for (k, (_, log)) in logs.iter_mut().enumerate() {
             if found[k].is_none() {
-                let text = log_since(&lab.host(i).agent_log(), offsets[k]);
-                found[k] = find(&text).map(|(a, b, _)| (a, b));
+                found[k] = programmed(log.update(), peer, change);
             }
         }
         found.iter().all(Option::is_some).then_some(())
     });
     if ok.is_none() {
-        let missing: Vec<String> = hosts
+        let missing: Vec<String> = logs
             .iter()
             .zip(&found)
             .filter(|(_, f)| f.is_none())
-            .map(|(i, _)| format!("h{i}"))
+            .map(|((i, _), _)| format!("h{i}"))
             .collect();
         bail!(
-            "not converged within {CONVERGE_TIMEOUT:?} on {}",
+            "not converged within {CONVERGE_TIMEOUT:?} on {} (no {PEER_CHANGE} {change} of {peer} followed by {OVERLAY_PROGRAMMED})",
             missing.join(", ")
         );
     }
@@ -245,14 +248,14 @@ fn print_table(hosts: usize, rounds: &[Round]) {
         "join: spawn → joining agent ready",
         rounds.iter().map(|r| r.ready_ms).collect(),
     );
-    let reg: Vec<f64> = rounds.iter().filter_map(|r| r.registered_ms).collect();
-    if !reg.is_empty() {
-        row("join: spawn → controller registered it", reg);
-    }
-    let bc: Vec<f64> = rounds.iter().filter_map(|r| r.broadcast_ms).collect();
-    if !bc.is_empty() {
-        row("join: spawn → controller broadcast the peer", bc);
-    }
+    row(
+        "join: spawn → controller registered it",
+        rounds.iter().map(|r| r.registered_ms).collect(),
+    );
+    row(
+        "join: spawn → controller broadcast the peer",
+        rounds.iter().map(|r| r.broadcast_ms).collect(),
+    );
     row(
         "join: spawn → first peer programmed",
         rounds.iter().map(|r| r.join_first_ms).collect(),
@@ -262,7 +265,7 @@ fn print_table(hosts: usize, rounds: &[Round]) {
         rounds.iter().map(|r| r.join_ms).collect(),
     );
     row(
-        "join: per agent, `route add` → programmed",
+        "join: per agent, `peer_change` → `overlay_programmed`",
         rounds
             .iter()
             .flat_map(|r| r.join_program_ms.iter().copied())
@@ -272,13 +275,10 @@ fn print_table(hosts: usize, rounds: &[Round]) {
         "removal: `weftctl host rm` (the command)",
         rounds.iter().map(|r| r.host_rm_cmd_ms).collect(),
     );
-    let bc: Vec<f64> = rounds
-        .iter()
-        .filter_map(|r| r.remove_broadcast_ms)
-        .collect();
-    if !bc.is_empty() {
-        row("removal: host rm → controller broadcast it", bc);
-    }
+    row(
+        "removal: host rm → controller broadcast it",
+        rounds.iter().map(|r| r.remove_broadcast_ms).collect(),
+    );
     row(
         "removal: host rm → first peer programmed",
         rounds.iter().map(|r| r.remove_first_ms).collect(),

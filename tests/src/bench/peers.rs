@@ -6,13 +6,16 @@
 //! IPs in 198.19.0.0/16 — no packet is ever sent to them —, random local
 //! VTEP MACs) and their subnet keys are written straight into etcd before
 //! the agent starts, so the controller allocates the agent a subnet outside
-//! them. Then h1's agent starts as a fresh host; the sample ends at the
-//! agent's log line that says it has programmed all P peers (`overlay
-//! programmed: P peers …`, or, if the snapshot arrived before the agent had
-//! built its devices, the `host ready: … weft.1 P peers` line of its first
-//! reconcile). Afterwards the host namespace must hold exactly P proto-119
-//! routes, P neighbours and P FDB entries on weft.1, and P elements in the
-//! nft set `vxlan_peers`; otherwise the benchmark fails.
+//! them (once its `peer_update` events show it has all P). Then h1's agent
+//! starts as a fresh host; the sample ends at the agent's structured event
+//! ([`weft_common::events`]; the lab logs JSON) saying it has programmed
+//! all P peers: `overlay_programmed` with `peers` P, or, if the snapshot
+//! arrived before the agent had built its devices, the `host_ready` of its
+//! first reconcile with `peers` P. Its `subnet_assigned` and
+//! `peer_snapshot` events time the steps before. Afterwards the host
+//! namespace must hold exactly P proto-119 routes, P neighbours and P FDB
+//! entries on weft.1, and P elements in the nft set `vxlan_peers`;
+//! otherwise the benchmark fails.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -22,10 +25,15 @@ use anyhow::{bail, ensure, Context, Result};
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 use weft_common::cluster::{subnet_key, HostRecord, SubnetRecord};
+use weft_common::events::{
+    HOST_READY, OVERLAY_PROGRAMMED, PEER_SNAPSHOT, PEER_UPDATE, SUBNET_ASSIGNED,
+};
+use weft_common::logging::LogFormat;
 use weft_common::MacAddr;
+use weft_tests::events::{first, EventLog};
 use weft_tests::{Host, Lab, LabOpts};
 
-use super::common::{self, first_time, host_sh, log_since, now, poll, stats, status_kb};
+use super::common::{self, host_sh, now, stats, status_kb};
 
 const CIDR: &str = "10.128.0.0/9";
 const DONE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -36,19 +44,19 @@ struct Sample {
     round: usize,
     /// Writing the fake records into etcd (setup, not measured).
     etcd_write_ms: f64,
-    /// Agent spawn → all P peers programmed (log line).
+    /// Agent spawn → all P peers programmed (its event).
     total_ms: f64,
-    /// Spawn → the agent has its subnet (`assigned subnet` line).
+    /// Spawn → the agent has its subnet (`subnet_assigned`).
     assigned_ms: Option<f64>,
-    /// Spawn → the agent logged the peer snapshot.
+    /// Spawn → the agent took the peer snapshot (`peer_snapshot`).
     snapshot_ms: Option<f64>,
-    /// What the `overlay programmed` line says (kernel changes only), if
-    /// the peers came through that path.
+    /// What `overlay_programmed` says the batch took (`ms`: kernel
+    /// changes only), if the peers came through that path.
     programmed_line_ms: Option<f64>,
-    /// Which log line marked the end: `overlay programmed` or `host ready`.
+    /// Which event marked the end: `overlay_programmed` or `host_ready`.
     path: String,
-    /// The done line itself.
-    line: String,
+    /// That event's fields.
+    event: serde_json::Map<String, serde_json::Value>,
     rss_kb: u64,
     hwm_kb: u64,
     /// CPU time of the agent process until then (clock ticks, 10 ms).
@@ -74,7 +82,7 @@ pub fn run(counts: &[usize], rounds: usize, out: Option<&Path>) -> Result<()> {
         for p in order {
             let s = one(p, round)?;
             eprintln!(
-                "round {round}: {p} peers in {:.0} ms (snapshot at {:.0} ms, line says {}), RSS {:.1} MB, peak {:.1} MB",
+                "round {round}: {p} peers in {:.0} ms (snapshot at {:.0} ms, the agent says {}), RSS {:.1} MB, peak {:.1} MB",
                 s.total_ms,
                 s.snapshot_ms.unwrap_or(f64::NAN),
                 s.programmed_line_ms
@@ -146,15 +154,11 @@ fn write_fake_hosts(lab: &Lab, p: usize) -> Result<()> {
     })?
 }
 
-/// How many lines of `text` contain `word`.
-fn count(text: &str, word: &str) -> usize {
-    text.lines().filter(|l| l.contains(word)).count()
-}
-
 fn one(p: usize, round: usize) -> Result<Sample> {
     let lab = Lab::try_new(LabOpts {
         cluster_cidr: Some(CIDR.into()),
         subnet_len: Some(24),
+        log_format: LogFormat::Json,
         ..LabOpts::cluster(1, 1)
     })?;
     let h = lab.host(1);
@@ -163,52 +167,56 @@ fn one(p: usize, round: usize) -> Result<Sample> {
     let etcd_write_ms = t.elapsed().as_secs_f64() * 1e3;
     // The controller's view must hold every fake host before the agent
     // connects, so that the agent gets them in one snapshot.
-    let ctl_log = lab.held_log("controller-c1");
-    poll(Duration::from_secs(120), Duration::from_millis(100), || {
-        (count(&log_since(&ctl_log, 0), "peer update: host f") >= p).then_some(())
-    })
-    .with_context(|| format!("the controller never saw the {p} fake hosts"))?;
-    std::thread::sleep(Duration::from_millis(500));
-
-    let log = h.agent_log();
-    let t0 = now();
-    let agent = h.spawn_agent(&[])?;
-    let pid = agent.pid() as i32;
-    let want_prog = format!("overlay programmed: {p} peers");
-    let want_ready = format!("weft.1 {p} peers");
-    let (done, line) = poll(DONE_TIMEOUT, Duration::from_millis(20), || {
-        let text = log_since(&log, 0);
-        text.lines()
-            .find(|l| {
-                l.contains(&want_prog) || (l.contains("host ready:") && l.contains(&want_ready))
-            })
-            .and_then(|l| Some((common::line_time(l)?, l.to_string())))
+    let mut ctl = EventLog::from_start(lab.held_log("controller-c1"));
+    let mut fakes = std::collections::HashSet::new();
+    let mut read = 0;
+    ctl.wait(Duration::from_secs(120), |events| {
+        for e in &events[read..] {
+            if e.is(PEER_UPDATE) && e.has("change", "upsert") {
+                if let Some(h) = e.str("host").filter(|h| h.starts_with('f')) {
+                    fakes.insert(h);
+                }
+            }
+        }
+        read = events.len();
+        (fakes.len() >= p).then_some(())
     })
     .with_context(|| {
         format!(
-            "agent did not program {p} peers within {DONE_TIMEOUT:?}; log:\n{}",
-            weft_tests::log_tail(&log, 20)
+            "the controller's {PEER_UPDATE} events name {} of the {p} fake hosts",
+            fakes.len()
         )
     })?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut log = EventLog::from_now(h.agent_log());
+    let t0 = now();
+    let agent = h.spawn_agent(&[])?;
+    let pid = agent.pid() as i32;
+    let all = |e: &weft_tests::events::Event| {
+        (e.is(OVERLAY_PROGRAMMED) || e.is(HOST_READY)) && e.u64("peers") == Some(p as u64)
+    };
+    let done = log
+        .wait(DONE_TIMEOUT, |events| {
+            events.iter().find(|e| all(e)).cloned()
+        })
+        .with_context(|| {
+            format!(
+                "agent did not log {OVERLAY_PROGRAMMED} or {HOST_READY} with {p} peers within {DONE_TIMEOUT:?}; log:\n{}",
+                weft_tests::log_tail(&h.agent_log(), 20)
+            )
+        })?;
     let rss_kb = status_kb(pid, "VmRSS:");
     let hwm_kb = status_kb(pid, "VmHWM:");
     let (cpu_user_ms, cpu_sys_ms) = common::cpu_ms(pid);
-    let text = log_since(&log, 0);
-    let since = |words: &[&str]| first_time(&text, words).map(|t| (t - t0) * 1e3);
-    let programmed_line_ms = line
-        .contains("overlay programmed:")
-        .then(|| {
-            line.split(" kernel changes in ")
-                .nth(1)?
-                .split(" ms")
-                .next()?
-                .parse()
-                .ok()
-        })
+    let since =
+        |name: &str| first(log.events(), 0, name, |_| true).map(|(_, e)| (e.time - t0) * 1e3);
+    let programmed_line_ms = done
+        .is(OVERLAY_PROGRAMMED)
+        .then(|| done.f64("ms"))
         .flatten();
     verify(h, p)?;
-    let status = h.weftctl_json(&["status"]);
-    let agent_subnet = status["subnet"].as_str().unwrap_or("").to_string();
+    let agent_subnet = h.try_status().map_err(anyhow::Error::msg)?.subnet;
     let subnet: Ipv4Network = agent_subnet.parse().context("agent subnet")?;
     ensure!(
         u32::from(subnet.network()) >= u32::from(Ipv4Addr::new(10, 128, 0, 0)) + ((p as u32) << 8),
@@ -219,16 +227,12 @@ fn one(p: usize, round: usize) -> Result<Sample> {
         peers: p,
         round,
         etcd_write_ms,
-        total_ms: (done - t0) * 1e3,
-        assigned_ms: since(&["assigned subnet"]),
-        snapshot_ms: since(&["peer snapshot at revision"]),
+        total_ms: (done.time - t0) * 1e3,
+        assigned_ms: since(SUBNET_ASSIGNED),
+        snapshot_ms: since(PEER_SNAPSHOT),
         programmed_line_ms,
-        path: if line.contains("overlay programmed:") {
-            "overlay programmed".into()
-        } else {
-            "host ready".into()
-        },
-        line,
+        path: done.name.clone(),
+        event: done.fields.clone(),
         rss_kb,
         hwm_kb,
         cpu_user_ms,
@@ -287,7 +291,7 @@ fn print_table(counts: &[usize], samples: &[Sample]) {
     println!(
         "{rounds} rounds per count, a fresh lab each; medians, with min–max over the rounds.\n"
     );
-    println!("| peers | spawn → all programmed | min–max | spawn → snapshot received | snapshot → programmed | `overlay programmed` says | agent CPU user / system | agent RSS | agent peak RSS (VmHWM) |");
+    println!("| peers | spawn → all programmed | min–max | spawn → snapshot received | snapshot → programmed | `overlay_programmed` says | agent CPU user / system | agent RSS | agent peak RSS (VmHWM) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &p in counts {
         let s: Vec<&Sample> = samples.iter().filter(|s| s.peers == p).collect();

@@ -10,7 +10,7 @@
 //!
 //! `weft-bench scale` (alias `register`): K in-process agents registering at
 //! once with one or more controllers, then the fan-out of host changes to
-//! all of them (`tests/src/bench/scale.rs`).
+//! all of them (`tests/src/bench/scale/`).
 //!
 //! `weft-bench converge`: time until every agent has programmed a host that
 //! joins, or is removed (`tests/src/bench/converge.rs`).
@@ -19,39 +19,26 @@
 //! memory (`tests/src/bench/peers.rs`).
 //!
 //! `weft-bench dataplane`: TCP throughput and RTT across hosts: underlay vs
-//! VXLAN vs direct routing (`tests/src/bench/dataplane.rs`).
+//! VXLAN vs direct routing (`tests/src/bench/dataplane/`).
 //!
 //! `weft-bench churn`: 10,000 ns add/del and peer add/remove cycles;
-//! memory, fds and kernel objects throughout (`tests/src/bench/churn.rs`).
+//! memory, fds and kernel objects throughout (`tests/src/bench/churn/`).
 //!
 //! `weft-bench all --quick`: every one of them as a smoke run.
 //!
 //! `weft-bench report`: Markdown tables and SVG plots from the raw samples
-//! (`tests/src/bench/report.rs`).
+//! (`tests/src/bench/report/`).
 
-use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-#[path = "../bench/attach.rs"]
-mod attach;
-#[path = "../bench/churn.rs"]
-mod churn;
-#[path = "../bench/common.rs"]
-mod common;
-#[path = "../bench/converge.rs"]
-mod converge;
-#[path = "../bench/dataplane.rs"]
-mod dataplane;
-#[path = "../bench/peers.rs"]
-mod peers;
-#[path = "../bench/report.rs"]
-mod report;
-#[path = "../bench/scale.rs"]
-mod scale;
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use bench::{attach, churn, converge, dataplane, peers, report, scale};
 
 #[derive(Parser)]
 #[command(
@@ -316,40 +303,4 @@ fn main() -> Result<()> {
             attach::run(&counts, samples, Duration::from_millis(settle_ms), &out)
         }
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let q = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
-    (q(0.5), q(0.99), s[0], s[s.len() - 1])
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == "model name").then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    if cpu.is_empty() {
-        format!("{cores} cores, Linux {}", kernel.trim())
-    } else {
-        format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
-    }
-}
-
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("weft-bench {}", args.join(" "))
 }

@@ -15,8 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use weft_tests::netns::describe_status;
-use weft_tests::{try_tcp_request, Host, Lab, LabOpts, INTERNET_IP};
+use weft_tests::{try_tcp_request, Endpoint, Lab, LabOpts, INTERNET_IP};
 
 #[derive(Parser)]
 #[command(
@@ -100,24 +99,6 @@ fn prefix_for(dir: &Path) -> String {
     format!("wl{:06x}", h & 0xff_ffff)
 }
 
-/// `weftctl -o json ARGS` on `host`, as a Result.
-fn weftctl_json(host: &Host, args: &[&str]) -> Result<serde_json::Value> {
-    let mut a = vec!["-o", "json"];
-    a.extend_from_slice(args);
-    let out = host.weftctl(&a);
-    if !out.status.success() {
-        bail!(
-            "weftctl {} on {} failed ({}): {}",
-            a.join(" "),
-            host.name,
-            describe_status(&out.status),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("weftctl {} on {}: bad JSON", a.join(" "), host.name))
-}
-
 struct Ep {
     name: String,
     ip: Ipv4Addr,
@@ -159,12 +140,9 @@ fn up(dir: &Path, prefix: Option<String>, hosts: usize, per_host: usize) -> Resu
     // Every agent has every other host as a peer before traffic is tried.
     let want = lab.hosts().len() - 1;
     let meshed = weft_tests::wait_until(std::time::Duration::from_secs(20), || {
-        lab.hosts().iter().all(|h| {
-            weftctl_json(h, &["status"])
-                .ok()
-                .and_then(|s| s["peers"].as_array().map(|p| p.len() == want))
-                .unwrap_or(false)
-        })
+        lab.hosts()
+            .iter()
+            .all(|h| h.try_status().is_ok_and(|s| s.peers.len() == want))
     });
     if !meshed {
         println!("not every agent has all {want} peers yet; the matrix may show gaps");
@@ -174,16 +152,14 @@ fn up(dir: &Path, prefix: Option<String>, hosts: usize, per_host: usize) -> Resu
         let mut v = Vec::new();
         for j in 1..=per_host {
             let name = format!("{}-n{j}", h.name);
-            let j = weftctl_json(h, &["ns", "add", &name])?;
-            let ip = j["ip"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .with_context(|| format!("ns add {name}: no ip in {j}"))?;
-            let netns = j["netns"]
-                .as_str()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| h.endpoint(&name));
-            v.push(Ep { name, ip, netns });
+            let e: Endpoint = h
+                .try_weftctl_as(&["ns", "add", &name])
+                .map_err(anyhow::Error::msg)?;
+            v.push(Ep {
+                name,
+                ip: e.ip,
+                netns: e.netns.into(),
+            });
         }
         eps.push(v);
     }
@@ -238,29 +214,20 @@ fn matrix(lab: &Lab, eps: &[Vec<Ep>]) -> bool {
     };
     println!();
     for h in lab.hosts() {
-        match weftctl_json(h, &["status"]) {
+        match h.try_status() {
             Ok(st) => {
-                let peers: Vec<String> = st["peers"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| {
-                                format!(
-                                    "{} {}",
-                                    p["name"].as_str().unwrap_or("?"),
-                                    p["mode"].as_str().unwrap_or("?")
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let peers: Vec<String> = st
+                    .peers
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, p.mode))
+                    .collect();
                 println!(
                     "{}  underlay {}  subnet {}  gateway {}  mtu {}  peers: {}",
                     h.name,
                     h.ip,
-                    st["subnet"].as_str().unwrap_or("?"),
-                    st["gateway"].as_str().unwrap_or("?"),
-                    st["mtu"],
+                    st.subnet,
+                    st.gateway,
+                    st.mtu,
                     if peers.is_empty() {
                         "none".to_string()
                     } else {
@@ -429,15 +396,13 @@ fn status(dir: &Path) -> Result<bool> {
     for h in lab.hosts() {
         let pid = h.agent_pid();
         println!();
-        let st = pid.and_then(|_| weftctl_json(h, &["status"]).ok());
+        let st = pid.and_then(|_| h.try_status().ok());
         println!(
             "{}  ns {}  underlay {}  subnet {}  agent {}",
             h.name,
             h.ns_name,
             h.ip,
-            st.as_ref()
-                .and_then(|s| s["subnet"].as_str())
-                .unwrap_or("?"),
+            st.as_ref().map_or("?", |s| s.subnet.as_str()),
             match pid {
                 Some(p) => format!("running (pid {p})"),
                 None => "NOT RUNNING".into(),
@@ -448,48 +413,44 @@ fn status(dir: &Path) -> Result<bool> {
             continue;
         }
         if let Some(st) = &st {
-            let c = &st["controller"];
+            let c = &st.controller;
             println!(
                 "  controller {} ({})",
-                c["address"].as_str().unwrap_or("-"),
-                if c["connected"] == true {
+                c.address.as_deref().unwrap_or("-"),
+                if c.connected {
                     "connected"
                 } else {
                     "NOT CONNECTED"
                 }
             );
-            for p in st["peers"].as_array().into_iter().flatten() {
+            for p in &st.peers {
                 println!(
                     "  peer {:<8} {:<18} at {:<15} {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["subnet"].as_str().unwrap_or("?"),
-                    p["public_ip"].as_str().unwrap_or("?"),
-                    p["mode"].as_str().unwrap_or("?")
+                    p.name,
+                    p.subnet,
+                    p.public_ip.to_string(),
+                    p.mode
                 );
             }
         }
-        match weftctl_json(h, &["ns", "list"]) {
-            Ok(serde_json::Value::Array(list)) => {
+        match h.try_endpoints() {
+            Ok(list) => {
                 if list.is_empty() {
                     println!("  (no namespaces)");
                 }
                 for e in list {
                     println!(
                         "  {:<16} {:<15} {:<17} {}",
-                        e["name"].as_str().unwrap_or("?"),
-                        e["ip"].as_str().unwrap_or("?"),
-                        e["mac"].as_str().unwrap_or("?"),
-                        e["netns"].as_str().unwrap_or("?")
+                        e.name,
+                        e.ip.to_string(),
+                        e.mac.to_string(),
+                        e.netns
                     );
                 }
             }
-            Ok(other) => {
-                ok = false;
-                println!("  unexpected ns list answer: {other}");
-            }
             Err(e) => {
                 ok = false;
-                println!("  {e:#}");
+                println!("  {e}");
             }
         }
     }

@@ -120,8 +120,8 @@ impl Lab {
     }
 
     /// [`Lab::weftctl_plain`], or an error naming the command, its exit
-    /// and its stderr.
-    pub(crate) fn weftctl_plain_ok(&self, args: &[&str]) -> Result<()> {
+    /// and its stderr; its stdout if it succeeds.
+    pub(crate) fn try_weftctl_plain(&self, args: &[&str]) -> Result<String> {
         let out = self.weftctl_plain(args);
         if !out.status.success() {
             bail!(
@@ -131,7 +131,14 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// [`Lab::weftctl_plain`], panicking (with its stderr) unless it
+    /// succeeds; its stdout.
+    pub fn weftctl_plain_ok(&self, args: &[&str]) -> String {
+        self.try_weftctl_plain(args)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Creates the etcd PKI and passwords (first start of a TLS lab).
@@ -161,7 +168,7 @@ impl Lab {
                 "certs", "issue", "--dir", &dir, "--name", ETCD_USER, "--role", "agent",
             ],
         ] {
-            self.weftctl_plain_ok(&args)?;
+            self.try_weftctl_plain(&args)?;
         }
         write_secret(&t.password_file(), &random_password()?)?;
         write_secret(&t.root_password_file(), &random_password()?)?;

@@ -5,6 +5,16 @@
 //! ```text
 //!   <prefix>-c eth0 198.18.0.2 (etcd :2379), 198.18.0.3 (c1 :7470), 198.18.0.4 (c2 :7470), …
 //! ```
+//!
+//! Here: the control namespace, the PKI, starting controllers and `weftctl`
+//! against the lab's etcd. A three-member etcd is in [`etcd`], etcd over
+//! TLS with users in [`etcd_tls`], reading what etcd holds in [`records`].
+
+pub mod etcd;
+pub mod etcd_tls;
+pub mod records;
+
+pub use records::ListedHost;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -16,7 +26,9 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::bin_path;
-use crate::lab::{ip_batch, log_tail, spawn_logged, Lab, LabOpts, Process, CLUSTER_CIDR};
+use crate::lab::process::{spawn_logged, Process};
+use crate::lab::underlay::ip_batch;
+use crate::lab::{log_tail, Lab, LabOpts, CLUSTER_CIDR, ROUTED_CIDR, ROUTER_IP};
 use crate::netns::describe_status;
 
 /// Address of etcd in the control namespace.
@@ -67,12 +79,12 @@ pub struct ClusterInfo {
     /// `--lease-ttl` given to controllers.
     pub lease_ttl: Option<u64>,
     pub etcd_data: PathBuf,
-    /// etcd members ([`crate::etcd`]); 0 in old manifests means 1.
+    /// etcd members ([`etcd`]); 0 in old manifests means 1.
     #[serde(default)]
     pub etcd_members: usize,
-    /// A TLS etcd with users ([`crate::etcd_tls`]), if any.
+    /// A TLS etcd with users ([`etcd_tls`]), if any.
     #[serde(default)]
-    pub etcd_tls: Option<crate::etcd_tls::EtcdTls>,
+    pub etcd_tls: Option<etcd_tls::EtcdTls>,
 }
 
 impl Lab {
@@ -104,11 +116,7 @@ impl Lab {
         for j in 1..=n {
             script += &format!("addr add {}/24 dev eth0\n", controller_ip(j));
         }
-        script += &format!(
-            "link set eth0 up\nroute add {} via {}\n",
-            crate::lab::ROUTED_CIDR,
-            crate::lab::ROUTER_IP
-        );
+        script += &format!("link set eth0 up\nroute add {ROUTED_CIDR} via {ROUTER_IP}\n");
         ip_batch(Some(&c), &script)?;
         let pki = self.dir.join("pki");
         let info = ClusterInfo {
@@ -130,7 +138,7 @@ impl Lab {
             }
         }
         self.write_manifest()?;
-        self.weftctl_ok(&["certs", "init", "--dir", &pki.display().to_string()])?;
+        self.try_weftctl_etcd(&["certs", "init", "--dir", &pki.display().to_string()])?;
         for j in 1..=n {
             self.issue_cert(&format!("c{j}"), "controller", &[controller_ip(j)])?;
         }
@@ -148,7 +156,7 @@ impl Lab {
             .clone()
             .unwrap_or(CLUSTER_CIDR.to_string());
         let len = opts.subnet_len.unwrap_or(24).to_string();
-        self.weftctl_ok(&["cluster", "init", "--cidr", &cidr, "--subnet-len", &len])?;
+        self.try_weftctl_etcd(&["cluster", "init", "--cidr", &cidr, "--subnet-len", &len])?;
         for j in 1..=n {
             self.start_controller(j, &[])?;
         }
@@ -166,7 +174,7 @@ impl Lab {
         for ip in &ips {
             a.extend(["--ip", ip.as_str()]);
         }
-        self.weftctl_ok(&a)
+        self.try_weftctl_etcd(&a).map(drop)
     }
 
     /// Kills (SIGKILL) a process the lab holds: `etcd` or `controller-cJ`.
@@ -212,7 +220,7 @@ impl Lab {
     pub fn start_etcd(&self) -> Result<()> {
         let data = self.cluster_info().etcd_data.display().to_string();
         let url = self.etcd_client_endpoints();
-        let mut args = crate::etcd::etcd_command(
+        let mut args = etcd::etcd_command(
             "lab",
             &data,
             &url,
@@ -252,6 +260,8 @@ impl Lab {
         if let Some(t) = &ttl {
             cmd.extend(["--lease-ttl", t.as_str()]);
         }
+        let log_format = self.shared.log_format_args();
+        cmd.extend(log_format.iter().map(String::as_str));
         cmd.extend(etcd_flags.iter().map(String::as_str));
         cmd.extend_from_slice(extra);
         let mut p = spawn_logged(
@@ -298,9 +308,18 @@ impl Lab {
         a
     }
 
-    fn weftctl_ok(&self, args: &[&str]) -> Result<()> {
+    /// [`Lab::weftctl_etcd`], or an error naming the command, its exit
+    /// and its stderr; its stdout if it succeeds.
+    pub(crate) fn try_weftctl_etcd(&self, args: &[&str]) -> Result<String> {
         let a = self.with_etcd_flags(args);
-        self.weftctl_plain_ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        self.try_weftctl_plain(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// [`Lab::weftctl_etcd`], panicking (with its stderr) unless it
+    /// succeeds; its stdout.
+    pub fn weftctl_etcd_ok(&self, args: &[&str]) -> String {
+        self.try_weftctl_etcd(args)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// `weftctl -o json ARGS…` against the lab's etcd; panics unless it
@@ -319,30 +338,5 @@ impl Lab {
         );
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("weftctl {}: not JSON ({e}): {stdout}", a.join(" ")))
-    }
-
-    /// Every key under `/weft/` as (key, JSON value), read with etcdctl
-    /// straight from etcd (not through weft's code).
-    pub fn etcd_dump(&self) -> Vec<(String, serde_json::Value)> {
-        let out = self.etcdctl(&["get", "--prefix", "/weft/"]);
-        assert!(
-            out.status.success(),
-            "etcdctl get failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let lines: Vec<&str> = text.lines().collect();
-        lines
-            .chunks(2)
-            .filter(|c| c.len() == 2)
-            .map(|c| {
-                (
-                    c[0].to_string(),
-                    serde_json::from_str(c[1]).unwrap_or_else(|e| {
-                        panic!("etcd value of {} is not JSON ({e}): {}", c[0], c[1])
-                    }),
-                )
-            })
-            .collect()
     }
 }
