@@ -46,6 +46,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // tokio keeps a handler installed for the life of the process.
     let _ = signal(SignalKind::hangup());
     let _one_agent = lock_netns()?;
+    if let Mode::Cluster(_) = cfg.mode {
+        // Readiness says so from the first answer of /readyz on.
+        ready::get().cluster_mode();
+        ready::get().stage("starting in cluster mode: no controller has answered yet");
+    }
     if let Some(addr) = cfg.metrics_listen {
         let l = weft_common::http::bind(addr).await?;
         weft_common::http::spawn(l, metrics::endpoints()).map_err(|e| {
@@ -200,7 +205,6 @@ async fn assign(
     writer: &Writer,
     saved_peers: Option<crate::state::PeersState>,
 ) -> anyhow::Result<Assignment> {
-    ready::get().cluster_mode();
     let tls = weft_common::tls::client_config(&c.tls_dir)
         .with_context(|| format!("--tls-dir {}", c.tls_dir.display()))?;
     let vtep_mac = loaded
