@@ -32,7 +32,7 @@ impl Agent {
             metrics::reconcile(self.reconciler.reconcile(Cause::Start, &t.records, pending))
                 .await?;
         for name in pending {
-            if let Err(e) = self.endpoints.state().clear_pending(name).await {
+            if let Err(e) = self.endpoints.state().clear_pending(name) {
                 error!("{e}");
             }
         }

@@ -67,7 +67,7 @@ impl Endpoints {
         if self.state.is_pending(&name) {
             // An earlier ns add of this name could not be undone completely.
             self.remove_leftovers(&name).await?;
-            self.state.clear_pending(&name).await?;
+            self.state.clear_pending(&name)?;
             info!("removed the leftovers of an earlier failed ns add {name}");
         }
         if self.kernel.netns_presence(&name).await != NetnsPresence::Absent {
@@ -133,22 +133,24 @@ impl Endpoints {
 
     /// Builds the endpoint `rec`; on failure, takes back what it made.
     async fn build(&self, rec: &EndpointRecord) -> Result<()> {
-        self.state.mark_pending(&rec.name).await?;
-        let mut undo: Vec<Undo> = Vec::new();
         let mut phases = Phases::start();
+        self.state.mark_pending(&rec.name)?;
+        phases.mark("pending");
+        let mut undo: Vec<Undo> = Vec::new();
         let built = self.steps(rec, &mut undo, &mut phases).await;
-        debug!("ns add {}: {phases}", rec.name);
         let Err(error) = built else {
             // The endpoint is complete and saved; a stale marker is harmless
             // (the next start sees the saved endpoint and drops the marker).
-            if let Err(e) = self.state.clear_pending(&rec.name).await {
+            if let Err(e) = self.state.clear_pending(&rec.name) {
                 warn!("{e}");
             }
+            phases.mark("cleared");
+            debug!("ns add {}: {phases}", rec.name);
             return Ok(());
         };
         let failed = self.roll_back(undo).await;
         if failed.is_empty() {
-            if let Err(e) = self.state.clear_pending(&rec.name).await {
+            if let Err(e) = self.state.clear_pending(&rec.name) {
                 warn!("{e}");
             }
             warn!("ns add {} failed and was rolled back: {error}", rec.name);

@@ -253,37 +253,72 @@ impl Diff {
         }
     }
 
-    /// The operations, in the safe order, on the vxlan device `vxlan`. An
-    /// FDB entry observed without a destination (kept as 0.0.0.0) is
-    /// deleted as one without.
-    pub fn ops(&self, vxlan: &str) -> Vec<Op> {
+    /// How many steps [`Diff::step`] has.
+    pub const STEPS: usize = 6;
+
+    /// The operations of step `n` (0 to [`Diff::STEPS`] − 1) on the vxlan
+    /// device `vxlan`: neighbours, FDB entries, routes to add, then routes,
+    /// FDB entries, neighbours to remove. Within a step they are
+    /// independent; the steps go in this order. An FDB entry observed
+    /// without a destination (kept as 0.0.0.0) is deleted as one without.
+    pub fn step(&self, vxlan: &str, n: usize) -> Vec<Op> {
         let dev = || vxlan.to_string();
-        let mut ops = Vec::with_capacity(self.len());
-        ops.extend(self.add_neigh.iter().map(|(ip, mac)| Op::ReplaceNeigh {
-            dev: dev(),
-            ip: *ip,
-            mac: *mac,
-        }));
-        ops.extend(self.add_fdb.iter().map(|(mac, dst)| Op::ReplaceFdb {
-            dev: dev(),
-            mac: *mac,
-            dst: *dst,
-        }));
-        ops.extend(self.add_routes.iter().map(|(dst, to)| Op::ReplaceRoute {
-            dst: *dst,
-            to: to.clone(),
-        }));
-        ops.extend(self.del_routes.iter().map(|dst| Op::DelRoute { dst: *dst }));
-        ops.extend(self.del_fdb.iter().map(|(mac, dst)| Op::DelFdb {
-            dev: dev(),
-            mac: *mac,
-            dst: (!dst.is_unspecified()).then_some(*dst),
-        }));
-        ops.extend(self.del_neigh.iter().map(|ip| Op::DelNeigh {
-            dev: dev(),
-            ip: *ip,
-        }));
-        ops
+        match n {
+            0 => self
+                .add_neigh
+                .iter()
+                .map(|(ip, mac)| Op::ReplaceNeigh {
+                    dev: dev(),
+                    ip: *ip,
+                    mac: *mac,
+                })
+                .collect(),
+            1 => self
+                .add_fdb
+                .iter()
+                .map(|(mac, dst)| Op::ReplaceFdb {
+                    dev: dev(),
+                    mac: *mac,
+                    dst: *dst,
+                })
+                .collect(),
+            2 => self
+                .add_routes
+                .iter()
+                .map(|(dst, to)| Op::ReplaceRoute {
+                    dst: *dst,
+                    to: to.clone(),
+                })
+                .collect(),
+            3 => self
+                .del_routes
+                .iter()
+                .map(|dst| Op::DelRoute { dst: *dst })
+                .collect(),
+            4 => self
+                .del_fdb
+                .iter()
+                .map(|(mac, dst)| Op::DelFdb {
+                    dev: dev(),
+                    mac: *mac,
+                    dst: (!dst.is_unspecified()).then_some(*dst),
+                })
+                .collect(),
+            5 => self
+                .del_neigh
+                .iter()
+                .map(|ip| Op::DelNeigh {
+                    dev: dev(),
+                    ip: *ip,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every operation, in the safe order (the steps one after another).
+    pub fn ops(&self, vxlan: &str) -> Vec<Op> {
+        (0..Self::STEPS).flat_map(|n| self.step(vxlan, n)).collect()
     }
 }
 

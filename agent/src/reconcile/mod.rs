@@ -206,7 +206,6 @@ impl Reconciler {
         // New peers' addresses go into the nft set before their tunnel
         // entries exist, so their first packets are not dropped.
         let want: BTreeSet<Ipv4Addr> = paths.values().map(|p| p.public_ip).collect();
-        let mut ops = Vec::with_capacity(d.len() + 1);
         let nft = st.nft_peers.clone().and_then(|have| {
             let add: Vec<Ipv4Addr> = want.difference(&have).copied().collect();
             let del: Vec<Ipv4Addr> = have.difference(&want).copied().collect();
@@ -237,8 +236,7 @@ impl Reconciler {
                 }
             }
         }
-        ops.extend(d.ops(&vx));
-        let failed = record(self.kernel.apply(&ops, OnError::Continue).await);
+        let failed = self.apply_overlay(&d, &vx).await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         if let Some(first) = failed.first() {
             error!(
@@ -357,9 +355,7 @@ impl Reconciler {
                 }
                 debug!("reconcile diff: {d:?}");
             }
-            failed.extend(record(
-                self.kernel.apply(&d.ops(vx), OnError::Continue).await,
-            ));
+            failed.extend(self.apply_overlay(&d, vx).await);
         }
         {
             let mut view = self.view.lock().expect("watch view");
@@ -432,6 +428,20 @@ impl Reconciler {
         } else {
             Err(ReconcileError::Apply(failed))
         }
+    }
+
+    /// Applies an overlay diff step by step (each step's operations are
+    /// made only when it runs: a snapshot of thousands of peers never holds
+    /// all of them at once); every step is attempted.
+    async fn apply_overlay(&self, d: &Diff, vxlan: &str) -> Vec<KernelError> {
+        let mut failed = Vec::new();
+        for n in 0..Diff::STEPS {
+            let ops = d.step(vxlan, n);
+            if !ops.is_empty() {
+                failed.extend(record(self.kernel.apply(&ops, OnError::Continue).await));
+            }
+        }
+        failed
     }
 
     /// What an endpoint needs, looking inside its namespace when its host

@@ -308,14 +308,14 @@ mod tests {
             publish: vec!["8080:80".parse().unwrap()],
         };
         w.save_endpoint(&rec).await.unwrap();
-        w.mark_pending("b").await.unwrap();
+        w.mark_pending("b").unwrap();
         assert!(w.is_pending("b"));
         let l = load(&d).unwrap();
         assert_eq!(l.node, Some(node));
         assert_eq!(l.endpoints.get("a"), Some(&rec));
         assert_eq!(l.pending, vec!["b".to_string()]);
         w.remove_endpoint("a").await.unwrap();
-        w.clear_pending("b").await.unwrap();
+        w.clear_pending("b").unwrap();
         let l = load(&d).unwrap();
         assert!(l.endpoints.is_empty() && l.pending.is_empty());
         // Peer sets are coalesced: the newest one is what lands.

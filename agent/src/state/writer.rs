@@ -24,8 +24,6 @@ enum Job {
     Write(PathBuf, Vec<u8>),
     /// Removed, and the removal made durable.
     Remove(PathBuf),
-    /// A pending marker created or removed, not synced: see [`Writer::mark_pending`].
-    Mark(PathBuf, bool),
     /// The newest peer set waiting in the slot.
     Peers,
 }
@@ -69,8 +67,6 @@ impl Writer {
                     let r = match job {
                         Job::Write(path, bytes) => write_atomic(&path, &bytes),
                         Job::Remove(path) => remove_if_exists(&path).and_then(|()| sync_dir(&path)),
-                        Job::Mark(path, true) => touch(&path),
-                        Job::Mark(path, false) => remove_if_exists(&path),
                         Job::Peers => match slot.lock().expect("peers slot").take() {
                             Some(p) => write_atomic(&peers_path, &to_json(&p)),
                             None => Ok(()),
@@ -120,18 +116,19 @@ impl Writer {
     }
 
     /// The marker that `ns add` of `name` is under way: one found at start
-    /// means the agent died half-way, and the pieces are removed. It is in
-    /// the file system at once (an agent that dies leaves it), but not
-    /// synced to disk: what it guards are kernel objects, and none of them
-    /// outlive a power loss that would lose the marker. Syncing it would
-    /// add milliseconds to every `ns add` for nothing.
-    pub fn mark_pending(&self, name: &str) -> WriteDone {
-        self.submit(Job::Mark(self.pending_path(name), true))
+    /// means the agent died half-way, and the pieces are removed. It is
+    /// made here, at once, not by the writer thread, and not synced to
+    /// disk: what it guards are kernel objects, and none of them outlive a
+    /// power loss that would lose the marker (an agent that dies leaves it
+    /// in the file system). A sync, or a round trip to the writer, would
+    /// add to every `ns add` for nothing.
+    pub fn mark_pending(&self, name: &str) -> Result<()> {
+        touch(&self.pending_path(name))
     }
 
-    /// Removes the marker (not synced either, see [`Writer::mark_pending`]).
-    pub fn clear_pending(&self, name: &str) -> WriteDone {
-        self.submit(Job::Mark(self.pending_path(name), false))
+    /// Removes the marker (at once and not synced, as [`Writer::mark_pending`]).
+    pub fn clear_pending(&self, name: &str) -> Result<()> {
+        remove_if_exists(&self.pending_path(name))
     }
 
     /// Whether the marker of `name` exists.

@@ -270,7 +270,7 @@ async fn leftovers_of_an_interrupted_ns_add_are_removed_at_start() {
         .apply(&spec.build_ops()[..2], crate::kernel::OnError::Stop)
         .await;
     assert!(r.is_ok());
-    a.endpoints.state().mark_pending("x").await.unwrap();
+    a.endpoints.state().mark_pending("x").unwrap();
     k.take_applied();
     a.start(&["x".into()]).await.unwrap();
     assert_eq!(

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
 use super::netlink::Netlink;
@@ -22,13 +23,20 @@ type Result<T> = std::result::Result<T, KernelError>;
 
 /// What one batch has resolved so far: device indexes of the host
 /// namespace, and namespaces opened (or made) by earlier operations.
-#[derive(Default)]
 struct Batch {
     index: HashMap<String, u32>,
     netns: HashMap<String, Arc<Namespace>>,
 }
 
 impl Batch {
+    /// Starts from the kernel's known indexes.
+    fn new(k: &LinuxKernel) -> Batch {
+        Batch {
+            index: k.indexes.lock().expect("indexes").clone(),
+            netns: HashMap::new(),
+        }
+    }
+
     async fn index(&mut self, nl: &Netlink, name: &str) -> Result<u32> {
         if let Some(i) = self.index.get(name) {
             return Ok(*i);
@@ -53,20 +61,31 @@ impl Batch {
 }
 
 pub(super) async fn apply(k: &LinuxKernel, ops: &[Op], on_error: OnError) -> Report {
+    let mut b = Batch::new(k);
+    let report = run(k, &mut b, ops, on_error).await;
+    // What the batch learnt is kept; after a failure nothing is (a device
+    // may be gone or new).
+    *k.indexes.lock().expect("indexes") = match report.is_ok() {
+        true => b.index,
+        false => HashMap::new(),
+    };
+    report
+}
+
+async fn run(k: &LinuxKernel, b: &mut Batch, ops: &[Op], on_error: OnError) -> Report {
     let mut report = Report::default();
-    let mut b = Batch::default();
     let mut i = 0;
     while i < ops.len() {
-        let run = ops[i..]
+        let same = ops[i..]
             .iter()
             .take_while(|o| o.is_overlay_entry() && o.kind() == ops[i].kind())
             .count();
-        if run > 1 && on_error == OnError::Continue {
-            pipelined(k, &mut b, &ops[i..i + run], i, &mut report).await;
-            i += run;
+        if same > 1 && on_error == OnError::Continue {
+            pipelined(k, b, &ops[i..i + same], i, &mut report).await;
+            i += same;
             continue;
         }
-        match one(k, &mut b, &ops[i]).await {
+        match one(k, b, &ops[i]).await {
             Ok(()) => report.count(ops[i].kind()),
             Err(error) => {
                 // The device may be gone or new: resolve again next time.
@@ -103,13 +122,18 @@ async fn pipelined(k: &LinuxKernel, b: &mut Batch, ops: &[Op], offset: usize, re
         }
     }
     let index = &b.index;
-    let jobs: Vec<_> = ops
-        .iter()
-        .enumerate()
-        .map(|(i, op)| async move { (i, entry(&k.host, index, op).await) })
-        .collect();
-    let mut s = futures::stream::iter(jobs).buffer_unordered(IN_FLIGHT);
-    while let Some((i, r)) = s.next().await {
+    // At most IN_FLIGHT requests, and so at most that many futures, alive
+    // at once: a batch of thousands costs no more memory than a few.
+    let mut todo = ops.iter().enumerate();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < IN_FLIGHT {
+            let Some((i, op)) = todo.next() else { break };
+            in_flight.push(async move { (i, entry(&k.host, index, op).await) });
+        }
+        let Some((i, r)) = in_flight.next().await else {
+            break;
+        };
         match r {
             Ok(()) => report.count(ops[i].kind()),
             Err(error) => report.failures.push(crate::kernel::Failure {

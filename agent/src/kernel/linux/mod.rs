@@ -36,6 +36,12 @@ use spares::Spare;
 /// The kernel of the namespace the agent runs in.
 pub struct LinuxKernel {
     host: Netlink,
+    /// Device indexes by name, as last seen: a device keeps its index for
+    /// its life (the kernel does not reuse one soon), so a batch needs no
+    /// lookup for weft's bridge and tunnel. Refreshed by every observation
+    /// of the host, dropped for a name made or deleted, and cleared after
+    /// any failed operation.
+    indexes: Mutex<HashMap<String, u32>>,
     netns_dir: PathBuf,
     firewall: Table,
     spares: Mutex<HashMap<SpareId, Spare>>,
@@ -50,6 +56,7 @@ impl LinuxKernel {
         let host = Netlink::connect().map_err(|e| KernelError::io("open netlink socket", e))?;
         Ok(LinuxKernel {
             host,
+            indexes: Mutex::default(),
             netns_dir,
             firewall: Table::new(table),
             spares: Mutex::default(),
@@ -65,7 +72,13 @@ impl LinuxKernel {
 #[async_trait]
 impl Kernel for LinuxKernel {
     async fn observe_host(&self, q: &HostQuery) -> Result<HostView, KernelError> {
-        observe::host(self, q).await
+        let view = observe::host(self, q).await?;
+        *self.indexes.lock().expect("indexes") = view
+            .devices
+            .values()
+            .map(|d| (d.name.clone(), d.index))
+            .collect();
+        Ok(view)
     }
 
     async fn observe_netns(&self, name: &str) -> Result<Option<NsView>, KernelError> {

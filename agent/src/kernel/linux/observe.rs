@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use ipnetwork::Ipv4Network;
 use weft_common::MacAddr;
@@ -234,14 +235,18 @@ pub(super) async fn route_lookups(
         Ok(l) => l.into_iter().map(|l| (l.index, l.name)).collect(),
         Err(e) => return (BTreeMap::new(), vec![e]),
     };
-    let jobs: Vec<_> = ips
-        .iter()
-        .map(|&ip| async move { (ip, nl.route_get(ip).await) })
-        .collect();
-    let mut lookups = futures::stream::iter(jobs).buffer_unordered(IN_FLIGHT);
+    let mut todo = ips.iter().copied();
+    let mut in_flight = FuturesUnordered::new();
     let mut hops = BTreeMap::new();
     let mut errors = Vec::new();
-    while let Some((ip, r)) = lookups.next().await {
+    loop {
+        while in_flight.len() < IN_FLIGHT {
+            let Some(ip) = todo.next() else { break };
+            in_flight.push(async move { (ip, nl.route_get(ip).await) });
+        }
+        let Some((ip, r)) = in_flight.next().await else {
+            break;
+        };
         match r {
             Ok(Some(r)) => {
                 hops.insert(
