@@ -22,6 +22,10 @@ use super::firewall::{FirewallSpec, PortForward};
 use super::overlay::RouteTo;
 use super::NFT_TABLE;
 
+/// A device's name where thousands of operations name the same device
+/// (the overlay's entries): shared, not copied.
+pub type DevName = std::sync::Arc<str>;
+
 /// A spare namespace held by the kernel layer (see `endpoints::pool`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpareId(pub u64);
@@ -105,24 +109,24 @@ pub enum Op {
     },
     /// A permanent neighbour (`nud permanent`), replacing any other.
     ReplaceNeigh {
-        dev: String,
+        dev: DevName,
         ip: Ipv4Addr,
         mac: MacAddr,
     },
     DelNeigh {
-        dev: String,
+        dev: DevName,
         ip: Ipv4Addr,
     },
     /// A permanent FDB entry of the device itself (`self`).
     ReplaceFdb {
-        dev: String,
+        dev: DevName,
         mac: MacAddr,
         dst: Ipv4Addr,
     },
     /// `dst`: the entry's destination (a vxlan device keeps one entry per
     /// destination); `None` for an entry that has none.
     DelFdb {
-        dev: String,
+        dev: DevName,
         mac: MacAddr,
         dst: Option<Ipv4Addr>,
     },

@@ -15,7 +15,7 @@ use weft_common::cluster::HostRecord;
 use weft_common::MacAddr;
 
 use super::observed::Hop;
-use super::ops::Op;
+use super::ops::{DevName, Op};
 
 /// How a peer is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,7 +55,7 @@ pub type PeerSet = std::sync::Arc<BTreeMap<String, HostRecord>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTo {
     pub gateway: Ipv4Addr,
-    pub dev: String,
+    pub dev: DevName,
     pub onlink: bool,
 }
 
@@ -150,14 +150,16 @@ impl Entries {
     /// falls back to the tunnel).
     pub fn of(paths: &Paths, vxlan: &str, underlay: Option<&str>) -> Entries {
         let mut e = Entries::default();
+        let vxlan: DevName = vxlan.into();
+        let underlay: Option<DevName> = underlay.map(Into::into);
         for p in paths.values() {
-            match (p.mode, underlay) {
+            match (p.mode, &underlay) {
                 (Mode::Direct, Some(dev)) => {
                     e.routes.insert(
                         p.subnet,
                         RouteTo {
                             gateway: p.public_ip,
-                            dev: dev.to_string(),
+                            dev: dev.clone(),
                             onlink: false,
                         },
                     );
@@ -170,7 +172,7 @@ impl Entries {
                         p.subnet,
                         RouteTo {
                             gateway: addr,
-                            dev: vxlan.to_string(),
+                            dev: vxlan.clone(),
                             onlink: true,
                         },
                     );
@@ -256,16 +258,28 @@ impl Diff {
     /// How many steps [`Diff::step`] has.
     pub const STEPS: usize = 6;
 
-    /// The operations of step `n` (0 to [`Diff::STEPS`] − 1) on the vxlan
-    /// device `vxlan`: neighbours, FDB entries, routes to add, then routes,
-    /// FDB entries, neighbours to remove. Within a step they are
-    /// independent; the steps go in this order. An FDB entry observed
-    /// without a destination (kept as 0.0.0.0) is deleted as one without.
-    pub fn step(&self, vxlan: &str, n: usize) -> Vec<Op> {
-        let dev = || vxlan.to_string();
+    /// How many operations step `n` has.
+    pub fn step_len(&self, n: usize) -> usize {
         match n {
-            0 => self
-                .add_neigh
+            0 => self.add_neigh.len(),
+            1 => self.add_fdb.len(),
+            2 => self.add_routes.len(),
+            3 => self.del_routes.len(),
+            4 => self.del_fdb.len(),
+            5 => self.del_neigh.len(),
+            _ => 0,
+        }
+    }
+
+    /// The operations `range` of step `n` (0 to [`Diff::STEPS`] − 1) on
+    /// the vxlan device `vxlan`: neighbours, FDB entries, routes to add,
+    /// then routes, FDB entries, neighbours to remove. Within a step they
+    /// are independent; the steps go in this order. An FDB entry observed
+    /// without a destination (kept as 0.0.0.0) is deleted as one without.
+    pub fn step(&self, vxlan: &DevName, n: usize, range: std::ops::Range<usize>) -> Vec<Op> {
+        let dev = || vxlan.clone();
+        match n {
+            0 => self.add_neigh[range]
                 .iter()
                 .map(|(ip, mac)| Op::ReplaceNeigh {
                     dev: dev(),
@@ -273,8 +287,7 @@ impl Diff {
                     mac: *mac,
                 })
                 .collect(),
-            1 => self
-                .add_fdb
+            1 => self.add_fdb[range]
                 .iter()
                 .map(|(mac, dst)| Op::ReplaceFdb {
                     dev: dev(),
@@ -282,21 +295,18 @@ impl Diff {
                     dst: *dst,
                 })
                 .collect(),
-            2 => self
-                .add_routes
+            2 => self.add_routes[range]
                 .iter()
                 .map(|(dst, to)| Op::ReplaceRoute {
                     dst: *dst,
                     to: to.clone(),
                 })
                 .collect(),
-            3 => self
-                .del_routes
+            3 => self.del_routes[range]
                 .iter()
                 .map(|dst| Op::DelRoute { dst: *dst })
                 .collect(),
-            4 => self
-                .del_fdb
+            4 => self.del_fdb[range]
                 .iter()
                 .map(|(mac, dst)| Op::DelFdb {
                     dev: dev(),
@@ -304,8 +314,7 @@ impl Diff {
                     dst: (!dst.is_unspecified()).then_some(*dst),
                 })
                 .collect(),
-            5 => self
-                .del_neigh
+            5 => self.del_neigh[range]
                 .iter()
                 .map(|ip| Op::DelNeigh {
                     dev: dev(),
@@ -318,7 +327,10 @@ impl Diff {
 
     /// Every operation, in the safe order (the steps one after another).
     pub fn ops(&self, vxlan: &str) -> Vec<Op> {
-        (0..Self::STEPS).flat_map(|n| self.step(vxlan, n)).collect()
+        let vxlan: DevName = vxlan.into();
+        (0..Self::STEPS)
+            .flat_map(|n| self.step(&vxlan, n, 0..self.step_len(n)))
+            .collect()
     }
 }
 

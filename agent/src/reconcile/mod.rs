@@ -28,11 +28,15 @@ use crate::model::desired::{self, HostSpec};
 use crate::model::diff::{self, Cause, Change, DiffError, EndpointCheck};
 use crate::model::endpoint::EndpointRecord;
 use crate::model::observed::{HostQuery, HostView};
-use crate::model::ops::Op;
+use crate::model::ops::{DevName, Op};
 use crate::model::overlay::{self, count_modes, Diff, Entries, PathFacts, Paths, PeerSet};
 use crate::model::BRIDGE;
 use crate::telemetry::metrics;
 use triggers::WatchView;
+
+/// Overlay operations applied per call: enough to keep the kernel's
+/// pipeline full, few enough that a large batch costs little memory.
+const CHUNK: usize = 1024;
 
 /// Why a reconcile failed; what it could do was done.
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +331,7 @@ impl Reconciler {
                 // A new device has no entries, and no routes through it.
                 kernel.neigh.clear();
                 kernel.fdb.clear();
-                kernel.routes.retain(|_, r| &r.dev != vx);
+                kernel.routes.retain(|_, r| &*r.dev != vx.as_str());
             }
             let d = Diff::between(&kernel, &want.overlay);
             // A path change here (a peer switched between direct and vxlan
@@ -430,14 +434,17 @@ impl Reconciler {
         }
     }
 
-    /// Applies an overlay diff step by step (each step's operations are
-    /// made only when it runs: a snapshot of thousands of peers never holds
-    /// all of them at once); every step is attempted.
+    /// Applies an overlay diff step by step, each step in chunks of
+    /// [`CHUNK`] operations made only when they are applied (a snapshot of
+    /// thousands of peers never holds all its operations at once); every
+    /// step is attempted, and a step ends before the next begins.
     async fn apply_overlay(&self, d: &Diff, vxlan: &str) -> Vec<KernelError> {
+        let vxlan: DevName = vxlan.into();
         let mut failed = Vec::new();
         for n in 0..Diff::STEPS {
-            let ops = d.step(vxlan, n);
-            if !ops.is_empty() {
+            let len = d.step_len(n);
+            for from in (0..len).step_by(CHUNK) {
+                let ops = d.step(&vxlan, n, from..(from + CHUNK).min(len));
                 failed.extend(record(self.kernel.apply(&ops, OnError::Continue).await));
             }
         }

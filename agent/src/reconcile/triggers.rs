@@ -99,7 +99,9 @@ pub fn needs_repair(ev: &KernelEvent, view: &WatchView) -> Option<String> {
             let want = view.desired.routes.get(dst);
             let dev = oif.and_then(|i| view.devices.get(&i));
             let ok = if *new {
-                want.is_some_and(|w| Some(&w.dev) == dev && Some(w.gateway) == *gateway)
+                want.is_some_and(|w| {
+                    Some(&*w.dev) == dev.map(String::as_str) && Some(w.gateway) == *gateway
+                })
             } else {
                 want.is_none()
             };

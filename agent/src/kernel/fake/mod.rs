@@ -111,7 +111,7 @@ impl Kernel for FakeKernel {
                 }
             }
             for (dst, (to, proto)) in &s.routes {
-                if *proto == RTPROT_WEFT || Some(&to.dev) == q.vxlan.as_ref() {
+                if *proto == RTPROT_WEFT || Some(&*to.dev) == q.vxlan.as_deref() {
                     v.overlay.routes.insert(*dst, to.clone());
                 }
             }

@@ -111,7 +111,7 @@ impl FakeState {
             .retain(|k, _| !conf.iter().any(|c| k.starts_with(c.as_str())));
         self.neigh.retain(|(d, _), _| d != name);
         self.fdb.retain(|(d, _, _)| d != name);
-        self.routes.retain(|_, (r, _)| r.dev != name);
+        self.routes.retain(|_, (r, _)| &*r.dev != name);
         for d in self.devices.values_mut() {
             if d.master.as_deref() == Some(name) {
                 d.master = None;
@@ -244,22 +244,22 @@ impl FakeState {
             }
             Op::ReplaceNeigh { dev, ip, mac } => {
                 self.dev_mut(dev)?;
-                self.neigh.insert((dev.clone(), *ip), *mac);
+                self.neigh.insert((dev.to_string(), *ip), *mac);
             }
             Op::DelNeigh { dev, ip } => {
-                self.neigh.remove(&(dev.clone(), *ip));
+                self.neigh.remove(&(dev.to_string(), *ip));
             }
             Op::ReplaceFdb { dev, mac, dst } => {
                 self.dev_mut(dev)?;
-                self.fdb.insert((dev.clone(), *mac, *dst));
+                self.fdb.insert((dev.to_string(), *mac, *dst));
             }
             Op::DelFdb { dev, mac, dst } => match dst {
                 Some(d) => {
-                    self.fdb.remove(&(dev.clone(), *mac, *d));
+                    self.fdb.remove(&(dev.to_string(), *mac, *d));
                 }
-                None => self
-                    .fdb
-                    .retain(|(d, m, ip)| !(d == dev && m == mac && ip.is_unspecified())),
+                None => self.fdb.retain(|(d, m, ip)| {
+                    !(d.as_str() == &**dev && m == mac && ip.is_unspecified())
+                }),
             },
             Op::ReplaceRoute { dst, to } => {
                 self.dev_mut(&to.dev)?;

@@ -75,7 +75,7 @@ fn route_to(r: &RawRoute, names: &HashMap<u32, String>) -> Option<(Ipv4Network, 
         dst,
         RouteTo {
             gateway: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            dev,
+            dev: dev.into(),
             onlink: r.onlink,
         },
     ))
