@@ -41,6 +41,7 @@ pub mod lab;
 pub mod logfile;
 pub mod netns;
 pub mod ping;
+pub mod registry;
 pub mod sock;
 pub mod tempdir;
 

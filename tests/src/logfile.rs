@@ -7,7 +7,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::lab::log_tail;
 use crate::wait_until;
 
 /// The current length of a file (0 if it does not exist): an offset for
@@ -104,4 +103,11 @@ impl Follow {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// The last `n` lines of a log file (for error messages).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let s = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -21,9 +21,9 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::cluster::{etcd_url, START_TIMEOUT};
-use crate::lab::process::spawn_logged;
 use crate::lab::underlay::ip_batch;
 use crate::lab::{log_tail, Lab};
+use crate::registry::process::spawn_logged;
 
 /// The most members [`LabOpts::etcd_members`](crate::LabOpts) may ask for.
 pub const MAX_MEMBERS: usize = 3;

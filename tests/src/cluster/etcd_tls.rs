@@ -16,11 +16,11 @@
 //! [`Lab::etcd_dump`]) uses [`Lab::etcd_client_flags`] or
 //! [`Lab::etcdctl_flags`].
 
+pub use crate::registry::EtcdTls;
 use std::path::PathBuf;
 use std::process::Output;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::bin_path;
 use crate::lab::Lab;
@@ -28,13 +28,6 @@ use crate::netns::{self, command_in, describe_status, SpawnOpts};
 
 /// The etcd user controllers and `weftctl` log in as.
 pub const ETCD_USER: &str = "weft";
-
-/// Where a TLS etcd's material lives.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EtcdTls {
-    /// `<lab>/etcd-pki`.
-    pub dir: PathBuf,
-}
 
 impl EtcdTls {
     /// The etcd CA certificate (what `--etcd-ca` takes).

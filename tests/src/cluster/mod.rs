@@ -16,6 +16,7 @@ pub mod records;
 
 pub use records::ListedHost;
 
+pub use crate::registry::ClusterInfo;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Output;
@@ -23,13 +24,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::bin_path;
-use crate::lab::process::{spawn_logged, Process};
 use crate::lab::underlay::ip_batch;
 use crate::lab::{log_tail, Lab, LabOpts, CLUSTER_CIDR, ROUTED_CIDR, ROUTER_IP};
 use crate::netns::describe_status;
+use crate::registry::process::{spawn_logged, Process};
 
 /// Address of etcd in the control namespace.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -67,24 +67,6 @@ pub fn etcd_url() -> String {
 /// a namespace that reaches etcd.
 pub async fn raw_etcd() -> anyhow::Result<etcd_client::Client> {
     Ok(etcd_client::Client::connect([etcd_url()], None).await?)
-}
-
-/// What agents need to join (kept in the manifest).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    /// `--controller` addresses, c1 first.
-    pub controllers: Vec<String>,
-    /// The PKI directory: `ca.pem`, and `NAME/` per node.
-    pub pki: PathBuf,
-    /// `--lease-ttl` given to controllers.
-    pub lease_ttl: Option<u64>,
-    pub etcd_data: PathBuf,
-    /// etcd members ([`etcd`]); 0 in old manifests means 1.
-    #[serde(default)]
-    pub etcd_members: usize,
-    /// A TLS etcd with users ([`etcd_tls`]), if any.
-    #[serde(default)]
-    pub etcd_tls: Option<etcd_tls::EtcdTls>,
 }
 
 impl Lab {

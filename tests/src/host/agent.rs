@@ -13,9 +13,9 @@ use weft_common::agent_client::{AgentClient, CallError};
 
 use super::Host;
 use crate::bin_path;
-use crate::lab::log_tail;
-use crate::lab::process::{spawn_logged, Process};
+use crate::logfile::log_tail;
 use crate::netns::{self, describe_status};
+use crate::registry::process::{spawn_logged, Process};
 
 /// How long [`Host::start_agent`] waits for the agent socket.
 pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);

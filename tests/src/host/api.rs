@@ -20,7 +20,7 @@ use weft_common::agent_client::AgentClient;
 use weft_common::api::{Endpoint, Peer, Status};
 
 use super::Host;
-use crate::lab::log_tail;
+use crate::logfile::log_tail;
 use crate::netns::describe_status;
 use crate::wait_until;
 

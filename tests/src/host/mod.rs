@@ -17,8 +17,8 @@ pub use agent::{Agent, AGENT_START_TIMEOUT, AGENT_STOP_TIMEOUT};
 pub use api::{EndpointOpts, WAIT};
 
 use crate::bin_path;
-use crate::lab::Shared;
 use crate::netns::{self, command_in, describe_status, ns_path, SpawnOpts};
+use crate::registry::Shared;
 
 /// One simulated host: a network namespace with `eth0` on the underlay.
 #[derive(Debug, Clone)]

@@ -3,9 +3,10 @@
 //! they are copied out before the lab directory is removed.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::Lab;
+use crate::logfile::log_tail;
 
 /// The variable naming a directory to copy every lab's logs into.
 pub const KEEP_LOGS_ENV: &str = "WEFT_KEEP_LOGS";
@@ -66,11 +67,4 @@ impl Lab {
         logs.sort();
         logs
     }
-}
-
-/// The last `n` lines of a log file (for error messages).
-pub fn log_tail(path: &Path, n: usize) -> String {
-    let s = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

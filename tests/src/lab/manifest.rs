@@ -12,10 +12,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use weft_common::logging::LogFormat;
 
-use super::process::Slot;
 use super::{Lab, Shared};
 use crate::cleanup::proc_start_time;
 use crate::host::Host;
+use crate::registry::process::Slot;
 
 /// File name of the lab manifest inside the lab directory.
 pub const MANIFEST: &str = "lab.json";
@@ -32,7 +32,7 @@ pub struct Manifest {
     pub procs: Vec<ManifestProc>,
     /// Cluster mode: controller addresses and PKI.
     #[serde(default)]
-    pub cluster: Option<crate::cluster::ClusterInfo>,
+    pub cluster: Option<crate::registry::ClusterInfo>,
     /// `--log-format` of the lab's daemons.
     #[serde(default)]
     pub log_format: LogFormat,

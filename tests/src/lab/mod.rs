@@ -28,7 +28,6 @@ pub mod addresses;
 pub mod logs;
 pub mod manifest;
 pub mod options;
-pub mod process;
 pub mod underlay;
 
 use std::collections::BTreeMap;
@@ -40,69 +39,20 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use anyhow::{bail, Context, Result};
-use weft_common::logging::LogFormat;
 
+pub use crate::logfile::log_tail;
+pub use crate::registry::process::Process;
+pub use crate::registry::Shared;
 pub use addresses::*;
-pub use logs::{log_tail, KEEP_LOGS_ENV};
+pub use logs::KEEP_LOGS_ENV;
 pub use manifest::{Manifest, ManifestHost, ManifestProc, MANIFEST};
 pub use options::LabOpts;
-pub use process::Process;
 
 use crate::cleanup::{self, proc_start_time, Leftovers, LAB_ROOT};
 use crate::host::Host;
 use crate::netns::{self, ns_path};
+use crate::registry::process::spawn_logged;
 use crate::require_root;
-use process::{spawn_logged, ProcRec, Slot};
-
-/// What a lab shares with its hosts and processes: names, directory, the
-/// registry of started processes, whether it is persisted.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) prefix: String,
-    pub(crate) dir: PathBuf,
-    pub(crate) netns: Mutex<Vec<String>>,
-    pub(crate) procs: Mutex<Vec<ProcRec>>,
-    pub(crate) persist: AtomicBool,
-    pub(crate) detachable: bool,
-    pub(crate) counter: AtomicU32,
-    pub(crate) cluster: Mutex<Option<crate::cluster::ClusterInfo>>,
-    /// `--log-format` of the agents and controllers.
-    pub(crate) log_format: LogFormat,
-}
-
-impl Shared {
-    pub(crate) fn register(
-        &self,
-        host: Option<usize>,
-        label: &str,
-        slot: Slot,
-    ) -> Arc<Mutex<Slot>> {
-        let slot = Arc::new(Mutex::new(slot));
-        self.procs.lock().unwrap().push(ProcRec {
-            host,
-            label: label.to_string(),
-            slot: slot.clone(),
-        });
-        slot
-    }
-
-    pub(crate) fn persisting(&self) -> bool {
-        self.persist.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn next(&self) -> u32 {
-        self.counter.fetch_add(1, Ordering::SeqCst)
-    }
-
-    /// `--log-format FORMAT` for a daemon's command line; nothing for the
-    /// daemons' default (so a test may still give its own).
-    pub(crate) fn log_format_args(&self) -> Vec<String> {
-        match self.log_format {
-            LogFormat::Text => Vec::new(),
-            f => vec!["--log-format".into(), f.to_string()],
-        }
-    }
-}
 
 /// A simulated network of hosts, built in fresh network namespaces.
 ///
@@ -352,7 +302,7 @@ impl Lab {
     }
 
     fn teardown(&self) {
-        process::kill_all(&self.shared);
+        crate::registry::process::kill_all(&self.shared);
         self.remove_rest();
     }
 
@@ -379,14 +329,14 @@ impl Drop for Lab {
         }
         if thread::panicking() {
             // Stop everything first, so the logs are complete.
-            let ended = process::kill_all(&self.shared);
+            let ended = crate::registry::process::kill_all(&self.shared);
             eprintln!("----- weft lab {} processes -----", self.prefix);
             for l in ended {
                 eprintln!("{l}");
             }
             self.dump_logs();
         } else if std::env::var_os(KEEP_LOGS_ENV).is_some() {
-            process::kill_all(&self.shared);
+            crate::registry::process::kill_all(&self.shared);
             self.keep_logs();
         }
         self.teardown();
