@@ -22,17 +22,19 @@ use crate::model::ops::{NsOp, Op};
 type Result<T> = std::result::Result<T, KernelError>;
 
 /// What one batch has resolved so far: device indexes of the host
-/// namespace, and namespaces opened (or made) by earlier operations.
-struct Batch {
+/// namespace (its own, and the kernel's known ones), and namespaces opened
+/// (or made) by earlier operations.
+struct Batch<'k> {
+    known: &'k std::sync::Mutex<HashMap<String, u32>>,
     index: HashMap<String, u32>,
     netns: HashMap<String, Arc<Namespace>>,
 }
 
-impl Batch {
-    /// Starts from the kernel's known indexes.
-    fn new(k: &LinuxKernel) -> Batch {
+impl<'k> Batch<'k> {
+    fn new(k: &'k LinuxKernel) -> Batch<'k> {
         Batch {
-            index: k.indexes.lock().expect("indexes").clone(),
+            known: &k.indexes,
+            index: HashMap::new(),
             netns: HashMap::new(),
         }
     }
@@ -41,13 +43,26 @@ impl Batch {
         if let Some(i) = self.index.get(name) {
             return Ok(*i);
         }
-        let i = nl
-            .link(name)
-            .await?
-            .ok_or_else(|| KernelError::other(format!("find link {name}"), "no such device"))?
-            .index;
+        let known = self.known.lock().expect("indexes").get(name).copied();
+        let i = match known {
+            Some(i) => i,
+            None => {
+                nl.link(name)
+                    .await?
+                    .ok_or_else(|| {
+                        KernelError::other(format!("find link {name}"), "no such device")
+                    })?
+                    .index
+            }
+        };
         self.index.insert(name.to_string(), i);
         Ok(i)
+    }
+
+    /// Forgets what a name meant (a device made or deleted under it).
+    fn forget(&mut self, name: &str) {
+        self.index.remove(name);
+        self.known.lock().expect("indexes").remove(name);
     }
 
     async fn netns(&mut self, k: &LinuxKernel, name: &str) -> Result<Arc<Namespace>> {
@@ -65,14 +80,16 @@ pub(super) async fn apply(k: &LinuxKernel, ops: &[Op], on_error: OnError) -> Rep
     let report = run(k, &mut b, ops, on_error).await;
     // What the batch learnt is kept; after a failure nothing is (a device
     // may be gone or new).
-    *k.indexes.lock().expect("indexes") = match report.is_ok() {
-        true => b.index,
-        false => HashMap::new(),
-    };
+    let mut known = k.indexes.lock().expect("indexes");
+    match report.is_ok() {
+        true => known.extend(b.index),
+        false => known.clear(),
+    }
+    drop(known);
     report
 }
 
-async fn run(k: &LinuxKernel, b: &mut Batch, ops: &[Op], on_error: OnError) -> Report {
+async fn run(k: &LinuxKernel, b: &mut Batch<'_>, ops: &[Op], on_error: OnError) -> Report {
     let mut report = Report::default();
     let mut i = 0;
     while i < ops.len() {
@@ -88,7 +105,7 @@ async fn run(k: &LinuxKernel, b: &mut Batch, ops: &[Op], on_error: OnError) -> R
         match one(k, b, &ops[i]).await {
             Ok(()) => report.count(ops[i].kind()),
             Err(error) => {
-                // The device may be gone or new: resolve again next time.
+                // The device may be gone or new: resolve again.
                 b.index.clear();
                 report
                     .failures
@@ -106,7 +123,13 @@ async fn run(k: &LinuxKernel, b: &mut Batch, ops: &[Op], on_error: OnError) -> R
 }
 
 /// A run of overlay entries of one kind, many in flight at once.
-async fn pipelined(k: &LinuxKernel, b: &mut Batch, ops: &[Op], offset: usize, report: &mut Report) {
+async fn pipelined(
+    k: &LinuxKernel,
+    b: &mut Batch<'_>,
+    ops: &[Op],
+    offset: usize,
+    report: &mut Report,
+) {
     let mut devs: Vec<&str> = ops.iter().filter_map(dev_of).collect();
     devs.sort_unstable();
     devs.dedup();
@@ -175,14 +198,14 @@ async fn entry(nl: &Netlink, index: &HashMap<String, u32>, op: &Op) -> Result<()
     }
 }
 
-async fn one(k: &LinuxKernel, b: &mut Batch, op: &Op) -> Result<()> {
+async fn one(k: &LinuxKernel, b: &mut Batch<'_>, op: &Op) -> Result<()> {
     let nl = &k.host;
     match op {
         Op::Sysctl { key, value } => sysctl::set(key, value)
             .map_err(|e| KernelError::io(format!("set sysctl {key}={value}"), e)),
         Op::CreateBridge { name, mac, mtu } => {
             nl.create_bridge(name, *mac, *mtu).await?;
-            b.index.remove(name);
+            b.forget(name);
             Ok(())
         }
         Op::CreateVxlan(spec) => {
@@ -191,7 +214,7 @@ async fn one(k: &LinuxKernel, b: &mut Batch, op: &Op) -> Result<()> {
                 None => None,
             };
             nl.create_vxlan(spec, dev).await?;
-            b.index.remove(&spec.name);
+            b.forget(&spec.name);
             Ok(())
         }
         Op::SetDevice(c) => {
@@ -207,7 +230,7 @@ async fn one(k: &LinuxKernel, b: &mut Batch, op: &Op) -> Result<()> {
                 Some(i) => nl.delete_link(*i, name).await,
                 None => nl.delete_link_by_name(name).await,
             };
-            b.index.remove(name);
+            b.forget(name);
             r
         }
         Op::AddAddress { dev, addr, prefix } => {
