@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tracing::{error, warn};
 
 use crate::control::Controllers;
@@ -65,6 +66,9 @@ pub async fn repair_loop(agent: Arc<Agent>) {
             _ = agent.reconciler.woken() => tokio::time::sleep(SETTLE).await,
             _ = tick.tick() => {}
         }
+        // Events until now are handled by this repair: a wake-up they left
+        // behind is taken, so a burst costs one repair, not two.
+        let _ = agent.reconciler.woken().now_or_never();
         agent.repair().await;
     }
 }

@@ -149,6 +149,8 @@ fn open() -> io::Result<Socket> {
             format!("open a raw ICMP socket for the peer probe (needs CAP_NET_RAW): {e}"),
         )
     })?;
+    // An optimisation only: without it the replies are picked out anyway.
+    let _ = only_echo_replies(&sock);
     // Room for the replies of a few thousand peers arriving together (a
     // reply costs about a kilobyte of buffer). FORCE works for root beyond
     // net.core.rmem_max; failing that the default buffer stays, and the
@@ -159,6 +161,30 @@ fn open() -> io::Result<Socket> {
     // Sends never block: a full send buffer is drained of replies first.
     sock.set_nonblocking(true)?;
     Ok(sock)
+}
+
+/// Lets only echo replies reach the socket, so a busy host's other ICMP
+/// (and, on loopback, our own requests) is not read in vain. Neither
+/// socket2 nor nix offers `ICMP_FILTER` (a bit mask of the types to drop).
+fn only_echo_replies(sock: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const ICMP_FILTER: libc::c_int = 1;
+    let drop_types: u32 = !(1u32 << ICMP_ECHO_REPLY);
+    // SAFETY: the socket is open for the call's duration and the option
+    // value is a u32 of the given size, which the kernel only reads.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_RAW,
+            ICMP_FILTER,
+            (&drop_types as *const u32).cast(),
+            size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 fn send_to(sock: &Socket, pkt: &[u8], ip: Ipv4Addr) -> io::Result<()> {

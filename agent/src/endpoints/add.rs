@@ -235,20 +235,17 @@ impl Endpoints {
     async fn roll_back(&self, undo: Vec<Undo>) -> Vec<String> {
         let mut failed = Vec::new();
         for u in undo.into_iter().rev() {
-            match u.op() {
-                Some(op) => {
-                    if let Some(e) = self.apply_one(&op).await {
-                        failed.push(e.to_string());
-                    }
-                }
-                None => {
-                    if let Undo::Record(name) = &u {
-                        if let Err(e) = self.state.remove_endpoint(name).await {
-                            failed.push(e.to_string());
-                        }
-                    }
-                }
-            }
+            let error = match (&u, u.op()) {
+                (Undo::Record(name), _) => self
+                    .state
+                    .remove_endpoint(name)
+                    .await
+                    .err()
+                    .map(|e| e.to_string()),
+                (_, Some(op)) => self.apply_one(&op).await.map(|e| e.to_string()),
+                (_, None) => None,
+            };
+            failed.extend(error);
         }
         failed
     }
@@ -264,9 +261,6 @@ impl Endpoints {
     }
 
     fn record(&self, report: &crate::kernel::Report) {
-        for (kind, n) in &report.applied {
-            metrics::changes(kind.as_str(), *n);
-        }
-        metrics::kernel_errors(report.failures.len());
+        metrics::applied(report.by_kind(), report.kernel_failures());
     }
 }

@@ -139,11 +139,8 @@ impl Endpoints {
             name: name.to_string(),
         });
         let report = self.kernel.apply(&ops, OnError::Continue).await;
-        for (kind, n) in &report.applied {
-            metrics::changes(kind.as_str(), *n);
-        }
+        metrics::applied(report.by_kind(), report.kernel_failures());
         if !report.is_ok() {
-            metrics::kernel_errors(report.failures.len());
             return Err(EndpointError::Teardown {
                 name: name.to_string(),
                 errors: report

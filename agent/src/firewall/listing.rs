@@ -27,8 +27,9 @@ pub(super) struct TableState {
 }
 
 impl TableState {
+    /// Reads `nft -j list table` output. Other objects are ignored; a map
+    /// element weft could not have written is an error.
     pub fn parse(listing: &str) -> Result<Self, String> {
-        let maps = MapState::parse(listing)?;
         let doc: serde_json::Value =
             serde_json::from_str(listing).map_err(|e| format!("invalid JSON: {e}"))?;
         let objects = doc
@@ -36,7 +37,7 @@ impl TableState {
             .and_then(serde_json::Value::as_array)
             .ok_or("no \"nftables\" array")?;
         let mut t = TableState {
-            maps,
+            maps: MapState::from_objects(objects)?,
             ..TableState::default()
         };
         let name =
@@ -105,15 +106,9 @@ pub(super) struct MapState {
 }
 
 impl MapState {
-    /// Reads the maps out of `nft -j list table` output. Other objects are
-    /// ignored; an element weft could not have written is an error.
-    pub fn parse(listing: &str) -> Result<Self, String> {
-        let doc: serde_json::Value =
-            serde_json::from_str(listing).map_err(|e| format!("invalid JSON: {e}"))?;
-        let objects = doc
-            .get("nftables")
-            .and_then(serde_json::Value::as_array)
-            .ok_or("no \"nftables\" array")?;
+    /// Reads the four maps out of a listing's objects; other objects are
+    /// ignored, an element weft could not have written is an error.
+    fn from_objects(objects: &[serde_json::Value]) -> Result<Self, String> {
         let mut state = MapState::default();
         for obj in objects {
             let Some(map) = obj.get("map") else { continue };
@@ -248,6 +243,10 @@ mod tests {
     use crate::firewall::testing::*;
     use weft_common::Proto;
 
+    fn maps(listing: &str) -> Result<MapState, String> {
+        TableState::parse(listing).map(|t| t.maps)
+    }
+
     // Captured from `nft -j list table` (nft 1.0.6); the second map as
     // printed with `-n` (numeric protocols).
     const LISTING: &str = r#"{"nftables": [
@@ -268,7 +267,7 @@ mod tests {
 
     #[test]
     fn parse_listing() {
-        let state = MapState::parse(LISTING).unwrap();
+        let state = maps(LISTING).unwrap();
         assert_eq!(state.addr.len(), 3);
         assert_eq!(state.port.len(), 2);
         // 192.168.1.1:53/udp is only half present, so it is not a forward.
@@ -291,19 +290,19 @@ mod tests {
     fn parse_empty_maps_and_errors() {
         let empty = r#"{"nftables": [{"map": {"family": "inet", "name": "publish_ip_addr", "table": "weft",
             "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 1, "map": "ipv4_addr"}}]}"#;
-        assert_eq!(MapState::parse(empty).unwrap(), MapState::default());
-        assert!(MapState::parse("nope").is_err());
-        assert!(MapState::parse("{}").is_err());
+        assert_eq!(maps(empty).unwrap(), MapState::default());
+        assert!(maps("nope").is_err());
+        assert!(maps("{}").is_err());
         let bad = r#"{"nftables": [{"map": {"family": "inet", "name": "publish_any_port", "table": "weft",
             "type": ["inet_proto", "inet_service"], "handle": 1, "map": "inet_service",
             "elem": [[{"concat": ["sctp", 53]}, 53]]}}]}"#;
-        let err = MapState::parse(bad).unwrap_err();
+        let err = maps(bad).unwrap_err();
         assert!(err.contains("publish_any_port"), "{err}");
     }
 
     #[test]
     fn removals_respect_other_targets() {
-        let state = MapState::parse(LISTING).unwrap();
+        let state = maps(LISTING).unwrap();
         let present = fwd(
             Some([192, 168, 1, 1]),
             8080,

@@ -99,6 +99,8 @@ pub enum FirewallError {
     },
     #[error("remove port forward {forwards}: {error}")]
     DelForwards { forwards: String, error: NftError },
+    #[error("read nftables table inet {table}: {error}")]
+    Read { table: String, error: NftError },
     #[error("list port forwards in table inet {table}: {error}")]
     ListForwards { table: String, error: NftError },
     #[error("update the VXLAN peer set (+{added} -{removed} addresses): {error}")]

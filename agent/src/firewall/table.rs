@@ -132,7 +132,7 @@ impl Table {
 
     /// The table as found, compared with what `spec` makes.
     pub fn observe(&self, spec: &FirewallSpec) -> Result<FirewallView, FirewallError> {
-        let state = self.state().map_err(|error| FirewallError::ListForwards {
+        let state = self.state().map_err(|error| FirewallError::Read {
             table: self.name.clone(),
             error,
         })?;

@@ -96,15 +96,6 @@ impl KernelError {
     pub fn io(what: impl Into<String>, e: io::Error) -> KernelError {
         KernelError::new(what, Cause::Io(e))
     }
-
-    /// The errno of a refused request.
-    pub fn errno(&self) -> Option<i32> {
-        match &self.cause {
-            Cause::Refused { errno, .. } => Some(*errno),
-            Cause::Io(e) => e.raw_os_error(),
-            Cause::Firewall(_) | Cause::Other(_) => None,
-        }
-    }
 }
 
 /// What to do when an operation of a batch fails.
@@ -140,8 +131,18 @@ impl Report {
         self.failures.is_empty()
     }
 
-    pub fn total(&self) -> usize {
-        self.applied.values().sum()
+    /// Failed operations other than nft's (those are logged, not counted
+    /// as kernel errors).
+    pub fn kernel_failures(&self) -> usize {
+        self.failures
+            .iter()
+            .filter(|f| !matches!(f.error.cause, Cause::Firewall(_)))
+            .count()
+    }
+
+    /// Operations applied, by kind name.
+    pub fn by_kind(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+        self.applied.iter().map(|(k, n)| (k.as_str(), *n))
     }
 
     pub fn count(&mut self, kind: OpKind) {
@@ -151,19 +152,6 @@ impl Report {
     /// The first failure, taken out.
     pub fn into_error(mut self) -> Option<KernelError> {
         (!self.failures.is_empty()).then(|| self.failures.swap_remove(0).error)
-    }
-
-    /// Adds another report's counts and failures (indexes shifted by
-    /// `offset`).
-    pub fn merge(&mut self, other: Report, offset: usize) {
-        for (k, n) in other.applied {
-            *self.applied.entry(k).or_default() += n;
-        }
-        self.failures
-            .extend(other.failures.into_iter().map(|f| Failure {
-                index: f.index + offset,
-                error: f.error,
-            }));
     }
 }
 

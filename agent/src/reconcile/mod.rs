@@ -87,10 +87,7 @@ fn log_change(c: &Change) {
 
 /// Counts what a batch did (metrics) and returns its failures.
 fn record(report: Report) -> Vec<KernelError> {
-    for (kind, n) in &report.applied {
-        metrics::changes(kind.as_str(), *n);
-    }
-    metrics::kernel_errors(report.failures.len());
+    metrics::applied(report.by_kind(), report.kernel_failures());
     report.failures.into_iter().map(|f| f.error).collect()
 }
 

@@ -167,19 +167,18 @@ pub const CHANGE_KINDS: [&str; 8] = [
     "route", "neigh", "fdb", "link", "address", "sysctl", "netns", "nft",
 ];
 
-/// `n` kernel changes of `kind` were applied.
-pub fn changes(kind: &str, n: usize) {
-    if n > 0 {
-        get()
-            .changes
-            .get_or_create(&label("kind", kind))
-            .inc_by(n as u64);
+/// What a batch of kernel operations did: changes applied by kind, and
+/// how many operations failed.
+pub fn applied<'a>(by_kind: impl IntoIterator<Item = (&'a str, usize)>, failed: usize) {
+    let m = get();
+    for (kind, n) in by_kind {
+        if n > 0 {
+            m.changes
+                .get_or_create(&label("kind", kind))
+                .inc_by(n as u64);
+        }
     }
-}
-
-/// `n` kernel operations failed.
-pub fn kernel_errors(n: usize) {
-    get().netlink_errors.inc_by(n as u64);
+    m.netlink_errors.inc_by(failed as u64);
 }
 
 /// Peers as programmed now, by mode.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
-use super::netlink::Netlink;
+use super::netlink::{Netlink, VethSpec};
 use super::observe::IN_FLIGHT;
 use super::spares::Spare;
-use super::LinuxKernel;
+use super::{nft, LinuxKernel};
 use crate::kernel::netns::{self, Namespace};
 use crate::kernel::{sysctl, KernelError, OnError, Report};
 use crate::model::ops::{NsOp, Op};
@@ -65,6 +65,12 @@ impl<'k> Batch<'k> {
         self.known.lock().expect("indexes").remove(name);
     }
 
+    /// Forgets every index: after a failure a device may be gone or new.
+    fn forget_all(&mut self) {
+        self.index.clear();
+        self.known.lock().expect("indexes").clear();
+    }
+
     async fn netns(&mut self, k: &LinuxKernel, name: &str) -> Result<Arc<Namespace>> {
         if let Some(ns) = self.netns.get(name) {
             return Ok(ns.clone());
@@ -78,14 +84,11 @@ impl<'k> Batch<'k> {
 pub(super) async fn apply(k: &LinuxKernel, ops: &[Op], on_error: OnError) -> Report {
     let mut b = Batch::new(k);
     let report = run(k, &mut b, ops, on_error).await;
-    // What the batch learnt is kept; after a failure nothing is (a device
-    // may be gone or new).
-    let mut known = k.indexes.lock().expect("indexes");
+    // What the batch learnt is kept; after a failure nothing is.
     match report.is_ok() {
-        true => known.extend(b.index),
-        false => known.clear(),
+        true => k.indexes.lock().expect("indexes").extend(b.index),
+        false => b.forget_all(),
     }
-    drop(known);
     report
 }
 
@@ -95,7 +98,10 @@ async fn run(k: &LinuxKernel, b: &mut Batch<'_>, ops: &[Op], on_error: OnError) 
     while i < ops.len() {
         let same = ops[i..]
             .iter()
-            .take_while(|o| o.is_overlay_entry() && o.kind() == ops[i].kind())
+            .take_while(|o| {
+                o.is_overlay_entry()
+                    && std::mem::discriminant(*o) == std::mem::discriminant(&ops[i])
+            })
             .count();
         if same > 1 && on_error == OnError::Continue {
             pipelined(k, b, &ops[i..i + same], i, &mut report).await;
@@ -106,7 +112,7 @@ async fn run(k: &LinuxKernel, b: &mut Batch<'_>, ops: &[Op], on_error: OnError) 
             Ok(()) => report.count(ops[i].kind()),
             Err(error) => {
                 // The device may be gone or new: resolve again.
-                b.index.clear();
+                b.forget_all();
                 report
                     .failures
                     .push(crate::kernel::Failure { index: i, error });
@@ -122,7 +128,8 @@ async fn run(k: &LinuxKernel, b: &mut Batch<'_>, ops: &[Op], on_error: OnError) 
     report
 }
 
-/// A run of overlay entries of one kind, many in flight at once.
+/// A run of overlay entries of one operation (all adds or all deletes of
+/// one kind, never both: they could race), many in flight at once.
 async fn pipelined(
     k: &LinuxKernel,
     b: &mut Batch<'_>,
@@ -264,19 +271,17 @@ async fn one(k: &LinuxKernel, b: &mut Batch<'_>, op: &Op) -> Result<()> {
         Op::CreateVeth(v) => {
             let ns = b.netns(k, &v.netns).await?;
             let master = b.index(nl, &v.master).await?;
-            nl.create_veth(
-                &v.host,
+            nl.create_veth(VethSpec {
+                host_name: &v.host,
                 master,
-                v.mtu,
-                ns.fd.as_fd(),
-                &v.peer,
-                v.peer_mac,
-                true,
-            )
+                mtu: v.mtu,
+                peer_netns: ns.fd.as_fd(),
+                peer_name: &v.peer,
+                peer_mac: v.peer_mac,
+                up: true,
+            })
             .await?;
-            // A bridge port needs no addresses of its own (see netns::create).
-            sysctl::set(&format!("net/ipv6/conf/{}/disable_ipv6", v.host), "1")
-                .map_err(|e| KernelError::io(format!("disable IPv6 on {}", v.host), e))
+            super::no_ipv6_on_port(&v.host)
         }
         Op::InNetns { netns, op } => {
             let ns = b.netns(k, netns).await?;
@@ -309,32 +314,21 @@ async fn one(k: &LinuxKernel, b: &mut Batch<'_>, op: &Op) -> Result<()> {
                 forwards.clone(),
                 peers.clone(),
             );
-            firewall(op, move || t.sync(&spec, &f, &p)).await
+            nft(op.to_string(), move || t.sync(&spec, &f, &p)).await
         }
         Op::AddForwards(f) => {
             let (t, f) = (k.firewall.clone(), f.clone());
-            firewall(op, move || t.add_forwards(&f)).await
+            nft(op.to_string(), move || t.add_forwards(&f)).await
         }
         Op::DelForwards(f) => {
             let (t, f) = (k.firewall.clone(), f.clone());
-            firewall(op, move || t.del_forwards(&f)).await
+            nft(op.to_string(), move || t.del_forwards(&f)).await
         }
         Op::UpdatePeers { add, del } => {
             let (t, a, d) = (k.firewall.clone(), add.clone(), del.clone());
-            firewall(op, move || t.update_peers(&a, &d)).await
+            nft(op.to_string(), move || t.update_peers(&a, &d)).await
         }
     }
-}
-
-/// nft runs as a child process: off the runtime's threads.
-async fn firewall(
-    op: &Op,
-    f: impl FnOnce() -> std::result::Result<(), crate::firewall::FirewallError> + Send + 'static,
-) -> Result<()> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| KernelError::other(op.to_string(), format!("firewall task failed: {e}")))?
-        .map_err(|e| KernelError::new(op.to_string(), crate::kernel::Cause::Firewall(Box::new(e))))
 }
 
 /// One operation inside a namespace; `eth` is the index of the device

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use weft_common::{PortMapping, Proto};
 
-use super::{Kernel, KernelError, OnError, Report, SpareSpec};
+use super::{Cause, Kernel, KernelError, OnError, Report, SpareSpec};
 use crate::firewall::Table;
 use crate::model::observed::{
     Device, Hop, HostQuery, HostView, NetnsPresence, NsView, UnderlayView,
@@ -118,6 +118,28 @@ impl Kernel for LinuxKernel {
             .into_values()
             .collect())
     }
+}
+
+/// Runs an nft command (a child process) off the runtime's threads; a
+/// failure keeps its type ([`Cause::Firewall`]).
+async fn nft<T: Send + 'static>(
+    what: String,
+    f: impl FnOnce() -> Result<T, crate::firewall::FirewallError> + Send + 'static,
+) -> Result<T, KernelError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KernelError::other(what.clone(), format!("firewall task failed: {e}")))?
+        .map_err(|e| KernelError::new(what, Cause::Firewall(Box::new(e))))
+}
+
+/// A bridge port needs no addresses of its own (see `netns::create`): no
+/// IPv6 on a veth's host end.
+fn no_ipv6_on_port(dev: &str) -> Result<(), KernelError> {
+    super::sysctl::set(
+        &crate::model::desired::dev_key("ipv6", dev, "disable_ipv6"),
+        "1",
+    )
+    .map_err(|e| KernelError::io(format!("disable IPv6 on {dev}"), e))
 }
 
 /// Whether a host port is free: nothing on this host listens on it (a

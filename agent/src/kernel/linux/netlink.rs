@@ -172,6 +172,18 @@ pub(super) struct RouteFilter {
     pub default_only: bool,
 }
 
+/// A veth pair to create: its host end and the peer in another namespace.
+pub(super) struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub master: u32,
+    pub mtu: u32,
+    pub peer_netns: BorrowedFd<'a>,
+    pub peer_name: &'a str,
+    pub peer_mac: MacAddr,
+    /// Bring the host end up (a spare's stays down until it is renamed).
+    pub up: bool,
+}
+
 /// A netlink socket bound to one network namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -303,32 +315,22 @@ impl Netlink {
             .map_err(ctx(format!("rename {from} to {to}")))
     }
 
-    /// Creates a veth pair in one request: the host end a port of `master`
-    /// (up if `up`), the peer created directly in the namespace `peer_ns`.
-    /// The peer stays down: asking for it up in the same request makes the
-    /// kernel (6.x) answer ENOTCONN, so it is brought up from inside.
-    #[expect(clippy::too_many_arguments, reason = "one request's fields")]
-    pub(super) async fn create_veth(
-        &self,
-        host: &str,
-        master: u32,
-        mtu: u32,
-        peer_ns: BorrowedFd<'_>,
-        peer: &str,
-        peer_mac: MacAddr,
-        up: bool,
-    ) -> Result<()> {
+    /// Creates a veth pair in one request: the host end a port of
+    /// `master`, the peer created directly in its namespace. The peer
+    /// stays down: asking for it up in the same request makes the kernel
+    /// (6.x) answer ENOTCONN, so it is brought up from inside.
+    pub(super) async fn create_veth(&self, v: VethSpec<'_>) -> Result<()> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.to_string())
-            .mtu(mtu)
-            .address(peer_mac.octets().to_vec())
-            .setns_by_fd(peer_ns.as_raw_fd())
+            .name(v.peer_name.to_string())
+            .mtu(v.mtu)
+            .address(v.peer_mac.octets().to_vec())
+            .setns_by_fd(v.peer_netns.as_raw_fd())
             .build();
         let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(host.to_string())
-            .mtu(mtu)
-            .controller(master);
-        if up {
+            .name(v.host_name.to_string())
+            .mtu(v.mtu)
+            .controller(v.master);
+        if v.up {
             b = b.up();
         }
         let msg = b
@@ -339,7 +341,10 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(ctx(format!("create veth {host} (peer {peer})")))
+            .map_err(ctx(format!(
+                "create veth {} (peer {})",
+                v.host_name, v.peer_name
+            )))
     }
 
     /// Deletes a link; one that is already gone is not an error.

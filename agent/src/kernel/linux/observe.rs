@@ -144,10 +144,10 @@ pub(super) async fn host(k: &LinuxKernel, q: &HostQuery) -> Result<HostView, Ker
         None => Default::default(),
         Some(spec) => {
             let (table, spec) = (k.firewall.clone(), spec.clone());
-            tokio::task::spawn_blocking(move || table.observe(&spec))
-                .await
-                .map_err(|e| KernelError::other("read the nftables table", e.to_string()))?
-                .map_err(|e| KernelError::other("read the nftables table", e.to_string()))?
+            super::nft("read the nftables table".into(), move || {
+                table.observe(&spec)
+            })
+            .await?
         }
     };
     Ok(HostView {
@@ -226,18 +226,17 @@ pub(super) async fn underlay(k: &LinuxKernel) -> Result<UnderlayView, KernelErro
     })
 }
 
+/// How the kernel reaches each address. Output devices are named from the
+/// index cache the last observation filled; links are dumped only when a
+/// route leaves through a device that cache does not know.
 pub(super) async fn route_lookups(
     k: &LinuxKernel,
     ips: &[Ipv4Addr],
 ) -> (BTreeMap<Ipv4Addr, Hop>, Vec<KernelError>) {
     let nl = &k.host;
-    let names: HashMap<u32, String> = match nl.links().await {
-        Ok(l) => l.into_iter().map(|l| (l.index, l.name)).collect(),
-        Err(e) => return (BTreeMap::new(), vec![e]),
-    };
     let mut todo = ips.iter().copied();
     let mut in_flight = FuturesUnordered::new();
-    let mut hops = BTreeMap::new();
+    let mut found = Vec::new();
     let mut errors = Vec::new();
     loop {
         while in_flight.len() < IN_FLIGHT {
@@ -248,18 +247,33 @@ pub(super) async fn route_lookups(
             break;
         };
         match r {
-            Ok(Some(r)) => {
-                hops.insert(
-                    ip,
-                    Hop {
-                        gateway: r.gateway,
-                        dev: r.oif.and_then(|i| names.get(&i).cloned()),
-                    },
-                );
-            }
+            Ok(Some(r)) => found.push((ip, r.gateway, r.oif)),
             Ok(None) => {}
             Err(e) => errors.push(e),
         }
     }
+    let mut names: HashMap<u32, String> = k
+        .indexes
+        .lock()
+        .expect("indexes")
+        .iter()
+        .map(|(name, &i)| (i, name.clone()))
+        .collect();
+    if found
+        .iter()
+        .any(|(_, _, oif)| oif.is_some_and(|i| !names.contains_key(&i)))
+    {
+        match nl.links().await {
+            Ok(l) => names = l.into_iter().map(|l| (l.index, l.name)).collect(),
+            Err(e) => return (BTreeMap::new(), vec![e]),
+        }
+    }
+    let hops = found
+        .into_iter()
+        .map(|(ip, gateway, oif)| {
+            let dev = oif.and_then(|i| names.get(&i).cloned());
+            (ip, Hop { gateway, dev })
+        })
+        .collect();
     (hops, errors)
 }

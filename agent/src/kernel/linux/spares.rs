@@ -11,9 +11,10 @@ use std::sync::atomic::Ordering;
 
 use weft_common::MacAddr;
 
+use super::netlink::VethSpec;
 use super::LinuxKernel;
 use crate::kernel::netns::{self, Namespace};
-use crate::kernel::{sysctl, KernelError, SpareSpec};
+use crate::kernel::{KernelError, SpareSpec};
 use crate::model::ops::SpareId;
 
 /// Prefix of a spare's host veth: distinct from endpoint veths (`wv…`), so
@@ -43,20 +44,18 @@ pub(super) async fn build(k: &LinuxKernel, spec: &SpareSpec) -> Result<SpareId, 
         .ok_or_else(|| KernelError::other(format!("find link {}", spec.master), "no such device"))?
         .index;
     let ns = netns::create_anonymous().await?;
-    host.create_veth(
-        &host_name,
+    host.create_veth(VethSpec {
+        host_name: &host_name,
         master,
-        spec.mtu,
-        ns.fd.as_fd(),
-        &spec.iface,
-        MacAddr::random_local(),
-        false,
-    )
+        mtu: spec.mtu,
+        peer_netns: ns.fd.as_fd(),
+        peer_name: &spec.iface,
+        peer_mac: MacAddr::random_local(),
+        up: false,
+    })
     .await?;
     let finish = async {
-        // A bridge port needs no addresses of its own (see netns::create).
-        sysctl::set(&format!("net/ipv6/conf/{host_name}/disable_ipv6"), "1")
-            .map_err(|e| KernelError::io(format!("disable IPv6 on {host_name}"), e))?;
+        super::no_ipv6_on_port(&host_name)?;
         let host_link = host
             .link(&host_name)
             .await?
