@@ -15,6 +15,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 ./deploy/install-deps.sh
+# The end-to-end tests run the real binaries (weft-agent, weft-controller,
+# weftctl, ...) from target/: build them all first, so a single test file
+# (`-p weft-tests --test overlay`) works on a fresh clone too.
+cargo build --workspace --bins --locked
 if (($#)); then
   exec cargo test --locked "$@"
 fi
