@@ -19,6 +19,9 @@ pkgs=(
   systemd              # systemd-analyze: tests verify the units in deploy/systemd
   iperf3               # cross-host throughput (weft-bench dataplane)
   ethtool              # tests/tests/dataplane_tuning.rs reads the devices' offload settings
+  podman               # real containers on weft's CNI plugin (tests/src/podman.rs; CNI backend)
+  runc                 # the OCI runtime podman runs there (listed so apt does not pick crun)
+  busybox-static       # the containers' root file system (static: no libraries to copy)
 )
 missing=()
 for p in "${pkgs[@]}"; do

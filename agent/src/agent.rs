@@ -28,10 +28,11 @@ impl Agent {
     /// disturbing what already works. `pending`: endpoints whose `ns add`
     /// may have left pieces; their markers are cleared once that is done.
     pub async fn start(&self, pending: &[String]) -> Result<Outcome, ReconcileError> {
-        let t = self.endpoints.lock().await;
+        let mut t = self.endpoints.lock().await;
         let outcome =
             metrics::reconcile(self.reconciler.reconcile(Cause::Start, &t.records, pending))
                 .await?;
+        self.endpoints.release_gone(&mut t, &outcome.gone).await;
         for name in pending {
             if let Err(e) = self.endpoints.state().clear_pending(name) {
                 error!("{e}");
@@ -43,10 +44,11 @@ impl Agent {
     /// Brings everything back in line (the periodic and event-driven
     /// repair); failures are logged and retried next time.
     pub async fn repair(&self) {
-        let t = self.endpoints.lock().await;
+        let mut t = self.endpoints.lock().await;
         let r = metrics::reconcile(self.reconciler.reconcile(Cause::Repair, &t.records, &[])).await;
-        if let Err(e) = r {
-            error!("reconcile failed: {e}; retrying later");
+        match r {
+            Ok(outcome) => self.endpoints.release_gone(&mut t, &outcome.gone).await,
+            Err(e) => error!("reconcile failed: {e}; retrying later"),
         }
     }
 }

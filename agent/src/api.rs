@@ -10,9 +10,10 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
-use weft_common::api::{Request, Response, MAX_LINE};
+use weft_common::api::{AttachmentKey, ErrorCode, Request, Response, MAX_LINE};
 
 use crate::agent::Agent;
+use crate::endpoints::EndpointError;
 use crate::telemetry::metrics;
 
 /// Binds the socket, mode 0600. Refuses to take over a socket another agent
@@ -79,13 +80,16 @@ pub async fn read_request<R: AsyncBufRead + Unpin>(
     }
     if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
         return Ok(Some(Err(BadLine {
-            response: Response::Error(format!("request longer than {MAX_LINE} bytes")),
+            response: Response::error_coded(
+                ErrorCode::Invalid,
+                format!("request longer than {MAX_LINE} bytes"),
+            ),
             close: true,
         })));
     }
     Ok(Some(serde_json::from_slice::<Request>(line).map_err(|e| {
         BadLine {
-            response: Response::Error(format!("malformed request: {e}")),
+            response: Response::error_coded(ErrorCode::Invalid, format!("malformed request: {e}")),
             close: false,
         }
     })))
@@ -113,14 +117,20 @@ async fn handle_conn(stream: UnixStream, agent: Arc<Agent>) -> io::Result<()> {
 async fn dispatch(agent: &Agent, req: Request) -> Response {
     fn ok<T: serde::Serialize>(v: T) -> Response {
         match serde_json::to_value(v) {
-            Ok(v) => Response::Ok(v),
-            Err(e) => Response::Error(e.to_string()),
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::error_coded(ErrorCode::Internal, e.to_string()),
+        }
+    }
+    fn answer<T: serde::Serialize>(r: Result<T, EndpointError>) -> Response {
+        match r {
+            Ok(v) => ok(v),
+            Err(e) => Response::error_coded(e.code(), e.to_string()),
         }
     }
     let eps = &agent.endpoints;
-    let answer = |r: Result<_, crate::endpoints::EndpointError>| match r {
-        Ok(ep) => ok(ep),
-        Err(e) => Response::Error(e.to_string()),
+    let key = |container_id, ifname| AttachmentKey {
+        container_id,
+        ifname,
     };
     match req {
         Request::NsAdd { name, ip, publish } => answer(metrics::endpoint_op(
@@ -131,5 +141,30 @@ async fn dispatch(agent: &Agent, req: Request) -> Response {
         Request::NsList => ok(eps.list().await),
         Request::NsShow { name } => answer(eps.show(&name).await),
         Request::Status { probe } => ok(crate::status::status(agent, probe).await),
+        Request::CniAdd {
+            container_id,
+            ifname,
+            netns,
+            network,
+            publish,
+        } => answer(metrics::endpoint_op(
+            "cni_add",
+            eps.cni_add(key(container_id, ifname), netns, network, publish)
+                .await,
+        )),
+        Request::CniDel {
+            container_id,
+            ifname,
+        } => answer(metrics::endpoint_op(
+            "cni_del",
+            eps.cni_del(key(container_id, ifname)).await,
+        )),
+        Request::CniCheck {
+            container_id,
+            ifname,
+            netns,
+        } => answer(eps.cni_check(key(container_id, ifname), netns).await),
+        Request::CniGc { network, keep } => answer(eps.cni_gc(network, keep).await),
+        Request::CniStatus => answer(eps.cni_status().await),
     }
 }

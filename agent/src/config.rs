@@ -193,8 +193,8 @@ pub fn resolve(args: Args) -> Result<Config> {
         }
     };
     for c in &controllers {
-        if weft_common::client::split_host_port(c).is_none() {
-            bail!("--controller {c:?}: expected HOST:PORT, e.g. 198.18.0.2:7470");
+        if weft_common::client::split_controller(c).is_none() {
+            bail!("--controller {c:?}: expected HOST:PORT or NAME@HOST:PORT, e.g. 198.18.0.2:7470");
         }
     }
     let node_name = match args.node_name.or(file.node_name) {

@@ -223,7 +223,7 @@ proptest! {
                     Mode::Cluster(cl) => {
                         prop_assert!(!cl.controllers.is_empty());
                         for ctl in &cl.controllers {
-                            prop_assert!(weft_common::client::split_host_port(ctl).is_some());
+                            prop_assert!(weft_common::client::split_controller(ctl).is_some());
                         }
                     }
                 }

@@ -18,7 +18,7 @@ pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("controller address {0:?} is not HOST:PORT")]
+    #[error("controller address {0:?} is not HOST:PORT or NAME@HOST:PORT")]
     Address(String),
     #[error("resolve {0}: {1}")]
     Resolve(String, String),
@@ -89,12 +89,33 @@ pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
     (!host.is_empty() && !host.contains(char::is_whitespace)).then_some((host, port))
 }
 
-/// Splits `HOST:PORT` (or `[v6]:PORT`) into the TLS server name and the
-/// socket addresses it resolves to.
+/// A controller address as configured: `HOST:PORT`, or `NAME@HOST:PORT` to
+/// dial `HOST:PORT` and verify the controller's certificate for `NAME`
+/// (e.g. a Kubernetes Service's cluster IP, which has no certificate of its
+/// own, with the Service's name). Returns (the TLS server name, what to
+/// dial); `None` if it is not of that form.
+pub fn split_controller(addr: &str) -> Option<(&str, &str)> {
+    let (name, dial) = match addr.split_once('@') {
+        Some((name, dial)) => {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            (ok.then_some(name)?, dial)
+        }
+        None => ("", addr),
+    };
+    let (host, _) = split_host_port(dial)?;
+    Some((if name.is_empty() { host } else { name }, dial))
+}
+
+/// Splits a controller address ([`split_controller`]) into the TLS server
+/// name and the socket addresses it resolves to.
 pub async fn resolve(addr: &str) -> Result<(String, Vec<SocketAddr>), ClientError> {
-    let (host, _) = split_host_port(addr).ok_or_else(|| ClientError::Address(addr.to_string()))?;
-    let name = host.to_string();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+    let (name, dial) =
+        split_controller(addr).ok_or_else(|| ClientError::Address(addr.to_string()))?;
+    let name = name.to_string();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(dial)
         .await
         .map_err(|e| ClientError::Resolve(addr.to_string(), e.to_string()))?
         .collect();
@@ -262,4 +283,40 @@ pub fn udp_socket_sized(addr: SocketAddr, size: usize) -> std::io::Result<std::n
         }
     }
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn controller_addresses_with_and_without_a_name() {
+        assert_eq!(
+            split_controller("198.18.0.2:7470"),
+            Some(("198.18.0.2", "198.18.0.2:7470"))
+        );
+        assert_eq!(
+            split_controller("weft-controller:7470"),
+            Some(("weft-controller", "weft-controller:7470"))
+        );
+        assert_eq!(
+            split_controller("weft-controller@10.96.0.20:7470"),
+            Some(("weft-controller", "10.96.0.20:7470"))
+        );
+        assert_eq!(
+            split_controller("[2001:db8::1]:7470"),
+            Some(("2001:db8::1", "[2001:db8::1]:7470"))
+        );
+        for bad in ["@10.0.0.1:7470", "a b@10.0.0.1:7470", "n@10.0.0.1", "n@:7470", "x:0"] {
+            assert_eq!(split_controller(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_input_never_panics(s in ".{0,64}") {
+            let _ = split_controller(&s);
+        }
+    }
 }

@@ -16,10 +16,12 @@
 //! in [`lab`]; a simulated host, its agent and the typed view of the
 //! agent's API in [`host`]; etcd and controllers in [`cluster`]; reading
 //! log files in [`logfile`] and structured events in [`events`];
-//! `weftctl`'s output contract in [`cli`]; the end-of-test health check in
+//! `weftctl`'s output contract in [`cli`]; a CNI runtime of our own
+//! (plugins exec'd as a runtime does, results checked) in [`cni`]; the end-of-test health check in
 //! [`health`]; hand-made controller clients in [`clients`]; sockets,
 //! HTTP and namespaces in [`sock`], [`http`], [`netns`]; removing
-//! leftovers in [`cleanup`]; temporary directories in [`tempdir`].
+//! leftovers in [`cleanup`]; temporary directories in [`tempdir`]; real
+//! Podman containers on a CNI network inside a simulated host in [`podman`].
 //!
 //! Rules (see DESIGN.md, "Testing on one machine"): nothing here touches the
 //! root network namespace; every name carries a unique per-lab prefix; all
@@ -33,6 +35,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod clients;
 pub mod cluster;
+pub mod cni;
 pub mod events;
 pub mod health;
 pub mod host;
@@ -41,6 +44,7 @@ pub mod lab;
 pub mod logfile;
 pub mod netns;
 pub mod ping;
+pub mod podman;
 pub mod registry;
 pub mod sock;
 pub mod tempdir;

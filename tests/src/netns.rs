@@ -175,10 +175,32 @@ pub fn exec_in_timeout(ns: impl AsRef<Path>, cmd: &[&str], timeout: Duration) ->
 /// command was set up with its own process group, the whole group is killed
 /// on timeout, otherwise the child alone.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
-    cmd.stdin(Stdio::null())
+    run_with_input(cmd, None, timeout)
+}
+
+/// Like [`run_with_timeout`], with `input` written to the child's stdin
+/// (then closed); `None`: stdin is `/dev/null`.
+pub fn run_with_input(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> io::Result<Output> {
+    let stdin = match input {
+        Some(_) => Stdio::piped(),
+        None => Stdio::null(),
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
+    if let (Some(bytes), Some(mut w)) = (input, child.stdin.take()) {
+        // A child that exits without reading gets EPIPE here: its answer
+        // still counts.
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = io::Write::write_all(&mut w, &bytes);
+        });
+    }
     let out_rx = reader(child.stdout.take());
     let err_rx = reader(child.stderr.take());
     let deadline = Instant::now() + timeout;
@@ -215,34 +237,44 @@ fn reader<R: Read + Send + 'static>(r: Option<R>) -> mpsc::Receiver<Vec<u8>> {
 /// Waits for `child` until `deadline`; then kills its process group (or the
 /// child if it leads none) and reaps it. Returns the status and whether the
 /// deadline hit.
+///
+/// Returns as soon as the child exits (the benchmarks time plugins with
+/// it; polling would round every time up to the next poll): this thread
+/// blocks in `waitid(WNOWAIT)`, which sees the exit without reaping, while
+/// a watchdog thread kills at the deadline. The child is reaped only after
+/// the watchdog is done, so its pid cannot have been reused when it kills.
 pub(crate) fn wait_deadline(
     child: &mut Child,
     deadline: Instant,
 ) -> io::Result<(ExitStatus, bool)> {
-    let mut nap = Duration::from_millis(1);
-    loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok((st, false));
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    use nix::unistd::Pid;
+
+    let pid = Pid::from_raw(child.id() as i32);
+    let (done, done_rx) = mpsc::channel::<()>();
+    let left = deadline.saturating_duration_since(Instant::now());
+    let watchdog = thread::spawn(move || {
+        if done_rx.recv_timeout(left) != Err(mpsc::RecvTimeoutError::Timeout) {
+            return false;
         }
-        if Instant::now() >= deadline {
-            let pid = child.id() as i32;
-            // Kill the group if the child leads one, then the child itself.
-            if nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
-                .map(|g| g.as_raw() == pid)
-                .unwrap_or(false)
-            {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = child.kill();
-            let st = child.wait()?;
-            return Ok((st, true));
+        // Kill the group if the child leads one, then the child itself.
+        if nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == pid) {
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
         }
-        thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(20));
-    }
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        true
+    });
+    let exited = loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r,
+        }
+    };
+    drop(done);
+    let timed_out = watchdog.join().unwrap_or(false);
+    exited.map_err(io::Error::from)?;
+    let st = child.wait()?;
+    Ok((st, timed_out))
 }
 
 /// The stdout of a command that must have succeeded; panics naming
@@ -275,4 +307,28 @@ pub fn ns_inode(path: impl AsRef<Path>) -> Option<u64> {
     let md = std::fs::metadata(path.as_ref()).ok()?;
     let nsfs_dev = std::fs::metadata("/proc/self/ns/net").ok()?.dev();
     (md.dev() == nsfs_dev).then_some(md.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_waited_for_exactly_and_killed_with_its_group_at_the_deadline() {
+        let mut ok = Command::new("sh");
+        ok.args(["-c", "read x; echo \"$x\"; exit 3"]);
+        let out = run_with_input(&mut ok, Some(b"hi\n"), Duration::from_secs(10)).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"hi\n");
+
+        // A group leader with a child of its own: both go at the deadline.
+        let mut slow = Command::new("sh");
+        slow.args(["-c", "sleep 30 & wait"]).process_group(0);
+        let t = Instant::now();
+        let out = run_with_timeout(&mut slow, Duration::from_millis(200)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("killed after"), "{err}");
+    }
 }

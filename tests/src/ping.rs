@@ -27,6 +27,42 @@ pub fn reply_times(out: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Starts `ping -i 0.01 -W 1 -c count ip` in the background in `ns`.
+pub fn spawn(
+    lab: &crate::Lab,
+    ns: impl AsRef<std::path::Path>,
+    ip: impl std::fmt::Display,
+    count: usize,
+) -> crate::Process {
+    lab.spawn(
+        ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            &ip.to_string(),
+        ],
+    )
+}
+
+/// (transmitted, received) of a ping started by [`spawn`], once it is done
+/// (waited for at most a minute).
+pub fn counts(p: &mut crate::Process) -> (usize, usize) {
+    let st = p.wait_timeout(std::time::Duration::from_secs(60));
+    let log = p.log_text();
+    assert!(
+        log.contains("packets transmitted"),
+        "ping ended {st:?}:\n{log}"
+    );
+    summary(&log)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,35 +260,6 @@ fn fourth_host_joins_and_host_rm_cleans_up() {
     assert_mesh(&lab, &eps);
 }
 
-/// Runs `ping -i 0.01 -c count` from `from` to `to` in the background.
-fn spawn_ping(lab: &Lab, from: &Ep, to: &Ep, count: usize) -> weft_tests::lab::Process {
-    lab.spawn(
-        &from.netns,
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            "-c",
-            &count.to_string(),
-            &to.ip.to_string(),
-        ],
-    )
-}
-
-/// (transmitted, received) of a ping run in the background, once done.
-fn ping_counts(p: &mut weft_tests::Process) -> (usize, usize) {
-    let st = p
-        .wait_timeout(Duration::from_secs(60))
-        .expect("ping finished");
-    let log = p.log_text();
-    assert!(log.contains("packets transmitted"), "ping {st:?}:\n{log}");
-    weft_tests::ping::summary(&log)
-}
-
 #[test]
 fn agent_restart_loses_no_packets() {
     let lab = Lab::new(LabOpts::cluster(2, 1));
@@ -309,7 +280,7 @@ fn agent_restart_loses_no_packets() {
     let tables_before = [ruleset(1), ruleset(2)];
     // 600 pings 10 ms apart while both agents restart, one after the other,
     // once with SIGTERM and once killed outright.
-    let mut ping = spawn_ping(&lab, &eps[0], &eps[1], 600);
+    let mut ping = weft_tests::ping::spawn(&lab, &eps[0].netns, eps[1].ip, 600);
     std::thread::sleep(Duration::from_millis(500));
     let a1 = agents.get_mut(&1).unwrap();
     a1.stop();
@@ -318,7 +289,7 @@ fn agent_restart_loses_no_packets() {
     let a2 = agents.get_mut(&2).unwrap();
     a2.kill();
     *a2 = lab.host(2).start_agent(&no_pool);
-    let (tx, rx) = ping_counts(&mut ping);
+    let (tx, rx) = weft_tests::ping::counts(&mut ping);
     assert_eq!(tx, 600);
     assert_eq!(rx, tx, "pings lost across agent restarts");
     // The restarts changed nothing in the kernel. Once each new agent has
@@ -373,8 +344,8 @@ fn controllers_down_traffic_flows_and_late_host_joins() {
     assert!(lab.kill_held("controller-c1"));
     assert!(lab.kill_held("controller-c2"));
     // Traffic keeps flowing with every controller gone.
-    let mut ping = spawn_ping(&lab, &eps[0], &eps[1], 200);
-    let (tx, rx) = ping_counts(&mut ping);
+    let mut ping = weft_tests::ping::spawn(&lab, &eps[0].netns, eps[1].ip, 200);
+    let (tx, rx) = weft_tests::ping::counts(&mut ping);
     assert_eq!(
         (tx, rx),
         (200, 200),

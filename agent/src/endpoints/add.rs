@@ -13,8 +13,9 @@ use weft_common::name::host_veth_name;
 use weft_common::{MacAddr, PortMapping};
 
 use super::undo::Undo;
-use super::{EndpointError, Endpoints, Result};
+use super::{EndpointError, Endpoints, Result, Table};
 use crate::kernel::OnError;
+use crate::model::attachment::AttachmentRecord;
 use crate::model::endpoint::{check_add, EndpointRecord};
 use crate::model::observed::NetnsPresence;
 use crate::model::ops::Op;
@@ -73,7 +74,28 @@ impl Endpoints {
         if self.kernel.netns_presence(&name).await != NetnsPresence::Absent {
             return Err(EndpointError::ForeignNetns(self.netns_dir.join(&name)));
         }
-        for p in &publish {
+        self.admit(&mut t, name, host_veth, ip, publish, None).await
+    }
+
+    /// What `ns add` and CNI ADD share once the request is checked: the
+    /// published ports free, an address, the build, the record.
+    pub(super) async fn admit(
+        &self,
+        t: &mut Table,
+        name: String,
+        host_veth: String,
+        ip: Option<Ipv4Addr>,
+        publish: Vec<PortMapping>,
+        attachment: Option<AttachmentRecord>,
+    ) -> Result<Endpoint> {
+        // A container runtime reserves the host ports it publishes itself
+        // (podman's conmon listens on them): only ns add checks them here.
+        let ports_checked = if attachment.is_none() {
+            &publish[..]
+        } else {
+            &[]
+        };
+        for p in ports_checked {
             self.kernel
                 .port_free(p)
                 .await
@@ -86,13 +108,17 @@ impl Endpoints {
             mac: MacAddr::from_ipv4(ip),
             host_veth,
             publish,
+            attachment,
         };
         let built = self.build(&rec).await;
-        self.pool.wake.notify_one();
+        if rec.attachment.is_none() {
+            self.pool.wake.notify_one();
+        }
         match built {
             Ok(()) => {
                 info!(
-                    "added namespace {name}: {ip}/{} on {BRIDGE} via {}{}",
+                    "added {}: {ip}/{} on {BRIDGE} via {}{}",
+                    rec.describe(),
                     self.spec.subnet.prefix(),
                     rec.host_veth,
                     rec.published()
@@ -103,7 +129,7 @@ impl Endpoints {
                 Ok(ep)
             }
             // Pieces that could not be removed may still hold the address
-            // (an eth0 on the bridge): keep it until they are gone.
+            // (an interface on the bridge): keep it until they are gone.
             Err(e @ EndpointError::RolledBackBadly { .. }) => Err(e),
             Err(e) => {
                 t.ipam.release(ip);
@@ -115,7 +141,7 @@ impl Endpoints {
     /// What a failed or interrupted `ns add` may have left: the veth and
     /// the namespace mount (only if it is one: the name was refused if
     /// something else was at that path).
-    async fn remove_leftovers(&self, name: &str) -> Result<()> {
+    pub(super) async fn remove_leftovers(&self, name: &str) -> Result<()> {
         let mut ops = vec![Op::DeleteDevice {
             name: host_veth_name(name),
             index: None,
@@ -145,7 +171,7 @@ impl Endpoints {
                 warn!("{e}");
             }
             phases.mark("cleared");
-            debug!("ns add {}: {phases}", rec.name);
+            debug!("add {}: {phases}", rec.describe());
             return Ok(());
         };
         let failed = self.roll_back(undo).await;
@@ -153,14 +179,17 @@ impl Endpoints {
             if let Err(e) = self.state.clear_pending(&rec.name) {
                 warn!("{e}");
             }
-            warn!("ns add {} failed and was rolled back: {error}", rec.name);
+            warn!(
+                "adding {} failed and was rolled back: {error}",
+                rec.describe()
+            );
             Err(error)
         } else {
             // The pending marker stays: the next ns add of this name, or the
             // next start, removes what is left.
             error!(
-                "ns add {} failed ({error}) and could not be fully rolled back: {}",
-                rec.name,
+                "adding {} failed ({error}) and could not be fully rolled back: {}",
+                rec.describe(),
                 failed.join("; ")
             );
             Err(EndpointError::RolledBackBadly {
@@ -185,7 +214,12 @@ impl Endpoints {
         // Whatever the outcome, the record may exist: undo removes it.
         undo.push(Undo::Record(rec.name.clone()));
         let mut built = false;
-        if let Some(spare) = self.pool.take() {
+        // A spare is a namespace of weft's: an attachment has its runtime's.
+        let spare = match rec.attachment {
+            None => self.pool.take(),
+            Some(_) => None,
+        };
+        if let Some(spare) = spare {
             let adopt = Op::AdoptSpare {
                 spare,
                 netns: rec.name.clone(),

@@ -1,9 +1,12 @@
 //! Endpoints: namespaces on the bridge, as `weftctl ns` manages them.
 //! The table of endpoints and their addresses, `ns del`, `ns list` and
-//! `ns show` are here; `ns add` with its rollback in `add.rs`, the spare
-//! namespaces in `pool.rs`, the undo list in `undo.rs`.
+//! `ns show` are here; `ns add` with its rollback in `add.rs`, CNI
+//! attachments (ADD, DEL, CHECK, GC, STATUS, and those whose namespace
+//! vanished) in `attach.rs`, the spare namespaces in `pool.rs`, the undo
+//! list in `undo.rs`.
 
 mod add;
+mod attach;
 pub mod pool;
 pub mod undo;
 
@@ -14,14 +17,14 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::info;
-use weft_common::api::Endpoint;
+use weft_common::api::{AttachmentKey, Endpoint, ErrorCode};
 use weft_common::PortMapping;
 
 use crate::kernel::{Kernel, KernelError, OnError};
+use crate::model::attachment::AttachmentInvalid;
 use crate::model::desired::HostSpec;
 use crate::model::endpoint::{AddRefusal, EndpointRecord};
 use crate::model::ipam::{Ipam, IpamError};
-use crate::model::ops::Op;
 use crate::state::{StateError, Writer};
 use crate::telemetry::metrics;
 use pool::Pool;
@@ -49,6 +52,51 @@ pub enum EndpointError {
     },
     #[error("removing namespace {name:?} failed (run ns del again to retry): {}", errors.join("; "))]
     Teardown { name: String, errors: Vec<String> },
+    #[error("{0}")]
+    AttachmentInvalid(#[from] AttachmentInvalid),
+    #[error("{0} is already attached (ADD twice without DEL)")]
+    AttachmentExists(AttachmentKey),
+    #[error("an interface named {ifname} already exists in network namespace {netns}")]
+    InterfaceExists { ifname: String, netns: String },
+    #[error("network namespace {0} does not exist")]
+    NetnsMissing(String),
+    #[error("{0} is not a network namespace")]
+    NotANetns(String),
+    #[error("{0} is not attached to this host")]
+    NoAttachment(AttachmentKey),
+    #[error("{key} is not as weft attached it: {}", what.join("; "))]
+    Differs {
+        key: AttachmentKey,
+        what: Vec<String>,
+    },
+    #[error("{name:?} is the attachment of container {container}: its runtime removes it (CNI DEL), not ns del")]
+    IsAttachment { name: String, container: String },
+}
+
+impl EndpointError {
+    /// The kind of the error, for programs (`weft-cni`'s CNI error code).
+    pub fn code(&self) -> ErrorCode {
+        use EndpointError as E;
+        match self {
+            E::Refused(AddRefusal::Duplicate(_)) | E::ForeignNetns(_) => ErrorCode::Exists,
+            E::Refused(AddRefusal::BridgeFull) | E::Ipam(IpamError::Full { .. }) => {
+                ErrorCode::Exhausted
+            }
+            E::Refused(AddRefusal::PortPublished { .. }) | E::PortUnavailable { .. } => {
+                ErrorCode::PortTaken
+            }
+            E::Refused(_) | E::Ipam(_) | E::AttachmentInvalid(_) | E::NotANetns(_) => {
+                ErrorCode::Invalid
+            }
+            E::IsAttachment { .. } => ErrorCode::Invalid,
+            E::AttachmentExists(_) | E::InterfaceExists { .. } => ErrorCode::Exists,
+            E::NotFound(_) | E::NetnsMissing(_) | E::NoAttachment(_) => ErrorCode::NotFound,
+            E::Differs { .. } => ErrorCode::Differs,
+            E::Kernel(_) | E::State(_) | E::RolledBackBadly { .. } | E::Teardown { .. } => {
+                ErrorCode::Internal
+            }
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, EndpointError>;
@@ -110,10 +158,15 @@ impl Endpoints {
         Endpoint {
             name: rec.name.clone(),
             ip: rec.ip,
+            prefix: self.spec.subnet.prefix(),
+            gateway: self.spec.gateway(),
             mac: rec.mac,
-            netns: self.netns_dir.join(&rec.name).display().to_string(),
+            netns: self.netns_dir.join(rec.netns()).display().to_string(),
+            iface: rec.iface().to_string(),
+            mtu: self.spec.mtu,
             publish: rec.publish.clone(),
             host_veth: rec.host_veth.clone(),
+            attachment: rec.attachment.as_ref().map(|a| a.api()),
         }
     }
 
@@ -126,19 +179,16 @@ impl Endpoints {
             .get(name)
             .cloned()
             .ok_or_else(|| EndpointError::NotFound(name.to_string()))?;
-        let mut ops = Vec::new();
-        let forwards = rec.forwards();
-        if !forwards.is_empty() {
-            ops.push(Op::DelForwards(forwards));
+        if let Some(a) = &rec.attachment {
+            return Err(EndpointError::IsAttachment {
+                name: name.to_string(),
+                container: a.container_id.clone(),
+            });
         }
-        ops.push(Op::DeleteDevice {
-            name: rec.host_veth.clone(),
-            index: None,
-        });
-        ops.push(Op::DeleteNetns {
-            name: name.to_string(),
-        });
-        let report = self.kernel.apply(&ops, OnError::Continue).await;
+        let report = self
+            .kernel
+            .apply(&rec.teardown_ops(), OnError::Continue)
+            .await;
         metrics::applied(report.by_kind(), report.kernel_failures());
         if !report.is_ok() {
             return Err(EndpointError::Teardown {

@@ -101,6 +101,9 @@ impl HostSpec {
     pub fn endpoint(&self, rec: &EndpointRecord) -> EndpointSpec {
         EndpointSpec {
             name: rec.name.clone(),
+            netns: rec.netns().to_string(),
+            iface: rec.iface().to_string(),
+            owned: rec.attachment.is_none(),
             host_veth: rec.host_veth.clone(),
             ip: rec.ip,
             prefix: self.subnet.prefix(),

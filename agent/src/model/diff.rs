@@ -12,7 +12,7 @@ use super::desired::{FirewallWant, HostSpec, Sysctl, VxlanSpec};
 use super::endpoint::EndpointSpec;
 use super::observed::{FirewallView, HostView, NetnsPresence, NsView};
 use super::ops::{DeviceChange, NsOp, Op};
-use super::{BRIDGE, NS_IFACE};
+use super::BRIDGE;
 
 /// Why a reconcile runs: what is missing at start was not deleted under
 /// the agent, so the reasons it logs differ.
@@ -403,6 +403,10 @@ pub enum EndpointCheck {
     /// again with the view).
     LookInside,
     Repair(Vec<Change>),
+    /// An attachment whose namespace is gone (the runtime deleted it, or
+    /// crashed without a CNI DEL): its address and ports are to be
+    /// released and its record removed.
+    Gone,
 }
 
 /// One endpoint: its namespace, its host veth (a port of the bridge, up,
@@ -420,10 +424,13 @@ pub fn endpoint(
         host.is_some_and(|d| d.master.as_deref() == Some(&e.master) && d.up && d.mtu == e.mtu);
     let presence = seen
         .netns
-        .get(&e.name)
+        .get(&e.netns)
         .copied()
         .unwrap_or(NetnsPresence::Absent);
     if presence != NetnsPresence::Mounted {
+        if !e.owned {
+            return EndpointCheck::Gone;
+        }
         return EndpointCheck::Repair(rebuild(e, presence, host.map(|d| d.index)));
     }
     if cause == Cause::Repair && healthy_host {
@@ -450,14 +457,14 @@ pub fn endpoint(
                     }),
                     format!(
                         "corrected {} of namespace {}: port of {}, up, mtu {}",
-                        d.name, e.name, e.master, e.mtu
+                        d.name, e.netns, e.master, e.mtu
                     ),
                 ));
             }
             out.extend(repairs.into_iter().map(|op| {
                 Change::new(
                     Op::InNetns {
-                        netns: e.name.clone(),
+                        netns: e.netns.clone(),
                         op,
                     },
                     "restored (changed outside weft)",
@@ -473,15 +480,15 @@ pub fn endpoint(
                         name: d.name.clone(),
                         index: Some(d.index),
                     },
-                    format!("its peer is not the eth0 of namespace {}", e.name),
+                    format!("its peer is not the {} of namespace {}", e.iface, e.netns),
                 ));
             }
-            if inside.devices.contains_key(NS_IFACE) {
+            if inside.devices.contains_key(&e.iface) {
                 out.push(Change::new(
                     Op::InNetns {
-                        netns: e.name.clone(),
+                        netns: e.netns.clone(),
                         op: NsOp::DeleteDevice {
-                            name: NS_IFACE.into(),
+                            name: e.iface.clone(),
                         },
                     },
                     "stray: its veth pair is gone",
@@ -505,7 +512,7 @@ fn wire(e: &EndpointSpec) -> Vec<Change> {
         ops.next().expect("wire_ops starts with the veth"),
         format!(
             "re-created veth {} of namespace {} (it was missing)",
-            e.host_veth, e.name
+            e.host_veth, e.netns
         ),
     )];
     out.extend(ops.map(|op| Change::quiet(op, "new veth")));

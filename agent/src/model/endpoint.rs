@@ -11,6 +11,7 @@ use thiserror::Error;
 use weft_common::name::host_veth_name;
 use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
 
+use super::attachment::AttachmentRecord;
 use super::firewall::PortForward;
 use super::observed::NsView;
 use super::ops::{DeviceChange, NsOp, Op, VethSpec};
@@ -26,9 +27,42 @@ pub struct EndpointRecord {
     pub host_veth: String,
     #[serde(default)]
     pub publish: Vec<PortMapping>,
+    /// A container's namespace attached by `weft-cni`: the runtime's, not
+    /// weft's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<AttachmentRecord>,
 }
 
 impl EndpointRecord {
+    /// How the kernel layer names its namespace: the endpoint's name
+    /// (under the agent's namespace directory), or the runtime's absolute
+    /// path for an attachment.
+    pub fn netns(&self) -> &str {
+        self.attachment
+            .as_ref()
+            .map_or(self.name.as_str(), |a| a.netns.as_str())
+    }
+
+    /// The interface inside the namespace.
+    pub fn iface(&self) -> &str {
+        self.attachment
+            .as_ref()
+            .map_or(NS_IFACE, |a| a.ifname.as_str())
+    }
+
+    /// `namespace a` or `container c0ffee… interface eth0`, for log lines.
+    pub fn describe(&self) -> String {
+        match &self.attachment {
+            None => format!("namespace {}", self.name),
+            Some(a) => format!(
+                "container {} interface {} ({})",
+                short_id(&a.container_id),
+                a.ifname,
+                a.netns
+            ),
+        }
+    }
+
     /// The port forwards its published ports need.
     pub fn forwards(&self) -> Vec<PortForward> {
         self.publish
@@ -43,6 +77,27 @@ impl EndpointRecord {
             .collect()
     }
 
+    /// What takes the endpoint off the bridge: its published ports, its
+    /// veth pair (and so its address and route) and, for a namespace of
+    /// weft's, the namespace. An attachment's namespace is its runtime's.
+    pub fn teardown_ops(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let forwards = self.forwards();
+        if !forwards.is_empty() {
+            ops.push(Op::DelForwards(forwards));
+        }
+        ops.push(Op::DeleteDevice {
+            name: self.host_veth.clone(),
+            index: None,
+        });
+        if self.attachment.is_none() {
+            ops.push(Op::DeleteNetns {
+                name: self.name.clone(),
+            });
+        }
+        ops
+    }
+
     /// `", publishing 8080:80/tcp …"` for log lines, or nothing.
     pub fn published(&self) -> String {
         if self.publish.is_empty() {
@@ -53,10 +108,23 @@ impl EndpointRecord {
     }
 }
 
+/// A container ID as runtimes show it: its first 12 characters.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// What an endpoint needs in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
     pub name: String,
+    /// The namespace as the kernel layer names it ([`EndpointRecord::netns`]).
+    pub netns: String,
+    /// The interface inside it.
+    pub iface: String,
+    /// Whether weft made the namespace (`ns add`); an attachment's belongs
+    /// to its runtime: weft neither creates nor deletes it, nor touches its
+    /// `lo`.
+    pub owned: bool,
     pub host_veth: String,
     pub ip: Ipv4Addr,
     pub prefix: u8,
@@ -151,22 +219,22 @@ pub fn check_add(
 impl EndpointSpec {
     fn inside(&self, op: NsOp) -> Op {
         Op::InNetns {
-            netns: self.name.clone(),
+            netns: self.netns.clone(),
             op,
         }
     }
 
-    /// `eth0`'s address and default route.
+    /// The interface's address and default route.
     fn addressing(&self) -> [NsOp; 2] {
         [
             NsOp::AddAddress {
-                dev: NS_IFACE.to_string(),
+                dev: self.iface.clone(),
                 addr: self.ip,
                 prefix: self.prefix,
             },
             NsOp::ReplaceDefaultRoute {
                 gateway: self.gateway,
-                dev: NS_IFACE.to_string(),
+                dev: self.iface.clone(),
             },
         ]
     }
@@ -176,32 +244,36 @@ impl EndpointSpec {
             host: self.host_veth.clone(),
             master: self.master.clone(),
             mtu: self.mtu,
-            netns: self.name.clone(),
-            peer: NS_IFACE.to_string(),
+            netns: self.netns.clone(),
+            peer: self.iface.clone(),
             peer_mac: self.mac,
         }
     }
 
     /// The veth pair and everything inside the namespace, once the
-    /// namespace exists and has no `eth0`: the veth's ends are made with
-    /// the MTU and the inner MAC, so only `up`, the address and the route
-    /// remain.
+    /// namespace exists and has no interface of that name: the veth's ends
+    /// are made with the MTU and the inner MAC, so only `up`, the address
+    /// and the route remain (and `lo` up, in a namespace weft made).
     pub fn wire_ops(&self) -> Vec<Op> {
-        let mut ops = vec![
-            Op::CreateVeth(self.veth()),
-            self.inside(NsOp::SetDevice(up("lo"))),
-            self.inside(NsOp::SetDevice(up(NS_IFACE))),
-        ];
+        let mut ops = vec![Op::CreateVeth(self.veth())];
+        if self.owned {
+            ops.push(self.inside(NsOp::SetDevice(up("lo"))));
+        }
+        ops.push(self.inside(NsOp::SetDevice(up(&self.iface))));
         ops.extend(self.addressing().map(|o| self.inside(o)));
         ops
     }
 
     /// A new endpoint built from scratch, in order; each step but the
-    /// first two lives inside the namespace and goes with it.
+    /// first two lives inside the namespace and goes with it. An
+    /// attachment's namespace exists already: only the wiring is built.
     pub fn build_ops(&self) -> Vec<Op> {
-        let mut ops = vec![Op::CreateNetns {
-            name: self.name.clone(),
-        }];
+        let mut ops = Vec::new();
+        if self.owned {
+            ops.push(Op::CreateNetns {
+                name: self.name.clone(),
+            });
+        }
         ops.extend(self.wire_ops());
         ops
     }
@@ -217,26 +289,27 @@ impl EndpointSpec {
         ops
     }
 
-    /// What differs inside the namespace: `lo` up, `eth0` up with the MTU,
-    /// the address, the default route via the gateway. `None` when there is
-    /// no `lo` or no `eth0` to correct (the caller rebuilds the veth).
+    /// What differs inside the namespace: `lo` up (in a namespace weft
+    /// made), the interface up with the MTU, the address, the default route
+    /// via the gateway. `None` when there is no `lo` or no interface to
+    /// correct (the caller rebuilds the veth).
     pub fn inside_repairs(&self, v: &NsView) -> Option<Vec<NsOp>> {
         let lo = v.devices.get("lo")?;
-        let eth = v.devices.get(NS_IFACE)?;
+        let eth = v.devices.get(&self.iface)?;
         let mut ops = Vec::new();
-        if !lo.up {
+        if self.owned && !lo.up {
             ops.push(NsOp::SetDevice(up("lo")));
         }
         if !eth.up || eth.mtu != self.mtu {
             ops.push(NsOp::SetDevice(DeviceChange {
                 mtu: (eth.mtu != self.mtu).then_some(self.mtu),
-                ..up(NS_IFACE)
+                ..up(&self.iface)
             }));
         }
         let [addr, route] = self.addressing();
         if !v
             .addresses
-            .get(NS_IFACE)
+            .get(&self.iface)
             .is_some_and(|a| a.contains(&(self.ip, self.prefix)))
         {
             ops.push(addr);
@@ -244,7 +317,7 @@ impl EndpointSpec {
         let routed = v
             .default_routes
             .iter()
-            .any(|(gw, dev)| *gw == Some(self.gateway) && dev.as_deref() == Some(NS_IFACE));
+            .any(|(gw, dev)| *gw == Some(self.gateway) && dev.as_deref() == Some(&*self.iface));
         if !routed {
             ops.push(route);
         }
@@ -274,6 +347,7 @@ mod tests {
             mac: MacAddr::from_ipv4(Ipv4Addr::from(ip)),
             host_veth: host_veth_name(name),
             publish: publish.iter().map(|p| p.parse().unwrap()).collect(),
+            attachment: None,
         }
     }
 
@@ -332,6 +406,9 @@ mod tests {
     fn spec() -> EndpointSpec {
         EndpointSpec {
             name: "a".into(),
+            netns: "a".into(),
+            iface: "eth0".into(),
+            owned: true,
             host_veth: host_veth_name("a"),
             ip: Ipv4Addr::new(10, 244, 1, 2),
             prefix: 24,

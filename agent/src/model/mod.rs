@@ -11,10 +11,12 @@
 //! - [`ops`]: the operations the kernel layer applies.
 //! - [`overlay`]: peers' paths, their kernel entries and their diff.
 //! - [`endpoint`]: endpoint records, `ns add` checks, build and repair steps.
+//! - [`attachment`]: CNI attachments (a runtime's namespace on the bridge).
 //! - [`ipam`]: which addresses of the subnet the endpoints hold.
 //! - [`facts`]: the underlay, the public address and the MTU, found at start.
 //! - [`firewall`]: weft's nftables table as data.
 
+pub mod attachment;
 pub mod desired;
 pub mod diff;
 pub mod endpoint;

@@ -76,7 +76,8 @@ pub struct HostQuery {
     pub vxlan: Option<String>,
     /// Sysctl keys to read (see `model::desired::Sysctl`).
     pub sysctls: Vec<String>,
-    /// Endpoint names whose namespace path is checked.
+    /// Namespaces whose path is checked: endpoint names (under the
+    /// namespace directory) or an attachment's absolute path.
     pub netns: Vec<String>,
     /// The firewall spec to compare weft's table with; `None`: not read.
     pub firewall: Option<super::firewall::FirewallSpec>,

@@ -54,6 +54,8 @@ pub enum ReconcileError {
 pub struct Outcome {
     /// Endpoints that could not be restored (the others were).
     pub broken: usize,
+    /// Attachments whose namespace is gone: the caller releases them.
+    pub gone: Vec<String>,
 }
 
 /// The overlay as programmed now.
@@ -291,7 +293,11 @@ impl Reconciler {
                 .collect(),
             vxlan: vxlan.clone(),
             sysctls: want.sysctls.iter().map(|s| s.key.clone()).collect(),
-            netns: endpoints.keys().chain(pending).cloned().collect(),
+            netns: endpoints
+                .values()
+                .map(|r| r.netns().to_string())
+                .chain(pending.iter().cloned())
+                .collect(),
             firewall: Some(self.spec.firewall.clone()),
         };
         let mut seen = self.kernel.observe_host(&q).await?;
@@ -397,7 +403,11 @@ impl Reconciler {
         let mut outcome = Outcome::default();
         for e in &want.endpoints {
             let changes = match self.check_endpoint(e, &seen, cause).await {
-                Ok(c) => c,
+                Ok(None) => {
+                    outcome.gone.push(e.name.clone());
+                    continue;
+                }
+                Ok(Some(c)) => c,
                 Err(err) => {
                     outcome.broken += 1;
                     error!(
@@ -449,21 +459,23 @@ impl Reconciler {
     }
 
     /// What an endpoint needs, looking inside its namespace when its host
-    /// side says it must.
+    /// side says it must; `None` for an attachment whose namespace is gone.
     async fn check_endpoint(
         &self,
         e: &crate::model::endpoint::EndpointSpec,
         seen: &HostView,
         cause: Cause,
-    ) -> Result<Vec<Change>, KernelError> {
+    ) -> Result<Option<Vec<Change>>, KernelError> {
         match diff::endpoint(e, seen, None, cause) {
-            EndpointCheck::Healthy => Ok(Vec::new()),
-            EndpointCheck::Repair(c) => Ok(c),
+            EndpointCheck::Healthy => Ok(Some(Vec::new())),
+            EndpointCheck::Repair(c) => Ok(Some(c)),
+            EndpointCheck::Gone => Ok(None),
             EndpointCheck::LookInside => {
-                let inside = self.kernel.observe_netns(&e.name).await?;
+                let inside = self.kernel.observe_netns(&e.netns).await?;
                 match diff::endpoint(e, seen, inside.as_ref(), cause) {
-                    EndpointCheck::Repair(c) => Ok(c),
-                    _ => Ok(Vec::new()),
+                    EndpointCheck::Repair(c) => Ok(Some(c)),
+                    EndpointCheck::Gone => Ok(None),
+                    _ => Ok(Some(Vec::new())),
                 }
             }
         }

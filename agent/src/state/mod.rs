@@ -306,6 +306,7 @@ mod tests {
             mac: "0a:58:0a:f4:01:02".parse().unwrap(),
             host_veth: host_veth_name("a"),
             publish: vec!["8080:80".parse().unwrap()],
+            attachment: None,
         };
         w.save_endpoint(&rec).await.unwrap();
         w.mark_pending("b").unwrap();

@@ -4,6 +4,7 @@
 //! prove is what the agent decides to change, and that it changes nothing
 //! else.
 
+mod attachments;
 mod endpoints;
 mod reconcile;
 

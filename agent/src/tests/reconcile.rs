@@ -265,6 +265,7 @@ async fn leftovers_of_an_interrupted_ns_add_are_removed_at_start() {
             mac: MacAddr::from_ipv4(Ipv4Addr::new(10, 244, 1, 9)),
             host_veth: weft_common::name::host_veth_name("x"),
             publish: vec![],
+            attachment: None,
         });
     let r = k
         .apply(&spec.build_ops()[..2], crate::kernel::OnError::Stop)

@@ -294,6 +294,39 @@ impl Lab {
             .unwrap_or_else(|e| panic!("spawn `{}` in {}: {e:#}", cmd.join(" "), path.display()))
     }
 
+    /// Creates a bare namespace `/run/netns/<prefix>-<short>` (as a
+    /// container runtime makes one), removed with the lab; its path.
+    pub fn add_netns(&self, short: &str) -> PathBuf {
+        let full = format!("{}-{short}", self.prefix);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", &full])
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns add {full}: {e}"));
+        assert!(
+            out.status.success(),
+            "ip netns add {full}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.shared.netns.lock().unwrap().push(full.clone());
+        ns_path(full)
+    }
+
+    /// Deletes a namespace made by [`Lab::add_netns`] (as a runtime does
+    /// when its container goes).
+    pub fn del_netns(&self, short: &str) {
+        let full = format!("{}-{short}", self.prefix);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "del", &full])
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns del {full}: {e}"));
+        assert!(
+            out.status.success(),
+            "ip netns del {full}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.shared.netns.lock().unwrap().retain(|n| *n != full);
+    }
+
     /// Removes the lab now, persistent or not (what Drop does for a
     /// non-persistent lab).
     pub fn destroy(self) {

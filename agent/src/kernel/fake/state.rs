@@ -25,7 +25,7 @@ pub struct FakeNs {
 }
 
 impl FakeNs {
-    pub(super) fn new(next: &mut u32) -> FakeNs {
+    pub fn new(next: &mut u32) -> FakeNs {
         let mut ns = FakeNs::default();
         ns.devices
             .insert("lo".into(), device(next, "lo", None, 65536));

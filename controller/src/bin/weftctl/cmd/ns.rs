@@ -45,7 +45,7 @@ fn print_endpoints(json: bool, eps: &[Endpoint], raw: &Value) -> Result<(), Fail
         println!("{raw}");
         return Ok(());
     }
-    let rows: Vec<[String; 5]> = eps
+    let rows: Vec<[String; 6]> = eps
         .iter()
         .map(|e| {
             let publish: Vec<String> = e.publish.iter().map(|p| p.to_string()).collect();
@@ -59,10 +59,22 @@ fn print_endpoints(json: bool, eps: &[Endpoint], raw: &Value) -> Result<(), Fail
                     publish.join(",")
                 },
                 e.netns.clone(),
+                // A CNI attachment: the runtime's container (its ID as
+                // runtimes shorten it) and the interface inside.
+                e.attachment.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |a| {
+                        let id = a.container_id.get(..12).unwrap_or(&a.container_id);
+                        format!("{id}/{}", a.ifname)
+                    },
+                ),
             ]
         })
         .collect();
-    output::table(["NAME", "IP", "MAC", "PUBLISH", "NETNS"], &rows);
+    output::table(
+        ["NAME", "IP", "MAC", "PUBLISH", "NETNS", "CONTAINER"],
+        &rows,
+    );
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::api::{Endpoint, Request, Response, Status};
+use crate::api::{Endpoint, ErrorCode, Request, Response, Status};
 use crate::PortMapping;
 
 /// The default path of the agent's socket.
@@ -57,16 +57,25 @@ pub enum CallError {
     /// The answer is not the protocol's (or not the shape the request expects).
     #[error("unreadable reply from weft-agent at {}: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
-    /// The agent answered with an error: its sentence, as it gave it.
+    /// The agent answered with an error: its sentence, as it gave it, and
+    /// its code when it has one.
     #[error("{0}")]
-    Agent(String),
+    Agent(String, Option<ErrorCode>),
 }
 
 impl CallError {
+    /// The code of the agent's error, when it gave one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CallError::Agent(_, code) => *code,
+            _ => None,
+        }
+    }
+
     /// The agent's own refusal (as opposed to not reaching it).
     pub fn agent_message(&self) -> Option<&str> {
         match self {
-            CallError::Agent(m) => Some(m),
+            CallError::Agent(m, _) => Some(m),
             _ => None,
         }
     }
@@ -108,7 +117,7 @@ impl AgentClient {
     /// `weftctl -o json` prints as it came).
     pub fn call(&mut self, req: &Request) -> Result<serde_json::Value, CallError> {
         let r = self.exchange(req);
-        if matches!(r, Err(ref e) if !matches!(e, CallError::Agent(_))) {
+        if matches!(r, Err(ref e) if !matches!(e, CallError::Agent(..))) {
             self.conn = None;
         }
         r
@@ -212,8 +221,12 @@ impl AgentClient {
             return Err(CallError::Closed { path });
         }
         match serde_json::from_slice::<Response>(&reply) {
-            Ok(Response::Ok(v)) => Ok(v),
-            Ok(Response::Error(e)) => Err(CallError::Agent(e)),
+            Ok(Response {
+                error: Some(e),
+                code,
+                ..
+            }) => Err(CallError::Agent(e, code)),
+            Ok(Response { ok, .. }) => Ok(ok.unwrap_or(serde_json::Value::Null)),
             Err(e) => Err(CallError::Unreadable {
                 path,
                 reason: e.to_string(),
