@@ -21,7 +21,9 @@
 //! [`health`]; hand-made controller clients in [`clients`]; sockets,
 //! HTTP and namespaces in [`sock`], [`http`], [`netns`]; removing
 //! leftovers in [`cleanup`]; temporary directories in [`tempdir`]; real
-//! Podman containers on a CNI network inside a simulated host in [`podman`].
+//! Podman containers on a CNI network inside a simulated host in [`podman`];
+//! what the tests of the deploy files (units, manifests, example and CNI
+//! configs) share in [`deploy`].
 //!
 //! Rules (see DESIGN.md, "Testing on one machine"): nothing here touches the
 //! root network namespace; every name carries a unique per-lab prefix; all
@@ -36,6 +38,7 @@ pub mod cli;
 pub mod clients;
 pub mod cluster;
 pub mod cni;
+pub mod deploy;
 pub mod events;
 pub mod health;
 pub mod host;
