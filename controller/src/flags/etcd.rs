@@ -37,13 +37,36 @@ pub fn target(
     })
 }
 
-/// Every endpoint is an http:// or https:// URL.
+/// Every endpoint is an http:// or https:// URL of a host (a name or an
+/// address) and a port. A `$(VAR)` left in one (a Kubernetes variable
+/// that was not defined when the pod started) is named as such: retrying
+/// it would never work.
 pub fn check_endpoints(endpoints: &[String]) -> Result<(), String> {
     for e in endpoints {
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(format!(
-                "--etcd-endpoints {e:?}: expected a URL like http://127.0.0.1:2379"
-            ));
+        let bad = |why: &str| {
+            Err(format!(
+                "--etcd-endpoints {e:?}: {why}expected a URL like http://127.0.0.1:2379"
+            ))
+        };
+        let Some(rest) = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"))
+        else {
+            return bad("");
+        };
+        if e.contains("$(") {
+            return bad("it holds an unexpanded $(VARIABLE) (in Kubernetes: the Service it names did not exist when the pod started); ");
+        }
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let host_ok = |h: &str| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+        };
+        match weft_common::client::split_host_port(authority) {
+            Some((host, _)) if host_ok(host) => {}
+            _ => return bad("not HOST:PORT after the scheme; "),
         }
     }
     Ok(())
@@ -273,6 +296,23 @@ mod tests {
             e,
             "--etcd-endpoints \"notaurl\": expected a URL like http://127.0.0.1:2379"
         );
+        let e = target(&["http://etcd".into()], "/weft", &flags(), None).unwrap_err();
+        assert!(e.contains("not HOST:PORT"), "{e}");
+        let e = target(
+            &["http://$(WEFT_ETCD_SERVICE_HOST):12379".into()],
+            "/weft",
+            &flags(),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("unexpanded $(VARIABLE)"), "{e}");
+        for ok in [
+            "http://etcd-0.weft-etcd:2379",
+            "https://[2001:db8::1]:2379/",
+            "http://10.0.0.1:2379",
+        ] {
+            assert_eq!(check_endpoints(&[ok.to_string()]), Ok(()), "{ok}");
+        }
         let e = target(&["http://127.0.0.1:2379".into()], "weft", &flags(), None).unwrap_err();
         assert_eq!(
             e,

@@ -46,6 +46,52 @@ pub fn accepted(bin: &Path) -> Accepted {
     Accepted { flags, env }
 }
 
+/// Every `WEFT_*` variable `bin`'s help names, its subcommands' included
+/// (`[env: …]` of flags, and the ones the text mentions, such as
+/// `WEFT_ETCD_PASSWORD`), with [`NON_FLAG_VARIABLES`]: what a variable set
+/// in its environment must not be named unless meant for it.
+pub fn variables_read(bin: &Path) -> BTreeSet<String> {
+    fn walk(bin: &Path, sub: &mut Vec<String>, out: &mut BTreeSet<String>) {
+        let out_help = Command::new(bin)
+            .args(&*sub)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out_help.status.success(),
+            "{} {sub:?} --help failed",
+            bin.display()
+        );
+        let help = text(&out_help.stdout);
+        let mut rest = help.as_str();
+        while let Some(i) = rest.find("WEFT_") {
+            let v: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[i + v.len()..];
+            out.insert(v);
+        }
+        let commands: Vec<String> = help
+            .lines()
+            .skip_while(|l| l.trim() != "Commands:")
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .map(str::to_string)
+            .collect();
+        for c in commands {
+            sub.push(c);
+            walk(bin, sub, out);
+            sub.pop();
+        }
+    }
+    let mut out: BTreeSet<String> = NON_FLAG_VARIABLES.map(String::from).into();
+    walk(bin, &mut Vec::new(), &mut out);
+    out
+}
+
 /// A certificate directory for `weft-controller --check-config`, which
 /// loads its TLS files (made with the real weftctl).
 pub fn controller_pki(tmp: &TempDir) -> String {

@@ -1,16 +1,19 @@
 //! The Kubernetes manifests under `deploy/kubernetes/` (and any YAML file)
 //! read as JSON values, and what a test asks of them: objects by kind and
 //! name, workloads and their containers, a container's environment as the
-//! kubelet would set it, what is mounted where, and the strategic merge of
-//! a kustomize patch.
+//! kubelet would set it (the variables of the namespace's Services
+//! included), what is mounted where, the strategic merge of a kustomize
+//! patch, and the tree as `kubectl kustomize` builds it.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{deploy, read};
+use super::{deploy, read, text, which};
 
 /// The namespace of every weft object.
 pub const NAMESPACE: &str = "weft-system";
@@ -25,6 +28,9 @@ pub const FIELD_SAMPLES: [(&str, &str); 4] = [
 ];
 /// What the kubelet probes: the pod IP (the sample of `status.podIP`).
 pub const POD_IP: &str = "10.1.0.5";
+/// The cluster IP the test gives the first Service with one (in the order
+/// of their names); the next ones get the addresses after it.
+pub const FIRST_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 
 /// Every document of every `*.yaml` file under deploy/kubernetes, with the
 /// file it came from.
@@ -140,9 +146,106 @@ pub fn config_map<'a>(docs: &'a [(String, Value)], n: &str) -> &'a serde_json::M
         .expect("ConfigMap data")
 }
 
+/// The Services of `docs` in [`NAMESPACE`] that Kubernetes gives a cluster
+/// IP (not headless: `clusterIP: None`), each with a sample one
+/// ([`FIRST_CLUSTER_IP`] onwards, in the order of their names).
+pub fn cluster_ips(docs: &[(String, Value)]) -> BTreeMap<String, String> {
+    let mut names: Vec<&str> = docs
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| kind(v) == "Service" && v["metadata"]["namespace"] == NAMESPACE)
+        .filter(|v| v["spec"]["clusterIP"] != "None")
+        .map(name)
+        .collect();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .zip(u32::from(FIRST_CLUSTER_IP)..)
+        .map(|(n, ip)| (n.to_string(), Ipv4Addr::from(ip).to_string()))
+        .collect()
+}
+
+/// A name as Kubernetes spells it in a variable: upper case, `-` as `_`.
+pub fn env_name(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+/// The variables the kubelet sets for Service `svc` with cluster IP `ip` in
+/// every container of a pod in its namespace (unless the pod sets
+/// `enableServiceLinks: false`): `<NAME>_SERVICE_HOST`,
+/// `<NAME>_SERVICE_PORT` (the first port), `<NAME>_SERVICE_PORT_<PORT NAME>`
+/// for each named port, and the Docker link variables `<NAME>_PORT`,
+/// `<NAME>_PORT_<PORT>_<PROTO>` and its `_PROTO`, `_PORT`, `_ADDR`
+/// (kubelet's `envvars.FromServices`).
+pub fn service_variables(svc: &Value, ip: &str) -> BTreeMap<String, String> {
+    let prefix = env_name(name(svc));
+    let mut out = BTreeMap::new();
+    let ports = list(&svc["spec"]["ports"]);
+    out.insert(format!("{prefix}_SERVICE_HOST"), ip.to_string());
+    for (i, p) in ports.iter().enumerate() {
+        let port = p["port"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("Service {}: port {p} has no number", name(svc)));
+        let proto = p["protocol"].as_str().unwrap_or("TCP");
+        let url = format!("{}://{ip}:{port}", proto.to_ascii_lowercase());
+        if i == 0 {
+            out.insert(format!("{prefix}_SERVICE_PORT"), port.to_string());
+            out.insert(format!("{prefix}_PORT"), url.clone());
+        }
+        if let Some(n) = p["name"].as_str().filter(|n| !n.is_empty()) {
+            out.insert(
+                format!("{prefix}_SERVICE_PORT_{}", env_name(n)),
+                port.to_string(),
+            );
+        }
+        let link = format!("{prefix}_PORT_{port}_{}", proto.to_ascii_uppercase());
+        out.insert(format!("{link}_PROTO"), proto.to_ascii_lowercase());
+        out.insert(format!("{link}_PORT"), port.to_string());
+        out.insert(format!("{link}_ADDR"), ip.to_string());
+        out.insert(link, url);
+    }
+    out
+}
+
+/// The variables the kubelet sets in a container of a pod in
+/// [`NAMESPACE`] for the Services of `docs` ([`service_variables`], with
+/// the sample cluster IPs of [`cluster_ips`]).
+pub fn service_env(docs: &[(String, Value)]) -> BTreeMap<String, String> {
+    let ips = cluster_ips(docs);
+    let mut env = BTreeMap::new();
+    for (n, ip) in &ips {
+        env.extend(service_variables(object(docs, "Service", n), ip));
+    }
+    env
+}
+
+/// The Service whose sample cluster IP ([`cluster_ips`]) is `ip`, if any.
+pub fn service_at<'a>(docs: &'a [(String, Value)], ip: &str) -> Option<&'a Value> {
+    let (n, _) = cluster_ips(docs).into_iter().find(|(_, i)| i == ip)?;
+    Some(object(docs, "Service", &n))
+}
+
+/// The variables `$(VAR)` in `s` refers to (`$$(…)` is no reference).
+pub fn references(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            rest = r;
+        } else if let Some((v, r)) = after.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            out.push(v.to_string());
+            rest = r;
+        } else {
+            rest = after;
+        }
+    }
+    out
+}
+
 /// Kubernetes' `$(VAR)` in an env `value`: the value of a variable defined
-/// before it (by `envFrom` or an earlier `env` entry); `$$` is a `$`;
-/// anything else stays as written.
+/// before it (by `envFrom` or an earlier `env` entry, or a Service's);
+/// `$$` is a `$`; anything else stays as written.
 pub fn expand_k8s(s: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = String::new();
     let mut rest = s;
@@ -168,9 +271,12 @@ pub fn expand_k8s(s: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// A container's environment as the kubelet would set it, with sample
-/// values for `fieldRef`s.
+/// A container's environment as its manifest sets it (`envFrom`, `env`),
+/// with sample values for `fieldRef`s and `$(VAR)` expanded as the kubelet
+/// does, the variables of the namespace's Services ([`service_env`])
+/// included. Without those: [`kubelet_env`] has them too.
 pub fn container_env(docs: &[(String, Value)], c: &Value) -> BTreeMap<String, String> {
+    let services = service_env(docs);
     let mut env = BTreeMap::new();
     for from in list(&c["envFrom"]) {
         let n = from["configMapRef"]["name"]
@@ -189,7 +295,9 @@ pub fn container_env(docs: &[(String, Value)], c: &Value) -> BTreeMap<String, St
             let v = v
                 .as_str()
                 .unwrap_or_else(|| panic!("env {k}: not a string"));
-            let expanded = expand_k8s(v, &env);
+            let mut scope = services.clone();
+            scope.extend(env.clone());
+            let expanded = expand_k8s(v, &scope);
             assert!(
                 !expanded.contains("$("),
                 "env {k}={v}: refers to a variable not defined before it"
@@ -212,6 +320,54 @@ pub fn container_env(docs: &[(String, Value)], c: &Value) -> BTreeMap<String, St
         env.insert(k, v);
     }
     env
+}
+
+/// A container's whole environment as the kubelet sets it: the Services'
+/// variables ([`service_env`]), and over them [`container_env`].
+pub fn kubelet_env(docs: &[(String, Value)], c: &Value) -> BTreeMap<String, String> {
+    let mut env = service_env(docs);
+    env.extend(container_env(docs, c));
+    env
+}
+
+/// A container's `command` and `args` with `$(VAR)` expanded as the kubelet
+/// does, from [`kubelet_env`].
+pub fn expanded_command(docs: &[(String, Value)], c: &Value) -> Vec<String> {
+    let env = kubelet_env(docs, c);
+    let mut words = strings(&c["command"]);
+    words.extend(strings(&c["args"]));
+    words.iter().map(|w| expand_k8s(w, &env)).collect()
+}
+
+/// The tree `kubectl kustomize` builds from `dir`, as [`manifests`] gives
+/// the files' (each document's file named `kustomize`); None, after a
+/// note, where kubectl is not installed.
+pub fn kustomize_build(dir: &Path) -> Option<Vec<(String, Value)>> {
+    let Some(kubectl) = which("kubectl") else {
+        eprintln!(
+            "NOTE: kubectl not found: `kubectl kustomize {}` was NOT run",
+            dir.display()
+        );
+        return None;
+    };
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        text(&out.stderr)
+    );
+    Some(
+        serde_norway::Deserializer::from_str(&text(&out.stdout))
+            .map(|de| Value::deserialize(de).expect("kubectl kustomize: YAML"))
+            .filter(|v| !v.is_null())
+            .map(|v| ("kustomize".to_string(), v))
+            .collect(),
+    )
 }
 
 /// The volume mounted at `path` in container `c` of workload `w`, with the
