@@ -2,6 +2,8 @@
 //! on a small scale against the real kernel, etcd, controllers and agents
 //! (and the CNI plugins, netavark and iperf3 it compares with), writes its
 //! raw samples, and `weft-bench report` turns them into Markdown and plots.
+//! `weft-bench cni --quick` also runs on its own, its figure checked in
+//! more detail (both sides, both variants, every count).
 //!
 //! No timing is judged (CI machines are shared and noisy); what is
 //! asserted is that every figure was produced with its measurements
@@ -16,13 +18,22 @@ use serde_json::Value;
 use weft_tests::{cleanup, TempDir};
 
 /// The figures `all` produces, by their raw-sample file name.
-const FIGURES: [&str; 6] = ["attach", "scale", "converge", "peers", "churn", "dataplane"];
+const FIGURES: [&str; 7] = [
+    "attach",
+    "cni",
+    "scale",
+    "converge",
+    "peers",
+    "churn",
+    "dataplane",
+];
 
 /// What each figure measured, as paths into its JSON (`a[]` is every
 /// element of array `a`, which must not be empty): each value there must
 /// be a number above zero. Settings (counts, rounds) are not among them.
-const MEASURED: [(&str, &[&str]); 6] = [
+const MEASURED: [(&str, &[&str]); 7] = [
     ("attach", &["series[].samples_ms[]"]),
+    ("cni", &["series[].samples_ms[]"]),
     (
         "scale",
         &[
@@ -212,8 +223,12 @@ fn all_quick_produces_every_figure_and_the_report() {
         );
     }
 
-    // The benchmark's labs (named after its pid) cleaned up after
-    // themselves: no namespace, directory or mount of theirs is left.
+    assert_labs_cleaned_up(pid);
+}
+
+/// The labs of the `weft-bench` process `pid` (named after it) cleaned up
+/// after themselves: no namespace, directory or mount of theirs is left.
+fn assert_labs_cleaned_up(pid: u32) {
     let ours = format!("wt{pid}x");
     let named = |dir: &str| -> Vec<String> {
         std::fs::read_dir(dir)
@@ -245,4 +260,88 @@ fn all_quick_produces_every_figure_and_the_report() {
         })
         .collect();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+}
+
+/// `weft-bench cni --quick` on its own: weft-cni and the reference chain
+/// both measured, ADD and DEL, without and with a published port, at each
+/// count, every sample a measurement; the reference chain is the one
+/// asked for (portmap only when publishing); the report shows the ratio;
+/// nothing of the lab (its 2 × 10 existing attachments' namespaces
+/// included) is left.
+#[test]
+fn cni_quick_measures_both_sides_and_the_report_shows_their_ratio() {
+    weft_tests::require_root();
+    let out = TempDir::new("bench-smoke-cni");
+    let out_s = out.path().display().to_string();
+    let (table, pid) = weft_bench(&["cni", "--quick", "--out", &out_s]);
+    assert!(table.contains("reference / weft-cni"), "{table}");
+
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cni.json")).unwrap()).unwrap();
+    assert!(
+        v["command"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("weft-bench cni --quick")),
+        "{}",
+        v["command"]
+    );
+    let series = v["series"].as_array().expect("series");
+    // --quick: counts 1 and 10, 5 samples.
+    assert_eq!(series.len(), 2 * 2 * 2 * 2, "{series:?}");
+    for plugin in ["weft-cni", "reference"] {
+        for op in ["add", "del"] {
+            for ports in [0, 1] {
+                for existing in [1, 10] {
+                    let what = format!("{plugin} {op} ports={ports} existing={existing}");
+                    let s = series
+                        .iter()
+                        .find(|s| {
+                            s["plugin"] == plugin
+                                && s["op"] == op
+                                && s["ports"] == ports
+                                && s["existing"] == existing
+                        })
+                        .unwrap_or_else(|| panic!("no series {what}"));
+                    let samples = s["samples_ms"].as_array().unwrap();
+                    assert_eq!(samples.len(), 5, "{what}");
+                    for x in samples {
+                        assert!(
+                            x.as_f64().is_some_and(|n| n > 0.0 && n.is_finite()),
+                            "{what}: {x} is not a measurement"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let types = |list: &Value| -> Vec<String> {
+        list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(types(&v["weft"]["conflist"]), ["weft-cni"]);
+    assert_eq!(types(&v["reference"]["conflist"]), ["bridge"]);
+    assert_eq!(
+        types(&v["reference"]["conflist_with_ports"]),
+        ["bridge", "portmap"]
+    );
+
+    let (md, _) = weft_bench(&["report", "--out", &out_s]);
+    assert!(md.contains("### cni: "), "{md}");
+    // One row per op, variant and count, each with a ratio.
+    let rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| add |") || l.starts_with("| del |"))
+        .collect();
+    assert_eq!(rows.len(), 8, "{md}");
+    assert!(rows.iter().all(|r| r.trim_end().ends_with("× |")), "{md}");
+    let svg = std::fs::read_to_string(out.join("cni.svg")).unwrap();
+    assert!(
+        svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert_labs_cleaned_up(pid);
 }

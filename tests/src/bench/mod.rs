@@ -8,6 +8,7 @@
 
 pub mod attach;
 pub mod churn;
+pub mod cni;
 pub mod common;
 pub mod converge;
 pub mod dataplane;

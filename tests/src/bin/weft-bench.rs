@@ -8,6 +8,11 @@
 //! (podman's network backend), each creating the namespace itself, at
 //! several counts of existing endpoints.
 //!
+//! `weft-bench cni`: a container's namespace attached (and detached) by
+//! `weft-cni` vs the reference chain `bridge` + `host-local` (+ `portmap`
+//! with a published port), both exec'd as a container runtime does, at
+//! several counts of existing attachments (`tests/src/bench/cni.rs`).
+//!
 //! `weft-bench scale` (alias `register`): K in-process agents registering at
 //! once with one or more controllers, then the fan-out of host changes to
 //! all of them (`tests/src/bench/scale/`).
@@ -38,7 +43,7 @@ use clap::{Parser, Subcommand};
 #[path = "../bench/mod.rs"]
 mod bench;
 
-use bench::{attach, churn, converge, dataplane, peers, report, scale};
+use bench::{attach, churn, cni, converge, dataplane, peers, report, scale};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +71,27 @@ enum Cmd {
         out: PathBuf,
         /// Pause between samples, so the kernel's asynchronous cleanup of the
         /// namespaces just deleted does not land on the next measurement.
+        #[arg(long, default_value_t = 100)]
+        settle_ms: u64,
+        /// A smoke run: counts 1,10 and 5 samples.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// CNI ADD and DEL as a runtime execs them: weft-cni vs bridge+host-local
+    /// (+portmap), without and with one published port.
+    Cni {
+        /// Existing attachments at which to measure (ascending, at most 1020).
+        #[arg(long, value_delimiter = ',', default_value = "1,300,1000")]
+        counts: Vec<usize>,
+        /// Measurements per side, variant and count.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// Where the raw samples (JSON) go.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// Pause before each pair of ADDs, so the kernel's asynchronous
+        /// cleanup of the namespaces just deleted does not land on the next
+        /// measurement.
         #[arg(long, default_value_t = 100)]
         settle_ms: u64,
         /// A smoke run: counts 1,10 and 5 samples.
@@ -239,6 +265,13 @@ fn main() -> Result<()> {
             };
             attach::run(&counts, samples, Duration::from_millis(100), &out)?;
             println!();
+            let (counts, samples) = if quick {
+                (vec![1, 10], 5)
+            } else {
+                (vec![1, 300, 1000], 20)
+            };
+            cni::run(&counts, samples, Duration::from_millis(100), &out)?;
+            println!();
             if quick {
                 scale::run(&[50], &[1, 2], 3, &out)?;
             } else {
@@ -301,6 +334,20 @@ fn main() -> Result<()> {
                 (counts, samples)
             };
             attach::run(&counts, samples, Duration::from_millis(settle_ms), &out)
+        }
+        Cmd::Cni {
+            counts,
+            samples,
+            out,
+            settle_ms,
+            quick,
+        } => {
+            let (counts, samples) = if quick {
+                (vec![1, 10], 5)
+            } else {
+                (counts, samples)
+            };
+            cni::run(&counts, samples, Duration::from_millis(settle_ms), &out)
         }
     }
 }

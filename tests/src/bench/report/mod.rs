@@ -21,6 +21,7 @@ use serde_json::Value;
 
 mod attach;
 mod churn;
+mod cni;
 mod converge;
 mod dataplane;
 mod figure;
@@ -32,6 +33,7 @@ mod tests;
 
 use attach::attach;
 use churn::churn;
+use cni::cni;
 use converge::converge;
 use dataplane::dataplane;
 use figure::Figure;
@@ -167,6 +169,9 @@ pub fn splice(doc: &str, body: &str) -> String {
 fn figure(name: &str, v: &Value) -> Option<Figure> {
     let first = |key: &str| v[key].as_array().and_then(|a| a.first());
     if let Some(s) = first("series") {
+        if s.get("plugin").is_some() && s.get("ports").is_some() && s.get("samples_ms").is_some() {
+            return Some(cni(name, v));
+        }
         if s.get("tool").is_some() && s.get("samples_ms").is_some() {
             return Some(attach(name, v));
         }

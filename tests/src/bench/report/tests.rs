@@ -92,6 +92,70 @@ fn attach_svg_is_well_formed_with_one_polyline_per_series() {
     assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 2 + 18);
 }
 
+fn cni_json() -> Value {
+    let mut series = Vec::new();
+    for (plugin, f) in [("weft-cni", 1.0), ("reference", 10.0)] {
+        for op in ["add", "del"] {
+            for ports in [0, 1] {
+                for n in [1, 300, 1000] {
+                    let v: Vec<f64> = (0..5)
+                        .map(|i| f * (3.0 + i as f64 + ports as f64))
+                        .collect();
+                    series.push(json!({"plugin": plugin, "op": op, "ports": ports,
+                                       "existing": n, "samples_ms": v}));
+                }
+            }
+        }
+    }
+    json!({"machine": "2 cores (Test CPU), Linux 6.1", "command": "weft-bench cni --quick",
+           "settle_ms": 100.0, "series": series})
+}
+
+#[test]
+fn cni_figure_sets_the_sides_side_by_side_with_their_ratio() {
+    let fig = figure("cni", &cni_json()).expect("cni shape recognised");
+    let svg = fig.svg();
+    let tags = check_xml(&svg);
+    // ADD and DEL panels: 2 sides × 2 variants each; weft's ADD alone: 2
+    // variants; the ratio panel: 2 ops × 2 variants and the target.
+    assert_eq!(
+        tags.iter().filter(|t| *t == "polyline").count(),
+        2 * 4 + 2 + 5
+    );
+    for name in [
+        "weft-cni, no port",
+        "reference, 1 port",
+        "ADD, 1 port",
+        "ADD target (5×)",
+        "existing attachments",
+        "ADD: weft-cni alone",
+    ] {
+        assert!(svg.contains(&format!(">{name}<")), "no label {name}");
+    }
+    let md = fig.markdown(Path::new("bench-out"));
+    assert!(md.contains("![cni: attach a container's namespace through CNI](bench-out/cni.svg)"));
+    // Medians 5 and 50 ms without a port, 6 and 60 with: 10× either way.
+    assert!(
+        md.contains("| add | no port | 1 | 5.00 ms | 7.00 ms | 3.00–7.00 ms | 50.0 ms | 70.0 ms | 30.0–70.0 ms | 10.0× |"),
+        "{md}"
+    );
+    assert!(md.contains("| del | 1 port | 1000 | 6.00 ms |"), "{md}");
+    // One header row, one separator, 2 ops × 2 variants × 3 counts.
+    assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 2 + 12);
+    // Without process-start samples there is no such note; with them, it
+    // gives both medians.
+    assert!(!md.contains("Process start"), "{md}");
+    let mut v = cni_json();
+    v["process_start_ms"] = json!({"weft-cni": [1.0, 2.0, 3.0], "true": [0.5, 1.0, 1.5]});
+    let md = figure("cni", &v).unwrap().markdown(Path::new("bench-out"));
+    assert!(
+        md.contains(
+            "`weft-cni` VERSION 2.00 ms (1.00–3.00 ms), `/bin/true` 1.00 ms (0.50–1.50 ms)"
+        ),
+        "{md}"
+    );
+}
+
 #[test]
 fn every_known_shape_makes_a_well_formed_svg() {
     let m = |extra: Value| {
