@@ -4,6 +4,11 @@
 //! namespaces made as a runtime makes them (`ip netns add`). Every verb,
 //! every cniVersion, every error code weft answers, and chaining with the
 //! reference `tuning` and `portmap` plugins. Needs root.
+//!
+//! No `cnitool` here: Debian 12 ships the CNI library's sources
+//! (`golang-github-appc-cni-dev` 1.1.2: `libcni/`, `pkg/`) but not the
+//! `cnitool/` command, so it cannot be built from Debian's packages. libcni
+//! itself drives weft-cni in `podman.rs` (Podman's CNI backend).
 
 use std::path::Path;
 use std::time::Duration;

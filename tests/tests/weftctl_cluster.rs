@@ -509,9 +509,10 @@ fn cluster_init_and_show_refusals_and_etcd_unreachable() {
         &["--etcd-endpoints", "http://bad host:2379", "subnet", "list"],
     );
     assert_eq!(code, 2);
-    assert!(
-        msg.starts_with("--etcd-endpoints \"http://bad host:2379\": not a usable URL"),
-        "{msg}"
+    assert_eq!(
+        msg,
+        "--etcd-endpoints \"http://bad host:2379\": not HOST:PORT after the scheme; \
+         expected a URL like http://127.0.0.1:2379"
     );
 
     // An address where nothing answers: a bounded, clear failure.
