@@ -133,10 +133,16 @@ async fn dispatch(agent: &Agent, req: Request) -> Response {
         ifname,
     };
     match req {
-        Request::NsAdd { name, ip, publish } => answer(metrics::endpoint_op(
+        Request::NsAdd {
+            name,
+            ip,
+            publish,
+            labels,
+        } => answer(metrics::endpoint_op(
             "add",
-            eps.add(name, ip, publish).await,
+            eps.add(name, ip, publish, labels).await,
         )),
+        Request::NsLabel { name, set, remove } => answer(eps.label(&name, set, remove).await),
         Request::NsDel { name } => answer(metrics::endpoint_op("del", eps.del(&name).await)),
         Request::NsList => ok(eps.list().await),
         Request::NsShow { name } => answer(eps.show(&name).await),
@@ -147,9 +153,10 @@ async fn dispatch(agent: &Agent, req: Request) -> Response {
             netns,
             network,
             publish,
+            labels,
         } => answer(metrics::endpoint_op(
             "cni_add",
-            eps.cni_add(key(container_id, ifname), netns, network, publish)
+            eps.cni_add(key(container_id, ifname), netns, network, publish, labels)
                 .await,
         )),
         Request::CniDel {

@@ -147,6 +147,7 @@ impl AgentClient {
             name: name.to_string(),
             ip,
             publish,
+            labels: Default::default(),
         })
     }
 

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{MacAddr, PortMapping};
+use crate::{Labels, MacAddr, PortMapping};
 
 /// Longest request or response line the agent reads, in bytes.
 pub const MAX_LINE: usize = 1 << 20;
@@ -23,6 +23,17 @@ pub enum Request {
         ip: Option<Ipv4Addr>,
         #[serde(default)]
         publish: Vec<PortMapping>,
+        #[serde(default, skip_serializing_if = "Labels::is_empty")]
+        labels: Labels,
+    },
+    /// Sets the labels in `set` and removes those in `remove` (absent ones
+    /// are no error), all at once or not at all.
+    NsLabel {
+        name: String,
+        #[serde(default)]
+        set: Labels,
+        #[serde(default)]
+        remove: Vec<String>,
     },
     NsDel {
         name: String,
@@ -47,6 +58,9 @@ pub enum Request {
         network: String,
         #[serde(default)]
         publish: Vec<PortMapping>,
+        /// From the config's `args.cni.labels`.
+        #[serde(default, skip_serializing_if = "Labels::is_empty")]
+        labels: Labels,
     },
     /// CNI DEL: idempotent; succeeds when there is nothing to remove.
     CniDel {
@@ -188,6 +202,8 @@ pub struct Endpoint {
     pub host_veth: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<Attachment>,
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// The controller link as `weftctl status` shows it.
@@ -247,7 +263,8 @@ mod tests {
             Request::NsAdd {
                 name: "a".into(),
                 ip: None,
-                publish: vec!["8080:80/udp".parse().unwrap()]
+                publish: vec!["8080:80/udp".parse().unwrap()],
+                labels: Default::default(),
             }
         );
         assert!(
@@ -290,8 +307,29 @@ mod tests {
                 netns: "/run/netns/x".into(),
                 network: "weft".into(),
                 publish: vec!["8080:80".parse().unwrap()],
+                labels: Default::default(),
             }
         );
+        // Labels: omitted when there are none (the form older agents read).
+        let label: Request = serde_json::from_str(
+            r#"{"op":"ns_label","name":"a","set":{"app":"web"},"remove":["x"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            label,
+            Request::NsLabel {
+                name: "a".into(),
+                set: [("app".to_string(), "web".to_string())].into(),
+                remove: vec!["x".into()],
+            }
+        );
+        let plain = Request::NsAdd {
+            name: "a".into(),
+            ip: None,
+            publish: vec![],
+            labels: Default::default(),
+        };
+        assert!(!serde_json::to_string(&plain).unwrap().contains("labels"));
         let del = Request::CniDel {
             container_id: "c1".into(),
             ifname: "eth0".into(),

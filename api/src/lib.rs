@@ -8,8 +8,10 @@
 
 pub mod agent_client;
 pub mod api;
+pub mod labels;
 pub mod mac;
 pub mod publish;
 
+pub use labels::Labels;
 pub use mac::MacAddr;
 pub use publish::{PortMapping, Proto, PublishError};

@@ -1,6 +1,6 @@
 //! The network config a runtime writes on stdin: the keys weft-cni reads
 //! (`cniVersion`, `name`, `agentSocket`, `dns`, `runtimeConfig.portMappings`,
-//! `prevResult`, `cni.dev/valid-attachments`), checked. Other keys are
+//! `args.cni.labels`, `prevResult`, `cni.dev/valid-attachments`), checked. Other keys are
 //! ignored (runtimes and chained plugins add their own), except an `ipam`
 //! section: weft does its own address management, so one is refused
 //! rather than silently ignored.
@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::{Map, Value};
 use weft_api::api::AttachmentKey;
-use weft_api::{PortMapping, Proto};
+use weft_api::{labels, Labels, PortMapping, Proto};
 
 use crate::error::{CniError, DECODE_FAILURE, INVALID_CONFIG, UNSUPPORTED_FIELD};
 use crate::version::Version;
@@ -26,6 +26,9 @@ pub struct Config {
     pub agent_socket: String,
     pub dns: Option<Value>,
     pub publish: Vec<PortMapping>,
+    /// The endpoint's labels, from `args.cni.labels` (the CNI conventions'
+    /// `[{"key": …, "value": …}]`).
+    pub labels: Labels,
     pub prev_result: Option<Map<String, Value>>,
     pub valid_attachments: Vec<AttachmentKey>,
 }
@@ -94,6 +97,15 @@ impl Config {
                 )))
             }
         };
+        let labels = match o
+            .get("args")
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("labels"))
+        {
+            None | Some(Value::Null) => Labels::new(),
+            Some(Value::Array(list)) => endpoint_labels(list)?,
+            Some(other) => return Err(invalid(format!("args.cni.labels {other} is not a list"))),
+        };
         let prev_result = match o.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(Value::Object(p)) => Some(p.clone()),
@@ -116,6 +128,7 @@ impl Config {
             agent_socket,
             dns,
             publish,
+            labels,
             prev_result,
             valid_attachments,
         })
@@ -159,6 +172,30 @@ fn port_mapping(v: &Value) -> Result<PortMapping, CniError> {
         port: container_port,
         proto,
     })
+}
+
+/// `args.cni.labels`: `[{"key": "app", "value": "web"}, …]`, each checked
+/// as `weftctl ns add --label` checks them; a key given twice is refused.
+fn endpoint_labels(list: &[Value]) -> Result<Labels, CniError> {
+    let mut out = Labels::new();
+    for v in list {
+        let field = |k: &str| v.get(k).and_then(Value::as_str);
+        let (Some(key), Some(value)) = (field("key"), field("value")) else {
+            return Err(invalid(format!(
+                "args.cni.labels entry {v} needs a string key and value"
+            )));
+        };
+        labels::check_key(key)
+            .and_then(|()| labels::check_value(key, value))
+            .map_err(|e| invalid(format!("args.cni.labels: {e}")))?;
+        if out.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(invalid(format!(
+                "args.cni.labels: key {key:?} is given twice"
+            )));
+        }
+    }
+    labels::check(&out).map_err(|e| invalid(format!("args.cni.labels: {e}")))?;
+    Ok(out)
 }
 
 fn attachment_key(v: &Value) -> Result<AttachmentKey, CniError> {
@@ -234,6 +271,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.msg.contains("\"sctp\""), "{}", e.msg);
+    }
+
+    #[test]
+    fn labels_come_from_args_cni_labels() {
+        let c = Config::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"labels":[
+                {"key":"app","value":"web"},{"key":"tier","value":"front"}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(labels::display(&c.labels), "app=web,tier=front");
+        let refused = |s: &str| {
+            let e = Config::parse(s.as_bytes()).unwrap_err();
+            assert_eq!(e.code, INVALID_CONFIG, "{s}");
+            e.msg
+        };
+        assert_eq!(
+            refused(
+                r#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"labels":[{"key":"a b","value":"x"}]}}}"#
+            ),
+            "args.cni.labels: label key \"a b\": may hold only letters, digits, '-', '_' and '.'"
+        );
+        assert_eq!(
+            refused(
+                r#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"labels":[{"key":"a","value":"1"},{"key":"a","value":"2"}]}}}"#
+            ),
+            "args.cni.labels: key \"a\" is given twice"
+        );
+        assert!(refused(
+            r#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"labels":[{"key":"a"}]}}}"#
+        )
+        .contains("needs a string key and value"));
+        assert!(refused(
+            r#"{"cniVersion":"1.0.0","name":"n","args":{"cni":{"labels":{"a":"b"}}}}"#
+        )
+        .contains("is not a list"));
     }
 
     proptest! {

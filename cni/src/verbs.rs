@@ -70,6 +70,7 @@ fn verb(get: impl Fn(&str) -> Option<String>, input: &[u8]) -> Result<Option<Val
                     netns: netns.clone(),
                     network: cfg.name.clone(),
                     publish: cfg.publish.clone(),
+                    labels: cfg.labels.clone(),
                 },
             )?;
             let ep: Endpoint = serde_json::from_value(v).map_err(|e| {

@@ -16,4 +16,4 @@ pub mod wire;
 pub use mac::MacAddr;
 pub use name::{validate_name, NameError};
 pub use publish::{PortMapping, Proto, PublishError};
-pub use weft_api::{agent_client, api, mac, publish};
+pub use weft_api::{agent_client, api, labels, mac, publish, Labels};

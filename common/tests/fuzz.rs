@@ -474,11 +474,14 @@ proptest! {
         name in "\\PC{0,70}",
         ip in proptest::option::of(any::<u32>().prop_map(Ipv4Addr::from)),
         publish in proptest::collection::vec(arb_port_mapping(), 0..4),
-        which in 0u8..5,
+        which in 0u8..6,
         probe in any::<bool>(),
+        labels in proptest::collection::btree_map("\\PC{0,20}", "\\PC{0,20}", 0..4),
+        remove in proptest::collection::vec("\\PC{0,20}", 0..3),
     ) {
         let req = match which {
-            0 => Request::NsAdd { name, ip, publish },
+            0 => Request::NsAdd { name, ip, publish, labels },
+            5 => Request::NsLabel { name, set: labels, remove },
             1 => Request::NsDel { name },
             2 => Request::NsShow { name },
             3 => Request::NsList,

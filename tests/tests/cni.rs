@@ -419,7 +419,9 @@ fn an_agent_restart_keeps_attachments_working() {
     let mut agent = h.start_agent(&[]);
     let rt = Runtime::new(&h.netns);
     let ns = lab.add_netns("c");
-    let conf = cfg(h, "1.0.0");
+    let mut conf = cfg(h, "1.0.0");
+    // Labels from the config's args.cni.labels (the CNI conventions).
+    conf["args"] = json!({"cni": {"labels": [{"key": "app", "value": "web"}]}});
     let r = rt.exec(&add("c", &ns), &conf).unwrap();
     let ip = first_ip(r.expect_ok("ADD")).unwrap();
     let before = host_traces(h);
@@ -437,6 +439,12 @@ fn an_agent_restart_keeps_attachments_working() {
     let listed = attachments(h);
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].ip, ip);
+    let labels: Vec<(&str, &str)> = listed[0]
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(labels, [("app", "web")], "labels kept across the restart");
     rt.exec(&verb("CHECK", "c", &ns), &conf)
         .unwrap()
         .expect_ok("CHECK after restart");

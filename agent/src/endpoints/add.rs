@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use tracing::{debug, error, info, warn};
 use weft_common::api::Endpoint;
 use weft_common::name::host_veth_name;
-use weft_common::{MacAddr, PortMapping};
+use weft_common::{labels, Labels, MacAddr, PortMapping};
 
 use super::undo::Undo;
 use super::{EndpointError, Endpoints, Result, Table};
@@ -54,6 +54,16 @@ impl std::fmt::Display for Phases {
     }
 }
 
+/// What `ns add` and CNI ADD ask for, once checked.
+pub(super) struct Admission {
+    pub name: String,
+    pub host_veth: String,
+    pub ip: Option<Ipv4Addr>,
+    pub publish: Vec<PortMapping>,
+    pub labels: Labels,
+    pub attachment: Option<AttachmentRecord>,
+}
+
 impl Endpoints {
     /// `weftctl ns add`: builds a namespace on the bridge. On any failure,
     /// everything created so far is removed again.
@@ -62,7 +72,9 @@ impl Endpoints {
         name: String,
         ip: Option<Ipv4Addr>,
         publish: Vec<PortMapping>,
+        labels: Labels,
     ) -> Result<Endpoint> {
+        labels::check(&labels)?;
         let mut t = self.table.lock().await;
         let host_veth = check_add(&name, &publish, &t.records)?;
         if self.state.is_pending(&name) {
@@ -74,20 +86,28 @@ impl Endpoints {
         if self.kernel.netns_presence(&name).await != NetnsPresence::Absent {
             return Err(EndpointError::ForeignNetns(self.netns_dir.join(&name)));
         }
-        self.admit(&mut t, name, host_veth, ip, publish, None).await
+        let admission = Admission {
+            name,
+            host_veth,
+            ip,
+            publish,
+            labels,
+            attachment: None,
+        };
+        self.admit(&mut t, admission).await
     }
 
     /// What `ns add` and CNI ADD share once the request is checked: the
     /// published ports free, an address, the build, the record.
-    pub(super) async fn admit(
-        &self,
-        t: &mut Table,
-        name: String,
-        host_veth: String,
-        ip: Option<Ipv4Addr>,
-        publish: Vec<PortMapping>,
-        attachment: Option<AttachmentRecord>,
-    ) -> Result<Endpoint> {
+    pub(super) async fn admit(&self, t: &mut Table, a: Admission) -> Result<Endpoint> {
+        let Admission {
+            name,
+            host_veth,
+            ip,
+            publish,
+            labels,
+            attachment,
+        } = a;
         // A container runtime reserves the host ports it publishes itself
         // (podman's conmon listens on them): only ns add checks them here.
         let ports_checked = if attachment.is_none() {
@@ -109,6 +129,7 @@ impl Endpoints {
             host_veth,
             publish,
             attachment,
+            labels,
         };
         let built = self.build(&rec).await;
         if rec.attachment.is_none() {

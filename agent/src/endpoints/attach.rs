@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 
 use tracing::{debug, info, warn};
 use weft_common::api::{AttachmentKey, Endpoint, GcReport};
-use weft_common::PortMapping;
+use weft_common::{labels, Labels, PortMapping};
 
+use super::add::Admission;
 use super::{EndpointError, Endpoints, Result, Table};
 use crate::kernel::{Cause as KernelCause, OnError};
 use crate::model::attachment::{
@@ -41,8 +42,10 @@ impl Endpoints {
         netns: String,
         network: String,
         publish: Vec<PortMapping>,
+        labels: Labels,
     ) -> Result<Endpoint> {
         check_key(&key)?;
+        labels::check(&labels)?;
         check_netns(&netns)?;
         check_network(&network)?;
         let mut t = self.table.lock().await;
@@ -67,9 +70,15 @@ impl Endpoints {
             netns: netns.clone(),
             network,
         };
-        let added = self
-            .admit(&mut t, name, host_veth, None, publish, Some(attachment))
-            .await;
+        let admission = Admission {
+            name,
+            host_veth,
+            ip: None,
+            publish,
+            labels,
+            attachment: Some(attachment),
+        };
+        let added = self.admit(&mut t, admission).await;
         match added {
             Err(e) if self.interface_taken(&e, &netns, &key.ifname).await => {
                 Err(EndpointError::InterfaceExists {

@@ -7,6 +7,7 @@
 
 mod add;
 mod attach;
+mod label;
 pub mod pool;
 pub mod undo;
 
@@ -18,6 +19,7 @@ use thiserror::Error;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::info;
 use weft_common::api::{AttachmentKey, Endpoint, ErrorCode};
+use weft_common::labels::LabelError;
 use weft_common::PortMapping;
 
 use crate::kernel::{Kernel, KernelError, OnError};
@@ -71,6 +73,8 @@ pub enum EndpointError {
     },
     #[error("{name:?} is the attachment of container {container}: its runtime removes it (CNI DEL), not ns del")]
     IsAttachment { name: String, container: String },
+    #[error("{0}")]
+    Labels(#[from] LabelError),
 }
 
 impl EndpointError {
@@ -88,7 +92,7 @@ impl EndpointError {
             E::Refused(_) | E::Ipam(_) | E::AttachmentInvalid(_) | E::NotANetns(_) => {
                 ErrorCode::Invalid
             }
-            E::IsAttachment { .. } => ErrorCode::Invalid,
+            E::IsAttachment { .. } | E::Labels(_) => ErrorCode::Invalid,
             E::AttachmentExists(_) | E::InterfaceExists { .. } => ErrorCode::Exists,
             E::NotFound(_) | E::NetnsMissing(_) | E::NoAttachment(_) => ErrorCode::NotFound,
             E::Differs { .. } => ErrorCode::Differs,
@@ -167,6 +171,7 @@ impl Endpoints {
             publish: rec.publish.clone(),
             host_veth: rec.host_veth.clone(),
             attachment: rec.attachment.as_ref().map(|a| a.api()),
+            labels: rec.labels.clone(),
         }
     }
 

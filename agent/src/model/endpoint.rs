@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use weft_common::name::host_veth_name;
-use weft_common::{validate_name, MacAddr, NameError, PortMapping, Proto};
+use weft_common::{validate_name, Labels, MacAddr, NameError, PortMapping, Proto};
 
 use super::attachment::AttachmentRecord;
 use super::firewall::PortForward;
@@ -31,6 +31,10 @@ pub struct EndpointRecord {
     /// weft's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<AttachmentRecord>,
+    /// The operator's labels (`ns add --label`, `ns label`, or the CNI
+    /// config's `args.cni.labels`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 impl EndpointRecord {
@@ -348,6 +352,7 @@ mod tests {
             host_veth: host_veth_name(name),
             publish: publish.iter().map(|p| p.parse().unwrap()).collect(),
             attachment: None,
+            labels: Labels::new(),
         }
     }
 

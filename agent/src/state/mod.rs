@@ -307,6 +307,7 @@ mod tests {
             host_veth: host_veth_name("a"),
             publish: vec!["8080:80".parse().unwrap()],
             attachment: None,
+            labels: [("app".to_string(), "web".to_string())].into(),
         };
         w.save_endpoint(&rec).await.unwrap();
         w.mark_pending("b").unwrap();

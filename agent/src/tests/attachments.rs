@@ -32,6 +32,24 @@ async fn host(tag: &str) -> (Arc<FakeKernel>, TempDir, Agent) {
     (k, dir, a)
 }
 
+/// CNI ADD of `key` in `netns` on `network`, no ports, no labels.
+async fn attach(
+    a: &Agent,
+    key: AttachmentKey,
+    netns: &str,
+    network: &str,
+) -> Result<weft_common::api::Endpoint, EndpointError> {
+    a.endpoints
+        .cni_add(
+            key,
+            netns.into(),
+            network.into(),
+            vec![],
+            Default::default(),
+        )
+        .await
+}
+
 /// A namespace as a container runtime makes it (with its `lo`).
 fn runtime_netns(k: &FakeKernel, path: &str) {
     k.with(|s| {
@@ -43,11 +61,7 @@ fn runtime_netns(k: &FakeKernel, path: &str) {
 #[tokio::test]
 async fn add_wires_the_runtimes_namespace_and_del_unwires_it() {
     let (k, _dir, a) = host("att-add").await;
-    let ep = a
-        .endpoints
-        .cni_add(key("c1"), NS.into(), "weft".into(), vec![])
-        .await
-        .unwrap();
+    let ep = attach(&a, key("c1"), NS, "weft").await.unwrap();
     assert_eq!(ep.netns, NS);
     assert_eq!(ep.iface, "eth0");
     assert_eq!(ep.attachment.as_ref().unwrap().container_id, "c1");
@@ -64,11 +78,7 @@ async fn add_wires_the_runtimes_namespace_and_del_unwires_it() {
         "{ops:?}"
     );
     // ADD again: refused, nothing applied.
-    let e = a
-        .endpoints
-        .cni_add(key("c1"), NS.into(), "weft".into(), vec![])
-        .await
-        .unwrap_err();
+    let e = attach(&a, key("c1"), NS, "weft").await.unwrap_err();
     assert!(matches!(e, EndpointError::AttachmentExists(_)), "{e}");
     assert_eq!(e.code(), ErrorCode::Exists);
     assert!(applied(&k).is_empty());
@@ -106,11 +116,7 @@ async fn bad_requests_change_nothing() {
         (key("c"), "/run/netns/absent", ErrorCode::NotFound),
     ];
     for (k2, ns, code) in cases {
-        let e = a
-            .endpoints
-            .cni_add(k2.clone(), ns.into(), "weft".into(), vec![])
-            .await
-            .unwrap_err();
+        let e = attach(&a, k2.clone(), ns, "weft").await.unwrap_err();
         assert_eq!(e.code(), code, "{k2} {ns}: {e}");
     }
     // An interface of that name exists in the namespace already.
@@ -122,11 +128,7 @@ async fn bad_requests_change_nothing() {
             .devices
             .insert("eth0".into(), lo);
     });
-    let e = a
-        .endpoints
-        .cni_add(key("c"), NS.into(), "weft".into(), vec![])
-        .await
-        .unwrap_err();
+    let e = attach(&a, key("c"), NS, "weft").await.unwrap_err();
     assert!(matches!(e, EndpointError::InterfaceExists { .. }), "{e}");
     k.with(|s| {
         s.netns.get_mut(NS).unwrap().devices.remove("eth0");
@@ -145,11 +147,7 @@ async fn bad_requests_change_nothing() {
 #[tokio::test]
 async fn check_names_what_differs() {
     let (k, _dir, a) = host("att-check").await;
-    let ep = a
-        .endpoints
-        .cni_add(key("c1"), NS.into(), "weft".into(), vec![])
-        .await
-        .unwrap();
+    let ep = attach(&a, key("c1"), NS, "weft").await.unwrap();
     a.endpoints.cni_check(key("c1"), NS.into()).await.unwrap();
     k.with(|s| s.netns.get_mut(NS).unwrap().addresses.clear());
     let e = a
@@ -176,29 +174,13 @@ async fn check_names_what_differs() {
 #[tokio::test]
 async fn a_gone_namespace_is_released_by_the_next_repair_and_gc_sweeps() {
     let (k, _dir, a) = host("att-gone").await;
-    let ep = a
-        .endpoints
-        .cni_add(key("c1"), NS.into(), "weft".into(), vec![])
-        .await
-        .unwrap();
+    let ep = attach(&a, key("c1"), NS, "weft").await.unwrap();
     runtime_netns(&k, "/run/netns/cni-test-2");
-    a.endpoints
-        .cni_add(
-            key("c2"),
-            "/run/netns/cni-test-2".into(),
-            "weft".into(),
-            vec![],
-        )
+    attach(&a, key("c2"), "/run/netns/cni-test-2", "weft")
         .await
         .unwrap();
     runtime_netns(&k, "/run/netns/cni-test-3");
-    a.endpoints
-        .cni_add(
-            key("c3"),
-            "/run/netns/cni-test-3".into(),
-            "other".into(),
-            vec![],
-        )
+    attach(&a, key("c3"), "/run/netns/cni-test-3", "other")
         .await
         .unwrap();
     k.take_applied();
@@ -224,7 +206,7 @@ async fn a_gone_namespace_is_released_by_the_next_repair_and_gc_sweeps() {
     assert_eq!(left, ["c2", "c3"]);
     // c1's address is free: a namespace may take it.
     a.endpoints
-        .add("x".into(), Some(ep.ip), vec![])
+        .add("x".into(), Some(ep.ip), vec![], Default::default())
         .await
         .unwrap();
     // GC of "weft" keeping nothing removes c2 only (c3 is another network's).

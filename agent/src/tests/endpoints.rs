@@ -101,7 +101,12 @@ async fn ns_add_failing_at_each_step_rolls_back_exactly_what_it_made() {
         k.fail_when(fail);
         let e = a
             .endpoints
-            .add("a".into(), None, vec!["8080:80".parse().unwrap()])
+            .add(
+                "a".into(),
+                None,
+                vec!["8080:80".parse().unwrap()],
+                Default::default(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, EndpointError::Kernel(_)), "{step}: {e}");
@@ -137,7 +142,11 @@ async fn ns_add_failing_at_each_step_rolls_back_exactly_what_it_made() {
         // The address went back: another endpoint may have it.
         k.clear_failures();
         let ip = "10.244.1.2".parse().unwrap();
-        let ep = a.endpoints.add("b".into(), Some(ip), vec![]).await.unwrap();
+        let ep = a
+            .endpoints
+            .add("b".into(), Some(ip), vec![], Default::default())
+            .await
+            .unwrap();
         assert_eq!(ep.ip, ip, "{step}");
     }
 }
@@ -150,7 +159,11 @@ async fn a_failed_state_write_takes_the_kernel_work_back() {
     // whoever the writer runs as.
     std::fs::remove_dir_all(dir.0.join("endpoints")).unwrap();
     std::fs::write(dir.0.join("endpoints"), b"").unwrap();
-    let e = a.endpoints.add("a".into(), None, vec![]).await.unwrap_err();
+    let e = a
+        .endpoints
+        .add("a".into(), None, vec![], Default::default())
+        .await
+        .unwrap_err();
     assert!(matches!(e, EndpointError::State(_)), "{e}");
     assert_eq!(objects(&k), before, "the namespace and veth were removed");
 }
@@ -168,7 +181,10 @@ async fn a_spare_is_used_and_an_unusable_one_falls_back_to_a_new_namespace() {
         a.endpoints.pool.put(id);
     }
     k.take_applied();
-    a.endpoints.add("a".into(), None, vec![]).await.unwrap();
+    a.endpoints
+        .add("a".into(), None, vec![], Default::default())
+        .await
+        .unwrap();
     let ops = k.take_applied();
     assert!(matches!(ops[0], Op::AdoptSpare { .. }), "{ops:#?}");
     assert_eq!(ops.len(), 1, "nothing but the spare: {ops:#?}");
@@ -181,7 +197,10 @@ async fn a_spare_is_used_and_an_unusable_one_falls_back_to_a_new_namespace() {
     );
     // The next spare fails: the endpoint is built from scratch instead.
     k.fail_when(|o| matches!(o, Op::AdoptSpare { .. }));
-    a.endpoints.add("b".into(), None, vec![]).await.unwrap();
+    a.endpoints
+        .add("b".into(), None, vec![], Default::default())
+        .await
+        .unwrap();
     let ops: Vec<String> = k.take_applied().iter().map(|o| o.to_string()).collect();
     assert_eq!(ops[0], "netns add b", "{ops:#?}");
 }
@@ -190,7 +209,12 @@ async fn a_spare_is_used_and_an_unusable_one_falls_back_to_a_new_namespace() {
 async fn refusals_change_nothing_and_name_the_value() {
     let (k, _dir, a) = host("refuse").await;
     a.endpoints
-        .add("a".into(), None, vec!["8080:80".parse().unwrap()])
+        .add(
+            "a".into(),
+            None,
+            vec!["8080:80".parse().unwrap()],
+            Default::default(),
+        )
         .await
         .unwrap();
     k.take_applied();
@@ -224,6 +248,7 @@ async fn refusals_change_nothing_and_name_the_value() {
                 name.into(),
                 ip.map(|i| i.parse().unwrap()),
                 publish.iter().map(|p| p.parse().unwrap()).collect(),
+                Default::default(),
             )
             .await
             .unwrap_err()
@@ -236,7 +261,12 @@ async fn refusals_change_nothing_and_name_the_value() {
     });
     let e = a
         .endpoints
-        .add("b".into(), None, vec!["9090:80".parse().unwrap()])
+        .add(
+            "b".into(),
+            None,
+            vec!["9090:80".parse().unwrap()],
+            Default::default(),
+        )
         .await
         .unwrap_err()
         .to_string();
@@ -248,7 +278,11 @@ async fn refusals_change_nothing_and_name_the_value() {
     k.with(|s| {
         s.stray_files.insert("c".into());
     });
-    let e = a.endpoints.add("c".into(), None, vec![]).await.unwrap_err();
+    let e = a
+        .endpoints
+        .add("c".into(), None, vec![], Default::default())
+        .await
+        .unwrap_err();
     assert!(matches!(e, EndpointError::ForeignNetns(_)), "{e}");
     let mut after = objects(&k);
     after.busy_ports.clear();
@@ -262,7 +296,12 @@ async fn ns_del_removes_ports_veth_and_namespace_and_frees_the_address() {
     let (k, dir, a) = host("del").await;
     let before = objects(&k);
     a.endpoints
-        .add("a".into(), None, vec!["8080:80".parse().unwrap()])
+        .add(
+            "a".into(),
+            None,
+            vec!["8080:80".parse().unwrap()],
+            Default::default(),
+        )
         .await
         .unwrap();
     k.take_applied();

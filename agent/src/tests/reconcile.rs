@@ -44,10 +44,18 @@ async fn standalone_first_start_builds_the_host_and_a_restart_changes_nothing() 
         "standalone has no tunnel: {first:#?}"
     );
     a.endpoints
-        .add("a".into(), None, vec!["8080:80".parse().unwrap()])
+        .add(
+            "a".into(),
+            None,
+            vec!["8080:80".parse().unwrap()],
+            Default::default(),
+        )
         .await
         .unwrap();
-    a.endpoints.add("b".into(), None, vec![]).await.unwrap();
+    a.endpoints
+        .add("b".into(), None, vec![], Default::default())
+        .await
+        .unwrap();
     k.take_applied();
     drop(a);
     released(&dir);
@@ -82,7 +90,10 @@ async fn cluster_start_programs_the_tunnel_and_a_restart_changes_nothing() {
     let fw = k.state().firewall.expect("nft table");
     assert_eq!(fw.spec.vxlan_port, Some(4789));
     assert_eq!(fw.peers.len(), 2, "the VXLAN port accepts both peers");
-    a.endpoints.add("a".into(), None, vec![]).await.unwrap();
+    a.endpoints
+        .add("a".into(), None, vec![], Default::default())
+        .await
+        .unwrap();
     k.take_applied();
     drop(a);
     released(&dir);
@@ -165,7 +176,10 @@ async fn a_bridge_deleted_outside_weft_comes_back_with_its_ports() {
     let dir = TempDir::new("bridge");
     let a = agent(&k, &dir, standalone(), PeerSet::default());
     start(&a).await;
-    a.endpoints.add("a".into(), None, vec![]).await.unwrap();
+    a.endpoints
+        .add("a".into(), None, vec![], Default::default())
+        .await
+        .unwrap();
     k.take_applied();
     let veth = weft_common::name::host_veth_name("a");
     k.with(|s| s.remove_device(BRIDGE));
@@ -199,7 +213,10 @@ async fn a_vanished_namespace_is_rebuilt_and_its_old_veth_dropped() {
     let dir = TempDir::new("netns");
     let a = agent(&k, &dir, standalone(), PeerSet::default());
     start(&a).await;
-    a.endpoints.add("a".into(), None, vec![]).await.unwrap();
+    a.endpoints
+        .add("a".into(), None, vec![], Default::default())
+        .await
+        .unwrap();
     k.take_applied();
     // The namespace is unmounted under the agent; some process keeps it
     // (and so the veth) alive.
@@ -230,7 +247,10 @@ async fn inside_a_namespace_only_what_changed_is_restored() {
     let dir = TempDir::new("inside");
     let a = agent(&k, &dir, standalone(), PeerSet::default());
     start(&a).await;
-    a.endpoints.add("a".into(), None, vec![]).await.unwrap();
+    a.endpoints
+        .add("a".into(), None, vec![], Default::default())
+        .await
+        .unwrap();
     k.take_applied();
     k.with(|s| s.netns.get_mut("a").unwrap().default_route = None);
     // A repair looks inside only when the host side is broken…
@@ -266,6 +286,7 @@ async fn leftovers_of_an_interrupted_ns_add_are_removed_at_start() {
             host_veth: weft_common::name::host_veth_name("x"),
             publish: vec![],
             attachment: None,
+            labels: Default::default(),
         });
     let r = k
         .apply(&spec.build_ops()[..2], crate::kernel::OnError::Stop)

@@ -240,6 +240,7 @@ impl Fill {
                     .unwrap_or("weft")
                     .to_string(),
                 publish: vec![],
+                labels: Default::default(),
             })
             .with_context(|| format!("fill: weft cni_add {short}"))?;
         let short = format!("{}f{k}", reference.tag);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Subcommand, ValueEnum};
 use ipnetwork::Ipv4Network;
 use weft_common::agent_client::DEFAULT_SOCKET;
+use weft_common::labels::LabelEdit;
 use weft_common::PortMapping;
 use weft_controller::flags::etcd::EtcdFlags;
 use weft_controller::pki::Role;
@@ -210,6 +211,16 @@ pub enum NsCommand {
         /// Publish a port: [HOSTIP:]HOSTPORT:PORT[/tcp|/udp]; may be repeated.
         #[arg(long, short = 'p', value_name = "SPEC")]
         publish: Vec<PortMapping>,
+        /// A label: KEY=VALUE (Kubernetes label syntax); may be repeated.
+        #[arg(long, short = 'l', value_name = "KEY=VALUE")]
+        label: Vec<LabelEdit>,
+    },
+    /// Set labels (KEY=VALUE) and remove them (KEY-) on a namespace or a
+    /// container's attachment, all at once or not at all.
+    Label {
+        name: String,
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        edits: Vec<LabelEdit>,
     },
     /// Delete a namespace, its interfaces and its published ports.
     #[command(alias = "rm")]

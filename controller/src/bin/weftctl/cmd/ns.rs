@@ -5,14 +5,42 @@ use std::ffi::CString;
 use serde_json::Value;
 use weft_common::agent_client::AgentClient;
 use weft_common::api::{Endpoint, Request};
+use weft_common::labels::{self, LabelEdit};
+use weft_common::Labels;
 
 use crate::cli::NsCommand;
 use crate::output::{self, Failure};
 
 pub fn run(json: bool, agent: &mut AgentClient, c: NsCommand) -> Result<(), Failure> {
     match c {
-        NsCommand::Add { name, ip, publish } => {
-            let v = agent.call(&Request::NsAdd { name, ip, publish })?;
+        NsCommand::Add {
+            name,
+            ip,
+            publish,
+            label,
+        } => {
+            let labels = to_labels(&label)?;
+            let v = agent.call(&Request::NsAdd {
+                name,
+                ip,
+                publish,
+                labels,
+            })?;
+            let ep: Endpoint = agent.decode(v.clone())?;
+            print_endpoints(json, &[ep], &v)
+        }
+        NsCommand::Label { name, edits } => {
+            let mut set = Labels::new();
+            let mut remove = Vec::new();
+            for e in edits {
+                match e {
+                    LabelEdit::Set(k, v) => {
+                        set.insert(k, v);
+                    }
+                    LabelEdit::Remove(k) => remove.push(k),
+                }
+            }
+            let v = agent.call(&Request::NsLabel { name, set, remove })?;
             let ep: Endpoint = agent.decode(v.clone())?;
             print_endpoints(json, &[ep], &v)
         }
@@ -39,13 +67,34 @@ pub fn run(json: bool, agent: &mut AgentClient, c: NsCommand) -> Result<(), Fail
     }
 }
 
+/// `--label` arguments as labels: setting only, each key once.
+fn to_labels(edits: &[LabelEdit]) -> Result<Labels, Failure> {
+    let mut out = Labels::new();
+    for e in edits {
+        match e {
+            LabelEdit::Set(k, v) => {
+                if out.insert(k.clone(), v.clone()).is_some() {
+                    return Err(Failure::usage(format!("--label {k}: given twice")));
+                }
+            }
+            LabelEdit::Remove(k) => {
+                return Err(Failure::usage(format!(
+                    "--label {k}-: ns add sets labels (KEY=VALUE); ns label removes them"
+                )))
+            }
+        }
+    }
+    labels::check(&out).map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(out)
+}
+
 /// `raw`: the agent's answer as it came, printed as it is with `-o json`.
 fn print_endpoints(json: bool, eps: &[Endpoint], raw: &Value) -> Result<(), Failure> {
     if json {
         println!("{raw}");
         return Ok(());
     }
-    let rows: Vec<[String; 6]> = eps
+    let rows: Vec<[String; 7]> = eps
         .iter()
         .map(|e| {
             let publish: Vec<String> = e.publish.iter().map(|p| p.to_string()).collect();
@@ -68,11 +117,24 @@ fn print_endpoints(json: bool, eps: &[Endpoint], raw: &Value) -> Result<(), Fail
                         format!("{id}/{}", a.ifname)
                     },
                 ),
+                if e.labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels::display(&e.labels)
+                },
             ]
         })
         .collect();
     output::table(
-        ["NAME", "IP", "MAC", "PUBLISH", "NETNS", "CONTAINER"],
+        [
+            "NAME",
+            "IP",
+            "MAC",
+            "PUBLISH",
+            "NETNS",
+            "CONTAINER",
+            "LABELS",
+        ],
         &rows,
     );
     Ok(())
