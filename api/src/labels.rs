@@ -152,6 +152,14 @@ pub fn parse_set(args: &[String]) -> Result<Labels, LabelError> {
     Ok(out)
 }
 
+/// Labels from `(key, value)` pairs (unchecked).
+pub fn from_pairs(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// `app=web,tier=front` (empty: none), as `ns list` shows them.
 pub fn display(labels: &Labels) -> String {
     labels

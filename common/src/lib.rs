@@ -8,6 +8,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod name;
+pub mod policy;
 pub mod refusal;
 pub mod tls;
 pub mod tls_reload;

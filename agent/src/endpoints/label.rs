@@ -61,13 +61,7 @@ impl Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn l(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use weft_common::labels::from_pairs as l;
 
     #[test]
     fn edits_apply_whole_or_not_at_all() {
