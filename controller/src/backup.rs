@@ -1,6 +1,7 @@
 //! Backup and restore of weft's keys in etcd (`weftctl cluster backup` and
-//! `cluster restore`): the network config, every subnet record and every
-//! host record, taken at one etcd revision, as one JSON document.
+//! `cluster restore`): the network config, every subnet record, every
+//! host record and every network policy, taken at one etcd revision, as one
+//! JSON document.
 //!
 //! A restore goes only into an empty prefix. The whole document is checked
 //! before anything is written (every record well-formed, every host's subnet
@@ -16,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use weft_common::cluster::{HostRecord, NetworkConfig, SubnetRecord};
+use weft_common::policy::{self, Policy};
 use weft_common::validate_name;
 
 use crate::store::keys::Key;
@@ -44,6 +46,9 @@ pub struct Backup {
     pub subnets: BTreeMap<String, SubnetRecord>,
     /// Node name → host record.
     pub hosts: BTreeMap<String, HostRecord>,
+    /// Policy name → policy (absent in backups from before policies).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policies: BTreeMap<String, Policy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,7 @@ pub async fn take(store: &Store) -> Result<Backup, BackupError> {
     let keys = store.keys();
     let all = store.read_all().await?;
     let (mut config, mut subnets, mut hosts) = (None, BTreeMap::new(), BTreeMap::new());
+    let mut policies = BTreeMap::new();
     for (key, value) in &all.kvs {
         let bad = |reason: String| BackupError::CorruptKey {
             key: key.clone(),
@@ -89,6 +95,10 @@ pub async fn take(store: &Store) -> Result<Backup, BackupError> {
                 let rec: HostRecord = decode(key, value).map_err(corrupt)?;
                 hosts.insert(name.to_string(), rec);
             }
+            Some(Key::Policy(name)) => {
+                let p: Policy = decode(key, value).map_err(corrupt)?;
+                policies.insert(name.to_string(), p);
+            }
             _ => {}
         }
     }
@@ -102,6 +112,7 @@ pub async fn take(store: &Store) -> Result<Backup, BackupError> {
         config,
         subnets,
         hosts,
+        policies,
     };
     // What is taken must also restore.
     check(&b).map_err(BackupError::Invalid)?;
@@ -171,6 +182,12 @@ pub fn check(b: &Backup) -> Result<BTreeMap<Ipv4Network, &SubnetRecord>, String>
             ));
         }
     }
+    for (name, p) in &b.policies {
+        if p.name != *name {
+            return Err(format!("policy {name}: its document names {}", p.name));
+        }
+        policy::validate::policy(p).map_err(|e| e.to_string())?;
+    }
     Ok(nets)
 }
 
@@ -180,6 +197,7 @@ pub struct Restored {
     pub prefix: String,
     pub hosts: usize,
     pub subnets: usize,
+    pub policies: usize,
     pub lease_ttl: i64,
 }
 
@@ -207,6 +225,7 @@ pub async fn restore(store: &Store, b: &Backup, lease_ttl: i64) -> Result<Restor
         prefix: store.keys().prefix().to_string(),
         hosts: b.hosts.len(),
         subnets: b.subnets.len(),
+        policies: b.policies.len(),
         lease_ttl,
     })
 }
@@ -242,6 +261,9 @@ async fn write_all(
             encode(rec),
             lease_of.get(name.as_str()).copied(),
         ));
+    }
+    for (name, p) in &b.policies {
+        puts.push((keys.policy(name), encode(p), None));
     }
     for chunk in puts.chunks(OPS_PER_TXN) {
         // Nobody may initialise or restore the cluster meanwhile, and none
@@ -306,6 +328,11 @@ mod tests {
                 ("h2".to_string(), host("h2", "10.244.2.0/24", "198.18.0.12")),
             ]
             .into(),
+            policies: policy::parse(r#"{"name":"deny-x","scope":"x","selector":{}}"#)
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect(),
         }
     }
 
@@ -326,6 +353,17 @@ mod tests {
             assert!(e.contains(want), "{want:?} not in {e:?}");
         };
         refuse(&|b| b.weft_backup = 2, "unsupported backup format 2");
+        refuse(
+            &|b| {
+                let p = b.policies.remove("deny-x").unwrap();
+                b.policies.insert("other".into(), p);
+            },
+            "policy other: its document names deny-x",
+        );
+        refuse(
+            &|b| b.policies.get_mut("deny-x").unwrap().scope = Some("a b".into()),
+            "policy deny-x: scope:",
+        );
         refuse(
             &|b| {
                 b.hosts.get_mut("h2").unwrap().subnet = "10.244.1.0/24".parse().unwrap();

@@ -186,6 +186,11 @@ pub fn scope_labels(scope: &str) -> Labels {
 pub fn parse(text: &str) -> Result<Vec<Policy>, PolicyError> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| PolicyError::Decode(e.to_string()))?;
+    parse_value(v)
+}
+
+/// [`parse`] of a document already decoded (from YAML, say).
+pub fn parse_value(v: serde_json::Value) -> Result<Vec<Policy>, PolicyError> {
     let list = match v {
         serde_json::Value::Array(a) => a,
         o @ serde_json::Value::Object(_) => vec![o],

@@ -74,6 +74,23 @@ impl Etcd {
         metrics::etcd("txn", c.txn(txn)).await
     }
 
+    /// Deletes `key` if it is still at `mod_revision` (as it was read);
+    /// whether it was.
+    pub async fn delete_unchanged(
+        &self,
+        key: &str,
+        mod_revision: i64,
+    ) -> Result<bool, etcd_client::Error> {
+        let t = Txn::new()
+            .when([etcd_client::Compare::mod_revision(
+                key,
+                etcd_client::CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([etcd_client::TxnOp::delete(key, None)]);
+        Ok(self.txn(t).await?.succeeded())
+    }
+
     /// A new lease of `ttl` seconds.
     pub async fn lease_grant(&self, ttl: i64) -> Result<i64, etcd_client::Error> {
         let mut c = self.client.clone();

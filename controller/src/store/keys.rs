@@ -6,7 +6,9 @@
 //! - `<prefix>/hosts/<name>`: a host record ([`HostRecord`](weft_common::cluster::HostRecord));
 //! - `<prefix>/agents/<name>`: which controller the host's agent is
 //!   connected to ([`AgentPresence`](super::records::AgentPresence)), on
-//!   that controller's short lease.
+//!   that controller's short lease;
+//! - `<prefix>/policies/<name>`: a network policy
+//!   ([`Policy`](weft_common::policy::Policy)).
 
 use ipnetwork::Ipv4Network;
 use weft_common::cluster::{parse_subnet_key, subnet_key};
@@ -31,6 +33,8 @@ pub enum Key<'a> {
     Host(&'a str),
     /// A presence key and the name it is under.
     Agent(&'a str),
+    /// A policy key and the name it is under.
+    Policy(&'a str),
     /// Anything else (not weft's, or a kind this version does not know).
     Other,
 }
@@ -72,6 +76,14 @@ impl Keys {
         format!("{}/agents/{name}", self.prefix)
     }
 
+    pub fn policies(&self) -> String {
+        format!("{}/policies/", self.prefix)
+    }
+
+    pub fn policy(&self, name: &str) -> String {
+        format!("{}/policies/{name}", self.prefix)
+    }
+
     pub fn subnets(&self) -> String {
         format!("{}/subnets/", self.prefix)
     }
@@ -91,6 +103,8 @@ impl Keys {
             Key::Host(n)
         } else if let Some(n) = rest.strip_prefix("agents/") {
             Key::Agent(n)
+        } else if let Some(n) = rest.strip_prefix("policies/") {
+            Key::Policy(n)
         } else {
             Key::Other
         })
@@ -118,6 +132,8 @@ mod tests {
         );
         assert_eq!(k.parse(&k.host("h1")), Some(Key::Host("h1")));
         assert_eq!(k.parse(&k.agent("h2")), Some(Key::Agent("h2")));
+        assert_eq!(k.policy("p"), "/weft/policies/p");
+        assert_eq!(k.parse(&k.policy("p")), Some(Key::Policy("p")));
         assert_eq!(k.parse("/weft/elsewhere"), Some(Key::Other));
         assert_eq!(k.parse("/weftx/config"), None);
         assert_eq!(k.parse("/other/config"), None);

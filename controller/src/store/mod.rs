@@ -11,7 +11,8 @@
 //! - [`alloc`]: the allocation decision (pure); [`refusal`]: why a
 //!   registration is refused, with its code; `register`: the
 //!   registration transaction;
-//! - `config`, `hosts`, `subnets`: the operators' reads and writes;
+//! - `config`, `hosts`, `subnets`, `policies`: the operators' reads and
+//!   writes;
 //! - `handle`: the [`Store`] itself, connecting, leases; `error`: what
 //!   goes wrong;
 //! - `agents`: presence keys; `watch`: the host watch; `backup`: bulk
@@ -31,6 +32,7 @@ mod hosts;
 pub mod keys;
 mod listing;
 mod members;
+mod policies;
 pub mod records;
 pub mod refusal;
 mod register;
@@ -43,6 +45,7 @@ pub use error::{Result, StoreError};
 pub use handle::{now, Store};
 pub use keys::{Keys, DEFAULT_PREFIX};
 pub use listing::Subnets;
+pub use policies::{Applied, MAX_APPLY};
 pub use records::{AgentPresence, BadRecord};
 pub use refusal::Refusal;
 pub use register::{Registered, Registration};

@@ -101,14 +101,7 @@ impl Store {
                 )));
             }
         }
-        let t = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                kv.mod_revision(),
-            )])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        if !self.etcd.txn(t).await?.succeeded() {
+        if !self.etcd.delete_unchanged(&key, kv.mod_revision()).await? {
             return Err(StoreError::Rejected(format!(
                 "subnet {net} changed while releasing it; try again"
             )));

@@ -95,6 +95,16 @@ impl Lab {
     /// `weftctl ARGS…` in the control namespace with exactly `args` (no
     /// etcd flags added) and the variables `env` set.
     pub fn weftctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.weftctl_run(args, env, None)
+    }
+
+    /// [`Lab::weftctl_env`] with `input` on its stdin (else none).
+    pub(crate) fn weftctl_run(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        input: Option<&[u8]>,
+    ) -> Output {
         let bin = bin_path("weftctl");
         let mut c = command_in(
             self.control(),
@@ -109,7 +119,7 @@ impl Lab {
         for (k, v) in env {
             c.env(k, v);
         }
-        netns::run_with_timeout(&mut c, netns::EXEC_TIMEOUT).expect("run weftctl")
+        netns::run_with_input(&mut c, input, netns::EXEC_TIMEOUT).expect("run weftctl")
     }
 
     /// [`Lab::weftctl_plain`], or an error naming the command, its exit

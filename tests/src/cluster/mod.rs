@@ -282,6 +282,13 @@ impl Lab {
         self.weftctl_plain(&a.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// [`Lab::weftctl_etcd`] with `input` on its stdin.
+    pub fn weftctl_etcd_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let a = self.with_etcd_flags(args);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        self.weftctl_run(&a, &[], Some(input))
+    }
+
     /// `--etcd-endpoints <lab etcd>`, the TLS flags if any, then `args`.
     fn with_etcd_flags(&self, args: &[&str]) -> Vec<String> {
         let mut a = vec!["--etcd-endpoints".to_string(), self.etcd_client_endpoints()];

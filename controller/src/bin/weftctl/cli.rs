@@ -94,6 +94,9 @@ pub enum Command {
     /// Host subnets: who holds which, reservations.
     #[command(subcommand)]
     Subnet(SubnetCommand),
+    /// Network policies in etcd: who may talk to whom (enforcement is not built yet).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print a shell completion script, e.g. `weftctl completions bash > /etc/bash_completion.d/weftctl`.
     Completions {
         #[arg(value_enum)]
@@ -183,6 +186,25 @@ pub enum HostCommand {
     /// Remove a host: frees its subnet (a reservation stays) and drops it from every agent's peers.
     #[command(alias = "del")]
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Create or replace the policies in FILE (YAML or JSON; one policy, a
+    /// list, or several YAML documents), all checked before any is written.
+    Apply {
+        /// The file, or - for standard input.
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the policies.
+    #[command(alias = "ls")]
+    List,
+    /// Show one policy as it is stored.
+    Show { name: String },
+    /// Delete a policy.
+    #[command(alias = "rm")]
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -87,6 +87,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Cluster(c) => cmd::cluster::run(json, &etcd, c),
         Command::Host(c) => etcd.run(|cl| cmd::host::run(json, cl, c)),
         Command::Subnet(c) => etcd.run(|cl| cmd::subnet::run(json, cl, c)),
+        Command::Policy(c) => cmd::policy::run(json, &etcd, c),
         Command::Ns(c) => cmd::ns::run(json, &mut agent(), c),
         Command::Status { no_probe } => cmd::status::run(json, &mut agent(), no_probe),
     }

@@ -22,15 +22,7 @@ pub fn run(json: bool, etcd: &Etcd, c: ClusterCommand) -> Result<(), Failure> {
 /// Reads and checks a backup document before anything talks to etcd.
 fn read_backup(file: &std::path::Path) -> Result<backup::Backup, Failure> {
     let name = file.display();
-    let text = if file.as_os_str() == "-" {
-        let mut t = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
-            .map_err(|e| Failure::failed(format!("read backup from stdin: {e}")))?;
-        t
-    } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| Failure::failed(format!("read backup {name}: {e}")))?
-    };
+    let text = super::read_input(file, "backup")?;
     let b: backup::Backup = serde_json::from_str(&text)
         .map_err(|e| Failure::usage(format!("backup {name} is not a weft backup: {e}")))?;
     backup::check(&b).map_err(|e| Failure::usage(format!("backup {name} refused: {e}")))?;
@@ -50,11 +42,12 @@ async fn cluster(
             let b = backup::take(store).await.map_err(|e| cl.fail_backup(e))?;
             let doc = serde_json::to_string_pretty(&b).expect("backup serializes") + "\n";
             let summary = format!(
-                "backed up {} at revision {}: config, {} hosts, {} subnets",
+                "backed up {} at revision {}: config, {} hosts, {} subnets, {} policies",
                 b.prefix,
                 b.revision,
                 b.hosts.len(),
-                b.subnets.len()
+                b.subnets.len(),
+                b.policies.len()
             );
             match file {
                 None => {
@@ -78,6 +71,7 @@ async fn cluster(
                             serde_json::json!({
                                 "file": f, "prefix": b.prefix, "revision": b.revision,
                                 "hosts": b.hosts.len(), "subnets": b.subnets.len(),
+                                "policies": b.policies.len(),
                             })
                         );
                     } else {
@@ -99,8 +93,8 @@ async fn cluster(
                 println!("{}", serde_json::to_string(&r).expect("summary serializes"));
             } else {
                 println!(
-                    "restored {} hosts and {} subnets into {} (backup of {} at revision {}); each host keeps its subnet for {} s unless its agent returns",
-                    r.hosts, r.subnets, r.prefix, b.prefix, b.revision, r.lease_ttl
+                    "restored {} hosts, {} subnets and {} policies into {} (backup of {} at revision {}); each host keeps its subnet for {} s unless its agent returns",
+                    r.hosts, r.subnets, r.policies, r.prefix, b.prefix, b.revision, r.lease_ttl
                 );
             }
             Ok(())
