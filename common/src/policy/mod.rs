@@ -45,9 +45,11 @@ pub struct Policy {
     /// `egress` rules (as Kubernetes does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_types: Option<Vec<Direction>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Rules written with `from:`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "ingress_form")]
     pub ingress: Vec<Rule>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Rules written with `to:`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "egress_form")]
     pub egress: Vec<Rule>,
 }
 
@@ -59,20 +61,58 @@ pub enum Direction {
 
 /// One rule: traffic from (ingress) or to (egress) any of `peers` on any
 /// of `ports`. No peers: every source or destination; no ports: every
-/// port.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// port. Written `{from: [...], ports: [...]}` in `ingress` and `{to:
+/// [...], ports: [...]}` in `egress`, as Kubernetes writes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rule {
-    #[serde(
-        default,
-        alias = "from",
-        alias = "to",
-        skip_serializing_if = "Vec::is_empty"
-    )]
     pub peers: Vec<Peer>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortRange>,
 }
+
+/// The written forms of [`Rule`] per direction: `from` only in ingress,
+/// `to` only in egress, anything else refused.
+macro_rules! rule_form {
+    ($module:ident, $form:ident, $peers:ident) => {
+        #[derive(Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $form {
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            $peers: Vec<Peer>,
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            ports: Vec<PortRange>,
+        }
+
+        mod $module {
+            use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+            use super::{$form, Rule};
+
+            pub fn serialize<S: Serializer>(rules: &[Rule], s: S) -> Result<S::Ok, S::Error> {
+                let forms: Vec<$form> = rules
+                    .iter()
+                    .map(|r| $form {
+                        $peers: r.peers.clone(),
+                        ports: r.ports.clone(),
+                    })
+                    .collect();
+                forms.serialize(s)
+            }
+
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Rule>, D::Error> {
+                Ok(Vec::<$form>::deserialize(d)?
+                    .into_iter()
+                    .map(|f| Rule {
+                        peers: f.$peers,
+                        ports: f.ports,
+                    })
+                    .collect())
+            }
+        }
+    };
+}
+
+rule_form!(ingress_form, IngressForm, from);
+rule_form!(egress_form, EgressForm, to);
 
 /// Endpoints chosen by labels (`selector`, `scopeSelector`, both: AND), or
 /// addresses (`ipBlock`, alone).

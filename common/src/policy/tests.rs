@@ -302,7 +302,15 @@ fn bad_policies_are_refused_naming_the_field() {
         ),
         (
             r#"{"name":"p","selector":{},"ingress":[{"from":[{}]}]}"#,
-            "policy p: ingress[0].peers[0]: needs a selector, a scopeSelector or an ipBlock",
+            "policy p: ingress[0].from[0]: needs a selector, a scopeSelector or an ipBlock",
+        ),
+        (
+            r#"{"name":"p","selector":{},"ingress":[{"to":[{"selector":{}}]}]}"#,
+            "unknown field `to`",
+        ),
+        (
+            r#"{"name":"p","selector":{},"egress":[{"from":[{"selector":{}}]}]}"#,
+            "unknown field `from`",
         ),
         (
             r#"{"name":"p","selector":{},"ingress":[{"from":[{"selector":{},"ipBlock":{"cidr":"10.0.0.0/8"}}]}]}"#,

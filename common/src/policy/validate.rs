@@ -50,11 +50,11 @@ pub fn policy(p: &Policy) -> Result<(), PolicyError> {
             return bad("ingress rules, but policyTypes does not list Ingress".into());
         }
     }
-    for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+    for (dir, peers, rules) in [("ingress", "from", &p.ingress), ("egress", "to", &p.egress)] {
         for (i, r) in rules.iter().enumerate() {
             for (j, peer) in r.peers.iter().enumerate() {
                 if let Err(e) = check_peer(peer) {
-                    return bad(format!("{dir}[{i}].peers[{j}]: {e}"));
+                    return bad(format!("{dir}[{i}].{peers}[{j}]: {e}"));
                 }
             }
             for (j, port) in r.ports.iter().enumerate() {
