@@ -32,10 +32,10 @@ use weft_tests::deploy::invocation::{
     check_invocation, controller_pki, variables_read, Invocation, DAEMONS,
 };
 use weft_tests::deploy::manifests::{
-    at, cluster_ips, command, config_map, container, container_env, containers, env_name,
-    expanded_command, kind, kubelet_env, kustomize_build, labels_match, list, manifests, mounted,
-    name, object, references, service_at, service_env, service_variables, strategic_merge, strings,
-    workloads, yaml_docs, NAMESPACE, POD_IP, WEFT_IMAGE, WORKLOADS,
+    at, cluster_ips, command, config_map, container, container_env, containers, daemon_containers,
+    env_name, expanded_command, kind, kubelet_env, kustomize_build, labels_match, list, manifests,
+    mounted, name, object, references, service_at, service_env, service_variables, strategic_merge,
+    strings, workloads, yaml_docs, NAMESPACE, POD_IP, WEFT_IMAGE, WORKLOADS,
 };
 use weft_tests::deploy::{deploy, read, run, text, which};
 use weft_tests::TempDir;
@@ -261,64 +261,56 @@ fn kubernetes_flags_and_variables_are_accepted_by_the_binaries() {
     let tmp = TempDir::new("deploy-k8s");
     let pki = controller_pki(&tmp);
     let mut seen = BTreeSet::new();
-    for w in workloads(&docs) {
-        for c in containers(w) {
-            let Some((program, args)) = command(c) else {
-                continue;
-            };
-            if !DAEMONS.contains(&program.as_str()) {
-                continue;
-            }
-            let what = format!("{} {}/{}", kind(w), name(w), c["name"].as_str().unwrap());
+    for d in daemon_containers(&docs) {
+        let (w, c, program, args, what) = (d.workload, d.container, d.program, d.args, d.what);
+        assert!(
+            !args.iter().any(|a| a.contains("$(")),
+            "{what}: $(VAR) arguments are not checked by this test"
+        );
+        let mut env = container_env(&docs, c);
+        if program == "weft-controller" {
+            // --check-config loads the TLS files: the manifest's directory
+            // must be where the Secret is mounted; the test's PKI stands in.
+            let dir = env
+                .get("WEFT_TLS_DIR")
+                .cloned()
+                .unwrap_or_else(|| "/etc/weft/tls".into());
+            let (v, _) = mounted(w, c, &dir)
+                .unwrap_or_else(|| panic!("{what}: nothing mounted at its TLS dir {dir}"));
             assert!(
-                !args.iter().any(|a| a.contains("$(")),
-                "{what}: $(VAR) arguments are not checked by this test"
+                v.pointer("/secret/secretName").is_some(),
+                "{what}: {dir} is not a Secret"
             );
-            let mut env = container_env(&docs, c);
-            if program == "weft-controller" {
-                // --check-config loads the TLS files: the manifest's directory
-                // must be where the Secret is mounted; the test's PKI stands in.
-                let dir = env
-                    .get("WEFT_TLS_DIR")
-                    .cloned()
-                    .unwrap_or_else(|| "/etc/weft/tls".into());
-                let (v, _) = mounted(w, c, &dir)
-                    .unwrap_or_else(|| panic!("{what}: nothing mounted at its TLS dir {dir}"));
-                assert!(
-                    v.pointer("/secret/secretName").is_some(),
-                    "{what}: {dir} is not a Secret"
-                );
-                env.insert("WEFT_TLS_DIR".into(), pki.clone());
-            }
-            let config = check_invocation(&Invocation {
-                origin: what.clone(),
-                binary: program.clone(),
-                args,
-                env,
-            });
-            if program == "weft-agent" {
-                // The directories the agent uses are the node's.
-                for key in ["state_dir", "run_dir", "netns_dir"] {
-                    let dir = config[key].as_str().unwrap();
-                    let (v, _) = mounted(w, c, dir)
-                        .unwrap_or_else(|| panic!("{what}: its {key} {dir} is not mounted"));
-                    assert_eq!(
-                        v["hostPath"]["path"], dir,
-                        "{what}: {key} {dir} is not the node's {dir}"
-                    );
-                }
-                let tls = config["tls_dir"].as_str().unwrap();
-                assert!(
-                    mounted(w, c, tls).is_some(),
-                    "{what}: its TLS dir {tls} is not mounted"
-                );
-                assert!(
-                    !config["controllers"].as_array().unwrap().is_empty(),
-                    "{what}: the agent in Kubernetes runs in cluster mode"
-                );
-            }
-            seen.insert(program);
+            env.insert("WEFT_TLS_DIR".into(), pki.clone());
         }
+        let config = check_invocation(&Invocation {
+            origin: what.clone(),
+            binary: program.clone(),
+            args,
+            env,
+        });
+        if program == "weft-agent" {
+            // The directories the agent uses are the node's.
+            for key in ["state_dir", "run_dir", "netns_dir"] {
+                let dir = config[key].as_str().unwrap();
+                let (v, _) = mounted(w, c, dir)
+                    .unwrap_or_else(|| panic!("{what}: its {key} {dir} is not mounted"));
+                assert_eq!(
+                    v["hostPath"]["path"], dir,
+                    "{what}: {key} {dir} is not the node's {dir}"
+                );
+            }
+            let tls = config["tls_dir"].as_str().unwrap();
+            assert!(
+                mounted(w, c, tls).is_some(),
+                "{what}: its TLS dir {tls} is not mounted"
+            );
+            assert!(
+                !config["controllers"].as_array().unwrap().is_empty(),
+                "{what}: the agent in Kubernetes runs in cluster mode"
+            );
+        }
+        seen.insert(program);
     }
     assert_eq!(
         seen,
@@ -891,35 +883,27 @@ fn kubernetes_service_variables_are_no_variables_of_the_binaries() {
             );
         }
     }
-    for w in workloads(&docs) {
-        for c in containers(w) {
-            let Some((program, args)) = command(c) else {
-                continue;
-            };
-            if !DAEMONS.contains(&program.as_str()) {
-                continue;
+    for d in daemon_containers(&docs) {
+        let (c, program, args, what) = (d.container, d.program, d.args, d.what);
+        let resolve = |mut env: BTreeMap<String, String>| {
+            if program == "weft-controller" {
+                env.insert("WEFT_TLS_DIR".into(), pki.clone());
             }
-            let what = format!("{} {}/{}", kind(w), name(w), c["name"].as_str().unwrap());
-            let resolve = |mut env: BTreeMap<String, String>| {
-                if program == "weft-controller" {
-                    env.insert("WEFT_TLS_DIR".into(), pki.clone());
-                }
-                let mut a = args.clone();
-                a.push("--check-config".into());
-                let out = run(&weft_tests::bin_path(&program), &a, &env);
-                assert!(
-                    out.status.success(),
-                    "{what}: --check-config: {}",
-                    text(&out.stderr)
-                );
-                serde_json::from_slice::<Value>(&out.stdout).expect("--check-config JSON")
-            };
-            assert_eq!(
-                resolve(kubelet_env(&docs, c)),
-                resolve(container_env(&docs, c)),
-                "{what}: the Services' variables change the configuration"
+            let mut a = args.clone();
+            a.push("--check-config".into());
+            let out = run(&weft_tests::bin_path(&program), &a, &env);
+            assert!(
+                out.status.success(),
+                "{what}: --check-config: {}",
+                text(&out.stderr)
             );
-        }
+            serde_json::from_slice::<Value>(&out.stdout).expect("--check-config JSON")
+        };
+        assert_eq!(
+            resolve(kubelet_env(&docs, c)),
+            resolve(container_env(&docs, c)),
+            "{what}: the Services' variables change the configuration"
+        );
     }
 }
 

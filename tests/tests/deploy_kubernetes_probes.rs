@@ -18,8 +18,8 @@ use std::process::Command;
 use serde_json::Value;
 use weft_tests::deploy::invocation::{controller_pki, DAEMONS};
 use weft_tests::deploy::manifests::{
-    at, command, container_env, containers, kind, list, manifests, mounted, name, strings,
-    workloads, POD_IP, WEFT_IMAGE,
+    at, container_env, containers, daemon_containers, kind, list, manifests, mounted, name,
+    strings, workloads, POD_IP, WEFT_IMAGE,
 };
 use weft_tests::deploy::{deploy, read, run, text, AGENT_METRICS_PORT, CONTROLLER_METRICS_PORT};
 use weft_tests::TempDir;
@@ -119,86 +119,78 @@ fn http_probe<'a>(what: &str, c: &'a Value, probe: &str) -> (&'a str, &'a Value,
 fn kubernetes_metrics_ports_and_probes_line_up() {
     let docs = manifests();
     let mut seen = BTreeSet::new();
-    for w in workloads(&docs) {
+    for d in daemon_containers(&docs) {
+        let (w, c, program, what) = (d.workload, d.container, d.program, d.what);
         let pod = at(w, "/spec/template/spec");
         let host_network = pod["hostNetwork"] == true;
-        for c in containers(w) {
-            let Some((program, _)) = command(c) else {
-                continue;
-            };
-            if !DAEMONS.contains(&program.as_str()) {
-                continue;
-            }
-            let what = format!("{} {}/{}", kind(w), name(w), c["name"].as_str().unwrap());
-            let env = container_env(&docs, c);
-            let listen: std::net::SocketAddr = env
-                .get("WEFT_METRICS_LISTEN")
-                .unwrap_or_else(|| panic!("{what}: no WEFT_METRICS_LISTEN: no metrics, no probes"))
-                .parse()
-                .unwrap_or_else(|e| panic!("{what}: WEFT_METRICS_LISTEN: {e}"));
-            let want = if program == "weft-agent" {
-                AGENT_METRICS_PORT
-            } else {
-                CONTROLLER_METRICS_PORT
-            };
-            assert_eq!(listen.port(), want, "{what}: metrics port");
-            if host_network {
-                assert!(
-                    !listen.ip().is_unspecified(),
-                    "{what}: {listen} on the node's network namespace would also answer on \
+        let env = container_env(&docs, c);
+        let listen: std::net::SocketAddr = env
+            .get("WEFT_METRICS_LISTEN")
+            .unwrap_or_else(|| panic!("{what}: no WEFT_METRICS_LISTEN: no metrics, no probes"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{what}: WEFT_METRICS_LISTEN: {e}"));
+        let want = if program == "weft-agent" {
+            AGENT_METRICS_PORT
+        } else {
+            CONTROLLER_METRICS_PORT
+        };
+        assert_eq!(listen.port(), want, "{what}: metrics port");
+        if host_network {
+            assert!(
+                !listen.ip().is_unspecified(),
+                "{what}: {listen} on the node's network namespace would also answer on \
                      weft0's address, the tunnel and every interface of the node"
-                );
-            }
-            // The port named "metrics" is the listener's.
-            let port = list(&c["ports"])
-                .iter()
-                .find(|p| p["name"] == "metrics")
-                .unwrap_or_else(|| panic!("{what}: no container port named metrics"));
-            assert_eq!(port["containerPort"], u64::from(listen.port()), "{what}");
-            assert!(port.get("protocol").is_none_or(|p| p == "TCP"), "{what}");
-            // Liveness and readiness ask the listener, where the kubelet
-            // reaches it: the pod IP unless the probe names a host.
-            for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-                let (p, port, host) = http_probe(&what, c, probe);
-                assert_eq!(p, path, "{what}: {probe}");
-                assert!(
-                    *port == "metrics" || *port == u64::from(listen.port()),
-                    "{what}: {probe} asks port {port}, the listener is on {}",
-                    listen.port()
-                );
-                match host {
-                    Some(h) => assert_eq!(
-                        h.parse::<std::net::IpAddr>().ok(),
-                        Some(listen.ip()),
-                        "{what}: {probe} asks {h}, the listener is on {listen}"
-                    ),
-                    None => assert!(
-                        listen.ip().is_unspecified() || listen.ip().to_string() == POD_IP,
-                        "{what}: the kubelet probes the pod IP, the listener is on {listen} \
-                         (use status.podIP, or give the probes a host)"
-                    ),
-                }
-            }
-            // Scrape annotations name the listener, reachable from outside.
-            let ann = &w["spec"]["template"]["metadata"]["annotations"];
-            if ann["prometheus.io/scrape"] == "true" {
-                assert_eq!(
-                    ann["prometheus.io/port"],
-                    listen.port().to_string(),
-                    "{what}: prometheus.io/port"
-                );
-                assert!(
-                    ann.get("prometheus.io/path")
-                        .is_none_or(|p| p == "/metrics"),
-                    "{what}: prometheus.io/path"
-                );
-                assert!(
-                    !listen.ip().is_loopback(),
-                    "{what}: scraped, but the listener is on loopback"
-                );
-            }
-            seen.insert(program);
+            );
         }
+        // The port named "metrics" is the listener's.
+        let port = list(&c["ports"])
+            .iter()
+            .find(|p| p["name"] == "metrics")
+            .unwrap_or_else(|| panic!("{what}: no container port named metrics"));
+        assert_eq!(port["containerPort"], u64::from(listen.port()), "{what}");
+        assert!(port.get("protocol").is_none_or(|p| p == "TCP"), "{what}");
+        // Liveness and readiness ask the listener, where the kubelet
+        // reaches it: the pod IP unless the probe names a host.
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let (p, port, host) = http_probe(&what, c, probe);
+            assert_eq!(p, path, "{what}: {probe}");
+            assert!(
+                *port == "metrics" || *port == u64::from(listen.port()),
+                "{what}: {probe} asks port {port}, the listener is on {}",
+                listen.port()
+            );
+            match host {
+                Some(h) => assert_eq!(
+                    h.parse::<std::net::IpAddr>().ok(),
+                    Some(listen.ip()),
+                    "{what}: {probe} asks {h}, the listener is on {listen}"
+                ),
+                None => assert!(
+                    listen.ip().is_unspecified() || listen.ip().to_string() == POD_IP,
+                    "{what}: the kubelet probes the pod IP, the listener is on {listen} \
+                         (use status.podIP, or give the probes a host)"
+                ),
+            }
+        }
+        // Scrape annotations name the listener, reachable from outside.
+        let ann = &w["spec"]["template"]["metadata"]["annotations"];
+        if ann["prometheus.io/scrape"] == "true" {
+            assert_eq!(
+                ann["prometheus.io/port"],
+                listen.port().to_string(),
+                "{what}: prometheus.io/port"
+            );
+            assert!(
+                ann.get("prometheus.io/path")
+                    .is_none_or(|p| p == "/metrics"),
+                "{what}: prometheus.io/path"
+            );
+            assert!(
+                !listen.ip().is_loopback(),
+                "{what}: scraped, but the listener is on loopback"
+            );
+        }
+        seen.insert(program);
     }
     assert_eq!(seen, DAEMONS.map(String::from).into());
 }

@@ -80,12 +80,18 @@ impl Store {
         for p in policies {
             validate::policy(p).map_err(|e| StoreError::Rejected(e.to_string()))?;
         }
+        // One read of every policy key; the transaction is guarded by it.
+        let (_, kvs) = self.etcd.get_prefix(&self.keys.policies()).await?;
+        let mut current: BTreeMap<String, _> = kvs
+            .into_iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv))
+            .collect();
         let mut when = Vec::new();
         let mut then = Vec::new();
         let mut outcome = Vec::new();
         for p in policies {
             let key = self.keys.policy(&p.name);
-            let old = self.etcd.get(&key).await?;
+            let old = current.remove(&key);
             let (applied, guard) = match &old {
                 None => (
                     Applied::Created,

@@ -131,6 +131,42 @@ pub fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A container of the manifests that runs one of weft's daemons.
+pub struct DaemonContainer<'a> {
+    pub workload: &'a Value,
+    pub container: &'a Value,
+    /// `weft-agent` or `weft-controller`.
+    pub program: String,
+    pub args: Vec<String>,
+    /// `Kind name/container`, for messages.
+    pub what: String,
+}
+
+/// Every container of `docs`' workloads that runs a daemon of
+/// [`DAEMONS`](super::invocation::DAEMONS).
+pub fn daemon_containers(docs: &[(String, Value)]) -> Vec<DaemonContainer<'_>> {
+    let mut out = Vec::new();
+    for w in workloads(docs) {
+        for c in containers(w) {
+            let Some((program, args)) = command(c) else {
+                continue;
+            };
+            if !super::invocation::DAEMONS.contains(&program.as_str()) {
+                continue;
+            }
+            let what = format!("{} {}/{}", kind(w), name(w), c["name"].as_str().unwrap());
+            out.push(DaemonContainer {
+                workload: w,
+                container: c,
+                program,
+                args,
+                what,
+            });
+        }
+    }
+    out
+}
+
 /// The program a container runs (basename) and its arguments.
 pub fn command(c: &Value) -> Option<(String, Vec<String>)> {
     let mut words = strings(&c["command"]);
