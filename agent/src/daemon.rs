@@ -169,7 +169,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(c) = &controllers {
         spawn_peer_loop(agent.clone(), c.clone());
         let (c, serving) = (c.clone(), a.subnet);
-        tokio::spawn(async move { c.run(serving, first, next).await });
+        let directory = agent.endpoints.directory();
+        tokio::spawn(async move { c.run(serving, first, next, directory).await });
     }
     crate::agent::watch_kernel(agent.clone());
     tokio::spawn(crate::agent::repair_loop(agent.clone()));

@@ -79,6 +79,8 @@ pub struct Session {
     pub recv: FrameReader<quinn::RecvStream>,
     pub subnet: Ipv4Network,
     pub config: NetworkConfig,
+    /// The controller takes endpoint reports (network policy).
+    pub policy: bool,
 }
 
 /// `HOST:PORT` → (host, port), `None` if it is not of that form.
@@ -160,9 +162,11 @@ impl Session {
                 .map_err(|e| ClientError::lost(&c, &conn, e))?;
             let mut recv = FrameReader::new(recv, wire::MAX_CONTROLLER_FRAME);
             match recv.read::<ControllerMsg>().await {
-                Ok(Some(ControllerMsg::Assigned { subnet, config })) => {
-                    Ok((send, recv, subnet, config))
-                }
+                Ok(Some(ControllerMsg::Assigned {
+                    subnet,
+                    config,
+                    policy,
+                })) => Ok((send, recv, subnet, config, policy)),
                 Ok(Some(ControllerMsg::Error { message, code })) => Err(ClientError::Refused {
                     controller: c.clone(),
                     code,
@@ -180,10 +184,9 @@ impl Session {
                 Err(e) => Err(ClientError::Frame(c.clone(), e)),
             }
         };
-        let (send, recv, subnet, config) =
-            tokio::time::timeout(REGISTER_TIMEOUT, steps)
-                .await
-                .map_err(|_| ClientError::Timeout(c.clone(), REGISTER_TIMEOUT))??;
+        let (send, recv, subnet, config, policy) = tokio::time::timeout(REGISTER_TIMEOUT, steps)
+            .await
+            .map_err(|_| ClientError::Timeout(c.clone(), REGISTER_TIMEOUT))??;
         Ok(Session {
             controller: c,
             conn,
@@ -191,6 +194,7 @@ impl Session {
             recv,
             subnet,
             config,
+            policy,
         })
     }
 
@@ -208,7 +212,12 @@ impl Session {
     }
 
     pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
-        wire::write(&mut self.send, &AgentMsg::Heartbeat {})
+        self.send(&AgentMsg::Heartbeat {}).await
+    }
+
+    /// Sends one message (a heartbeat, an endpoint report).
+    pub async fn send(&mut self, msg: &AgentMsg) -> Result<(), ClientError> {
+        wire::write(&mut self.send, msg)
             .await
             .map_err(|e| ClientError::lost(&self.controller, &self.conn, e))
     }

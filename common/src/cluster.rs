@@ -173,6 +173,34 @@ impl HostRecord {
     }
 }
 
+/// One endpoint of a host as network policy sees it: its name on that
+/// host, its address and its labels. An agent reports its endpoints so;
+/// `/weft/endpoints/<host>` holds the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointEntry {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "crate::Labels::is_empty")]
+    pub labels: crate::Labels,
+}
+
+impl EndpointEntry {
+    /// Whether a host serving `subnet` may report this entry: a valid
+    /// name, labels of Kubernetes syntax, an address of its own subnet (a
+    /// host cannot claim another's addresses for the policies).
+    pub fn validate(&self, subnet: Ipv4Network) -> Result<(), String> {
+        validate_name(&self.name).map_err(|e| format!("endpoint: {e}"))?;
+        if !subnet.contains(self.ip) {
+            return Err(format!(
+                "endpoint {}: address {} is not in the host's subnet {subnet}",
+                self.name, self.ip
+            ));
+        }
+        crate::labels::check(&self.labels).map_err(|e| format!("endpoint {}: {e}", self.name))
+    }
+}
+
 /// `/weft/subnets/<a.b.c.d-len>`: who holds the subnet, or a reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,8 +7,10 @@
 //!
 //! Session: agent → `register`; controller → `assigned` (or `error`), then
 //! `snapshot` with the etcd revision it reflects, then `delta`s with higher
-//! revisions. The agent sends `heartbeat`s; anything else from it after
-//! `register` is out of order.
+//! revisions. The agent sends `heartbeat`s, and, when `assigned` says
+//! `policy: true`, `endpoints`: the whole list of its endpoints (address
+//! and labels, for network policy) once at the start and again whenever it
+//! changes. A `register` after the first is out of order.
 //!
 //! Compatibility: the controller decodes agent frames strictly (an unknown
 //! field makes a frame malformed). Agents decode controller frames
@@ -26,12 +28,15 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::cluster::{HostRecord, NetworkConfig};
+use crate::cluster::{EndpointEntry, HostRecord, NetworkConfig};
 use crate::refusal::RefusalCode;
 use crate::MacAddr;
 
-/// Largest frame an agent may send (a registration is ~200 bytes).
-pub const MAX_AGENT_FRAME: usize = 64 << 10;
+/// Largest first frame of an agent (a registration is ~200 bytes).
+pub const MAX_REGISTER_FRAME: usize = 64 << 10;
+/// Largest frame of a registered agent: an endpoint report of a full /24
+/// with 64 long labels on each endpoint fits.
+pub const MAX_AGENT_FRAME: usize = 8 << 20;
 /// Largest frame a controller may send: a snapshot of 100,000 peers fits.
 pub const MAX_CONTROLLER_FRAME: usize = 64 << 20;
 /// ALPN protocol id of this protocol version.
@@ -54,6 +59,11 @@ pub enum AgentMsg {
         version: String,
     },
     Heartbeat {},
+    /// Every endpoint of this host (sent only to a controller whose
+    /// `assigned` said `policy`: an older one refuses unknown messages).
+    Endpoints {
+        endpoints: Vec<EndpointEntry>,
+    },
 }
 
 /// Controller → agent. Decoded tolerantly: unknown fields are ignored
@@ -64,6 +74,11 @@ pub enum ControllerMsg {
     Assigned {
         subnet: Ipv4Network,
         config: NetworkConfig,
+        /// The controller takes `endpoints` reports (network policy). Left
+        /// out when false, and sent only to agents that ignore unknown
+        /// fields (see [`understands_codes`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        policy: bool,
     },
     /// Every host of the cluster (the agent's own record included) as of
     /// etcd revision `revision`.
@@ -157,6 +172,11 @@ impl Decoder {
         }
     }
 
+    /// Changes the size limit for the frames after those buffered.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -215,6 +235,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             dec: Decoder::new(max),
         }
+    }
+
+    /// Changes the size limit (e.g. once an agent has registered).
+    pub fn set_max(&mut self, max: usize) {
+        self.dec.set_max(max);
     }
 
     /// The next message; `Ok(None)` at a clean end of stream.

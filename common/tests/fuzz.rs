@@ -112,7 +112,22 @@ fn arb_agent_msg() -> impl Strategy<Value = AgentMsg> {
                 subnet,
                 version,
             }),
+        proptest::collection::vec(arb_endpoint_entry(), 0..4)
+            .prop_map(|endpoints| AgentMsg::Endpoints { endpoints }),
     ]
+}
+
+fn arb_endpoint_entry() -> impl Strategy<Value = weft_common::cluster::EndpointEntry> {
+    (
+        arb_name(),
+        any::<u32>(),
+        proptest::collection::btree_map("[a-z]{1,8}", "[a-z0-9]{0,8}", 0..3),
+    )
+        .prop_map(|(name, ip, labels)| weft_common::cluster::EndpointEntry {
+            name,
+            ip: Ipv4Addr::from(ip),
+            labels: labels.into_iter().collect(),
+        })
 }
 
 fn arb_controller_msg() -> impl Strategy<Value = ControllerMsg> {
@@ -121,8 +136,13 @@ fn arb_controller_msg() -> impl Strategy<Value = ControllerMsg> {
         arb_name().prop_map(|name| PeerChange::Remove { name }),
     ];
     prop_oneof![
-        (arb_net(), arb_config())
-            .prop_map(|(subnet, config)| ControllerMsg::Assigned { subnet, config }),
+        (arb_net(), arb_config(), any::<bool>()).prop_map(|(subnet, config, policy)| {
+            ControllerMsg::Assigned {
+                subnet,
+                config,
+                policy,
+            }
+        }),
         (any::<i64>(), proptest::collection::vec(arb_host(), 0..6))
             .prop_map(|(revision, peers)| ControllerMsg::Snapshot { revision, peers }),
         (any::<i64>(), proptest::collection::vec(change, 0..6))

@@ -148,6 +148,7 @@ fn check_state(lab: &Lab, opts: &Opts, r: &mut Report) {
     let mut recs: BTreeMap<String, Rec> = BTreeMap::new();
     let mut subnets: BTreeMap<String, Value> = BTreeMap::new();
     let mut vni = None;
+    let mut endpoint_lists = Vec::new();
     for (k, v) in lab.etcd_dump() {
         if let Some(name) = k.strip_prefix("/weft/hosts/") {
             if v["name"] != name {
@@ -166,6 +167,15 @@ fn check_state(lab: &Lab, opts: &Opts, r: &mut Report) {
             subnets.insert(s.replace('-', "/"), v);
         } else if k == "/weft/config" {
             vni = v["vni"].as_u64();
+        } else if let Some(host) = k.strip_prefix("/weft/endpoints/") {
+            endpoint_lists.push(host.to_string());
+        }
+    }
+    for host in endpoint_lists {
+        if !recs.contains_key(&host) {
+            p.push(format!(
+                "etcd: an endpoint list for {host}, which has no host record"
+            ));
         }
     }
     r.hosts = recs

@@ -751,7 +751,7 @@ fn host_list_show_rm_and_peers_drop_removed_hosts() {
     let dump = etcd(&lab);
     assert_eq!(
         dump.keys()
-            .filter(|k| !k.starts_with("/weft/agents/"))
+            .filter(|k| !k.starts_with("/weft/agents/") && !k.starts_with("/weft/endpoints/"))
             .cloned()
             .collect::<Vec<_>>(),
         [

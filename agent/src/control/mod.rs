@@ -32,6 +32,7 @@ use crate::state::{PeersState, Writer};
 use crate::telemetry::metrics;
 use pace::{Refusals, Say};
 use peers::PeerBook;
+pub use session::Directory;
 
 #[derive(Default)]
 struct LinkState {
@@ -252,8 +253,16 @@ impl Controllers {
         }
     }
 
-    /// Runs the link forever: sessions, failover, backoff.
-    pub async fn run(&self, serving: Ipv4Network, mut first: Option<Session>, mut next: usize) {
+    /// Runs the link forever: sessions, failover, backoff. `directory`:
+    /// this host's endpoints as network policy sees them, reported to
+    /// every controller that takes them.
+    pub async fn run(
+        &self,
+        serving: Ipv4Network,
+        mut first: Option<Session>,
+        mut next: usize,
+        mut directory: Directory,
+    ) {
         let mut backoff = pace::MIN_BACKOFF;
         loop {
             let session = match first.take() {
@@ -281,7 +290,7 @@ impl Controllers {
                     let addr = s.controller.clone();
                     info!("connected to controller {addr}: subnet {}", s.subnet);
                     self.set_connected(true, &addr);
-                    let why = self.session(s).await;
+                    let why = self.session(s, &mut directory).await;
                     self.set_connected(false, &addr);
                     if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                         return;

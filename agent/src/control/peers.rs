@@ -173,6 +173,7 @@ mod tests {
         let a = ControllerMsg::Assigned {
             subnet: "10.244.1.0/24".parse().unwrap(),
             config: weft_common::cluster::NetworkConfig::new("10.244.0.0/16".parse().unwrap()),
+            policy: true,
         };
         assert!(b.apply(a).unwrap_err().contains("second assignment"));
     }

@@ -1,12 +1,14 @@
 //! One registered session with a controller: take what arrives into the
 //! peer set (and save it), send heartbeats; return why it ended.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, info};
 use weft_common::client::Session;
+use weft_common::cluster::EndpointEntry;
 use weft_common::events;
-use weft_common::wire::ControllerMsg;
+use weft_common::wire::{AgentMsg, ControllerMsg};
 
 use super::peers::Applied;
 use super::Controllers;
@@ -14,13 +16,35 @@ use crate::telemetry::{metrics, ready};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// This host's endpoints as network policy sees them, now and after each
+/// change (see `Endpoints::directory`).
+pub type Directory = tokio::sync::watch::Receiver<Arc<Vec<EndpointEntry>>>;
+
 impl Controllers {
-    /// Runs a session until it ends; returns why it did.
-    pub(super) async fn session(&self, mut s: Session) -> String {
+    /// Runs a session until it ends; returns why it did. A controller that
+    /// takes endpoint reports gets the whole list at the start and again
+    /// after each change.
+    pub(super) async fn session(&self, mut s: Session, directory: &mut Directory) -> String {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
+        if s.policy {
+            let endpoints = directory.borrow_and_update().as_ref().clone();
+            if let Err(e) = s.send(&AgentMsg::Endpoints { endpoints }).await {
+                return e.to_string();
+            }
+        }
         loop {
             tokio::select! {
+                r = directory.changed(), if s.policy => {
+                    if r.is_err() {
+                        return "the agent is stopping".into();
+                    }
+                    let endpoints = directory.borrow_and_update().as_ref().clone();
+                    debug!("reporting {} endpoints to the controller", endpoints.len());
+                    if let Err(e) = s.send(&AgentMsg::Endpoints { endpoints }).await {
+                        return e.to_string();
+                    }
+                }
                 m = s.next() => match m {
                     Ok(Some(msg)) => {
                         if let Err(why) = self.take(msg) {

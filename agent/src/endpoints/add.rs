@@ -146,7 +146,7 @@ impl Endpoints {
                 );
                 let ep = self.endpoint(&rec);
                 t.records.insert(name, rec);
-                metrics::set_endpoints(t.records.len());
+                self.changed(t);
                 Ok(ep)
             }
             // Pieces that could not be removed may still hold the address

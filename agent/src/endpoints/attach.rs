@@ -260,7 +260,7 @@ impl Endpoints {
         self.state.remove_endpoint(name).await?;
         t.records.remove(name);
         t.ipam.release(rec.ip);
-        metrics::set_endpoints(t.records.len());
+        self.changed(t);
         let container = rec
             .attachment
             .as_ref()

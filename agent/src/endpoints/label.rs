@@ -54,6 +54,7 @@ impl Endpoints {
         info!("labels of {}: {}", rec.describe(), shown.join(" "));
         let ep = self.endpoint(&rec);
         t.records.insert(name.to_string(), rec);
+        self.changed(&t);
         Ok(ep)
     }
 }

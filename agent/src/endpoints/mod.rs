@@ -19,6 +19,7 @@ use thiserror::Error;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::info;
 use weft_common::api::{AttachmentKey, Endpoint, ErrorCode};
+use weft_common::cluster::EndpointEntry;
 use weft_common::labels::LabelError;
 use weft_common::PortMapping;
 
@@ -119,6 +120,19 @@ pub struct Endpoints {
     netns_dir: PathBuf,
     table: Mutex<Table>,
     pub pool: Pool,
+    directory: tokio::sync::watch::Sender<Arc<Vec<EndpointEntry>>>,
+}
+
+/// The records as the controller's endpoint report lists them.
+fn directory(records: &BTreeMap<String, EndpointRecord>) -> Vec<EndpointEntry> {
+    records
+        .values()
+        .map(|r| EndpointEntry {
+            name: r.name.clone(),
+            ip: r.ip,
+            labels: r.labels.clone(),
+        })
+        .collect()
 }
 
 impl Endpoints {
@@ -138,6 +152,7 @@ impl Endpoints {
                 .map_err(|e| (rec.name.clone(), e))?;
         }
         metrics::set_endpoints(records.len());
+        let (directory, _) = tokio::sync::watch::channel(Arc::new(directory(&records)));
         Ok(Endpoints {
             kernel,
             state,
@@ -145,7 +160,29 @@ impl Endpoints {
             netns_dir,
             table: Mutex::new(Table { records, ipam }),
             pool: Pool::new(pool),
+            directory,
         })
+    }
+
+    /// After every change of the table: the endpoint count for the
+    /// metrics, and the endpoints as network policy sees them for the
+    /// controller (when that differs from before).
+    fn changed(&self, t: &Table) {
+        metrics::set_endpoints(t.records.len());
+        let now = directory(&t.records);
+        self.directory.send_if_modified(|d| {
+            let differs = **d != now;
+            if differs {
+                *d = Arc::new(now);
+            }
+            differs
+        });
+    }
+
+    /// The endpoints as network policy sees them (name, address, labels),
+    /// now and after each change.
+    pub fn directory(&self) -> tokio::sync::watch::Receiver<Arc<Vec<EndpointEntry>>> {
+        self.directory.subscribe()
     }
 
     /// The table, locked: reconciles hold it so that no `ns add` or
@@ -208,7 +245,7 @@ impl Endpoints {
         self.state.remove_endpoint(name).await?;
         t.records.remove(name);
         t.ipam.release(rec.ip);
-        metrics::set_endpoints(t.records.len());
+        self.changed(&t);
         info!("deleted namespace {name} ({}){}", rec.ip, rec.published());
         Ok(self.endpoint(&rec))
     }

@@ -45,17 +45,47 @@ impl Verdict {
     }
 }
 
-/// `from` opening a connection to `to` on `proto`/`port`.
-pub fn decide(
-    policies: &[Policy],
-    from: Party<'_>,
-    to: Party<'_>,
-    proto: Protocol,
-    port: u16,
-) -> Verdict {
+/// What a connection carries: a port of a protocol, or traffic without
+/// ports (ICMP: a ping), which only rules without `ports` allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    Port(Protocol, u16),
+    Other,
+}
+
+impl Traffic {
+    /// `80/tcp`, `53/udp`, `5000/sctp` (the protocol defaults to TCP).
+    pub fn parse(s: &str) -> Result<Traffic, String> {
+        let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+        let proto = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            other => return Err(format!("{s:?}: protocol {other:?} is not tcp, udp or sctp")),
+        };
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(Traffic::Port(proto, p)),
+            _ => Err(format!(
+                "{s:?}: port {port:?} is not a number from 1 to 65535"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Traffic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Traffic::Port(proto, port) => write!(f, "{port}/{proto}"),
+            Traffic::Other => f.write_str("traffic without ports (ICMP)"),
+        }
+    }
+}
+
+/// `from` opening a connection to `to` carrying `traffic`.
+pub fn decide(policies: &[Policy], from: Party<'_>, to: Party<'_>, traffic: Traffic) -> Verdict {
     Verdict {
-        egress: side(policies, Direction::Egress, from, to, proto, port),
-        ingress: side(policies, Direction::Ingress, to, from, proto, port),
+        egress: side(policies, Direction::Egress, from, to, traffic),
+        ingress: side(policies, Direction::Ingress, to, from, traffic),
     }
 }
 
@@ -66,8 +96,7 @@ fn side(
     d: Direction,
     me: Party<'_>,
     other: Party<'_>,
-    proto: Protocol,
-    port: u16,
+    traffic: Traffic,
 ) -> Side {
     let Some(labels) = me.labels else {
         return Side::Open;
@@ -80,7 +109,7 @@ fn side(
         if let Some(i) = p
             .rules(d)
             .iter()
-            .position(|r| rule_matches(p, r, other, proto, port))
+            .position(|r| rule_matches(p, r, other, traffic))
         {
             return Side::Allowed {
                 policy: p.name.clone(),
@@ -98,9 +127,13 @@ fn side(
     }
 }
 
-fn rule_matches(p: &Policy, r: &Rule, other: Party<'_>, proto: Protocol, port: u16) -> bool {
+fn rule_matches(p: &Policy, r: &Rule, other: Party<'_>, traffic: Traffic) -> bool {
     (r.peers.is_empty() || r.peers.iter().any(|peer| peer_matches(p, peer, other)))
-        && (r.ports.is_empty() || r.ports.iter().any(|pr| pr.matches(proto, port)))
+        && (r.ports.is_empty()
+            || match traffic {
+                Traffic::Port(proto, port) => r.ports.iter().any(|pr| pr.matches(proto, port)),
+                Traffic::Other => false,
+            })
 }
 
 /// Whether `peer` (in a rule of `p`) means `party`.

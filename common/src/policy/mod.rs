@@ -14,6 +14,7 @@
 //! in its rules matches endpoints of every scope.
 
 pub mod decide;
+pub mod explain;
 pub mod selector;
 pub mod validate;
 

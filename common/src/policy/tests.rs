@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::decide::{decide, Party, Side};
+use super::decide::{decide, Party, Side, Traffic};
 use super::*;
 
 const SCOPES: [&str; 3] = ["x", "y", "z"];
@@ -50,8 +50,7 @@ impl Model {
                         ip: *tip,
                         labels: Some(tl),
                     },
-                    proto,
-                    port,
+                    Traffic::Port(proto, port),
                 );
                 out.push(if v.allowed() { 'X' } else { '.' });
             }
@@ -220,7 +219,7 @@ fn several_policies_on_one_endpoint_are_a_union() {
         ip: m.eps[i].1,
         labels: Some(&m.eps[i].2),
     };
-    let v = decide(&ps, party(6), party(0), Protocol::Tcp, 80);
+    let v = decide(&ps, party(6), party(0), Traffic::Port(Protocol::Tcp, 80));
     assert_eq!(
         v.ingress,
         Side::Allowed {
@@ -229,7 +228,7 @@ fn several_policies_on_one_endpoint_are_a_union() {
         }
     );
     assert_eq!(v.egress, Side::Open);
-    let v = decide(&ps, party(1), party(0), Protocol::Tcp, 80);
+    let v = decide(&ps, party(1), party(0), Traffic::Port(Protocol::Tcp, 80));
     assert_eq!(
         v.ingress.to_string(),
         "denied: selected by from-y, from-z and no rule allows it"
@@ -239,8 +238,8 @@ fn several_policies_on_one_endpoint_are_a_union() {
         ip: "203.0.113.2".parse().unwrap(),
         labels: None,
     };
-    assert!(!decide(&ps, outside, party(0), Protocol::Tcp, 80).allowed());
-    assert!(decide(&ps, party(0), outside, Protocol::Tcp, 80).allowed());
+    assert!(!decide(&ps, outside, party(0), Traffic::Port(Protocol::Tcp, 80)).allowed());
+    assert!(decide(&ps, party(0), outside, Traffic::Port(Protocol::Tcp, 80)).allowed());
 }
 
 #[test]

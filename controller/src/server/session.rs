@@ -111,7 +111,7 @@ async fn session(
         Ok(Err(e)) => return End::Protocol(format!("connection lost before registering: {e}")),
         Ok(Ok(s)) => s,
     };
-    let mut reader = FrameReader::new(recv, wire::MAX_AGENT_FRAME);
+    let mut reader = FrameReader::new(recv, wire::MAX_REGISTER_FRAME);
     let first = match tokio::time::timeout_at(deadline, reader.read::<AgentMsg>()).await {
         Err(_) => return End::Protocol(format!("sent no registration within {REGISTER_WAIT:?}")),
         Ok(Err(e)) => return End::Protocol(format!("bad first frame: {e}")),
@@ -172,14 +172,19 @@ async fn session(
         "host {node} registered (agent {version}): subnet {subnet}{} public ip {public_ip} vtep {vtep_mac}",
         if registered.allocated { " (new)" } else { "" },
     );
+    // Agents before 0.2.0 refuse unknown fields; the others take endpoint
+    // reports' answer, the policy stream, when it comes.
+    let policy = wire::understands_codes(&version);
     let assigned = ControllerMsg::Assigned {
         subnet,
         config: registered.config.clone(),
+        policy,
     };
     if let Err(e) = wire::write(&mut send, &assigned).await {
         return End::Protocol(format!("write assignment: {e}"));
     }
     pending.take();
+    reader.set_max(wire::MAX_AGENT_FRAME);
     let _connected = metrics::connected();
     // Connected from now until this session ends (the key is removed when
     // `_present` is dropped).
@@ -194,8 +199,12 @@ async fn session(
         &mut send,
         &mut reader,
         ctl,
-        registered.lease,
-        !registered.allocated,
+        stream::Agent {
+            node: &node,
+            subnet,
+            lease: registered.lease,
+            refresh_lease: !registered.allocated,
+        },
     )
     .await
     {

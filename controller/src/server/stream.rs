@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use ipnetwork::Ipv4Network;
 use tokio::sync::broadcast::error::RecvError;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+use weft_common::cluster::EndpointEntry;
 use weft_common::wire::{AgentMsg, FrameError, FrameReader};
 
 use super::shared::Controller;
@@ -39,15 +41,26 @@ fn protocol(why: impl Into<String>) -> Ended {
     Ended::Protocol(why.into())
 }
 
-/// Snapshot, then deltas, while reading heartbeats and keeping the lease.
+/// The registered agent a stream serves.
+pub(super) struct Agent<'a> {
+    pub node: &'a str,
+    pub subnet: Ipv4Network,
+    /// The lease of the host's record (its endpoint list hangs on it too).
+    pub lease: i64,
+    pub refresh_lease: bool,
+}
+
+/// Snapshot, then deltas, while reading heartbeats and endpoint reports
+/// and keeping the lease.
 pub(super) async fn run(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader<quinn::RecvStream>,
     ctl: &Controller,
-    lease: i64,
-    refresh_lease: bool,
+    agent: Agent<'_>,
 ) -> Ended {
-    let mut hold = ctl.leases.hold(lease, refresh_lease);
+    let mut hold = ctl.leases.hold(agent.lease, agent.refresh_lease);
+    let mut report = Report::default();
+    let mut retry = tokio::time::interval(REPORT_RETRY);
     // Snapshots go out a few at a time (each session waits at most
     // SNAPSHOT_WAIT for its turn). A session subscribes only when its turn
     // comes, so until then nothing is buffered for it, and sessions that
@@ -103,6 +116,10 @@ pub(super) async fn run(
             m = tokio::time::timeout(SILENCE_LIMIT, reader.read::<AgentMsg>()) => match m {
                 Err(_) => return protocol(format!("silent for {SILENCE_LIMIT:?}")),
                 Ok(Ok(Some(AgentMsg::Heartbeat {}))) => {}
+                Ok(Ok(Some(AgentMsg::Endpoints { endpoints }))) => {
+                    report.take(&agent, endpoints);
+                    report.store(ctl, &agent).await;
+                }
                 Ok(Ok(Some(AgentMsg::Register { .. }))) => {
                     return protocol("out-of-order frame: register on a registered session")
                 }
@@ -115,10 +132,67 @@ pub(super) async fn run(
                 }
                 Ok(Err(e)) => return protocol(e.to_string()),
             },
+            _ = retry.tick(), if report.pending.is_some() => report.store(ctl, &agent).await,
             r = hold.gone.changed() => {
                 if r.is_err() || *hold.gone.borrow() {
                     return Ended::Gone;
                 }
+            }
+        }
+    }
+}
+
+/// How often a report that etcd did not take is tried again.
+const REPORT_RETRY: Duration = Duration::from_secs(2);
+
+/// An agent's endpoint reports: the last one stored, and one waiting for
+/// etcd (an outage must neither lose a report nor end the session).
+#[derive(Default)]
+struct Report {
+    stored: Option<Vec<EndpointEntry>>,
+    pending: Option<Vec<EndpointEntry>>,
+}
+
+impl Report {
+    /// Takes a report: the entries the agent may report (its own subnet's
+    /// addresses, valid names and labels; others are skipped with a
+    /// warning), pending when they differ from what was stored last.
+    fn take(&mut self, agent: &Agent<'_>, mut endpoints: Vec<EndpointEntry>) {
+        endpoints.retain(|e| match e.validate(agent.subnet) {
+            Ok(()) => true,
+            Err(why) => {
+                warn!("host {}: skipping a reported endpoint: {why}", agent.node);
+                false
+            }
+        });
+        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        self.pending = (self.stored.as_ref() != Some(&endpoints)).then_some(endpoints);
+    }
+
+    /// Writes the pending report, if any; keeps it pending on failure.
+    async fn store(&mut self, ctl: &Controller, agent: &Agent<'_>) {
+        let Some(endpoints) = self.pending.take() else {
+            return;
+        };
+        match ctl
+            .store
+            .put_endpoints(agent.node, agent.lease, &endpoints)
+            .await
+        {
+            Ok(()) => {
+                info!(
+                    "host {}: {} endpoints reported for network policy",
+                    agent.node,
+                    endpoints.len()
+                );
+                self.stored = Some(endpoints);
+            }
+            Err(e) => {
+                warn!(
+                    "host {}: storing its endpoint report failed: {e}; retrying every {REPORT_RETRY:?}",
+                    agent.node
+                );
+                self.pending = Some(endpoints);
             }
         }
     }

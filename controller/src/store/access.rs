@@ -148,7 +148,7 @@ impl EtcdAccess {
             Some(rustls::Error::AlertReceived(
                 AlertDescription::BadCertificate | AlertDescription::CertificateRequired
             ))
-        );
+        ) || causes.iter().any(|c| is_alert_in_words(*c));
         if no_cert && (alert || closed) {
             return Some(AccessFailure::ClientCertRequired);
         }
@@ -177,6 +177,18 @@ pub enum AccessFailure {
     /// `hint`: no client certificate was given, and etcd may want one.
     #[error("TLS handshake with etcd failed: {detail}{}", if *.hint { " (etcd may require a client certificate: --etcd-cert and --etcd-key)" } else { "" })]
     Tls { detail: String, hint: bool },
+}
+
+/// An alert that h2 passed on: h2 keeps an I/O error only as its kind and
+/// its text, so a rustls alert arrives as `InvalidData` with rustls's words
+/// ("received fatal alert: BadCertificate"). Seen in CI.
+fn is_alert_in_words(c: &(dyn StdError + 'static)) -> bool {
+    c.downcast_ref::<io::Error>().is_some_and(|io| {
+        let text = io.to_string();
+        io.kind() == io::ErrorKind::InvalidData
+            && text.contains("received fatal alert")
+            && (text.contains("BadCertificate") || text.contains("CertificateRequired"))
+    })
 }
 
 /// Why etcd could not be reached, if that is what `e` is: the client
@@ -287,8 +299,18 @@ mod tests {
             s.set_source(std::sync::Arc::new(io));
             etcd_client::Error::GRpcStatus(s)
         };
+        let alert_in_words = {
+            let io = io::Error::new(
+                io::ErrorKind::InvalidData,
+                "received fatal alert: BadCertificate",
+            );
+            let mut s = tonic::Status::new(Code::Unknown, "transport error");
+            s.set_source(std::sync::Arc::new(io));
+            etcd_client::Error::GRpcStatus(s)
+        };
         let forms = [
             alert(),
+            alert_in_words,
             etcd_client::Error::IoError(io::Error::from(io::ErrorKind::BrokenPipe)),
             status(Code::Cancelled, "operation was canceled"),
             status(

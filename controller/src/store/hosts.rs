@@ -33,7 +33,8 @@ impl Store {
         }
     }
 
-    /// Removes a host: its record and its subnet (a reservation stays).
+    /// Removes a host: its record, its endpoint list and its subnet (a
+    /// reservation stays).
     /// A record that cannot be served can be removed too.
     pub async fn remove_host(&self, name: &str) -> Result<HostRecord> {
         let key = self.keys.host(name);
@@ -44,7 +45,10 @@ impl Store {
             .ok_or_else(|| StoreError::NoHost(name.to_string()))?;
         let rec: HostRecord = decode(&key, kv.value())?;
         let skey = self.keys.subnet(rec.subnet);
-        let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+        let mut ops = vec![
+            TxnOp::delete(key.as_str(), None),
+            TxnOp::delete(self.keys.host_endpoints(name), None),
+        ];
         if let Some(skv) = self.etcd.get(&skey).await? {
             let srec: SubnetRecord = decode(&skey, skv.value())?;
             if !srec.reserved && srec.host.as_deref() == Some(name) {
@@ -53,8 +57,8 @@ impl Store {
         }
         self.etcd.txn(Txn::new().and_then(ops)).await?;
         if kv.lease() != 0 {
-            // Nothing else hangs on a host's lease; revoking it stops any
-            // controller's keep-alive for it at once.
+            // Only the host's own keys hang on its lease; revoking it
+            // stops any controller's keep-alive for it at once.
             let _ = self.etcd.lease_revoke(kv.lease()).await;
         }
         Ok(rec)

@@ -8,7 +8,11 @@
 //!   connected to ([`AgentPresence`](super::records::AgentPresence)), on
 //!   that controller's short lease;
 //! - `<prefix>/policies/<name>`: a network policy
-//!   ([`Policy`](weft_common::policy::Policy)).
+//!   ([`Policy`](weft_common::policy::Policy));
+//! - `<prefix>/endpoints/<host>`: the endpoints a host's agent reported,
+//!   with their addresses and labels
+//!   ([`EndpointEntry`](weft_common::cluster::EndpointEntry) list), on the
+//!   host record's lease.
 
 use ipnetwork::Ipv4Network;
 use weft_common::cluster::{parse_subnet_key, subnet_key};
@@ -35,6 +39,8 @@ pub enum Key<'a> {
     Agent(&'a str),
     /// A policy key and the name it is under.
     Policy(&'a str),
+    /// A host's endpoint list and the host's name.
+    Endpoints(&'a str),
     /// Anything else (not weft's, or a kind this version does not know).
     Other,
 }
@@ -84,6 +90,14 @@ impl Keys {
         format!("{}/policies/{name}", self.prefix)
     }
 
+    pub fn endpoints(&self) -> String {
+        format!("{}/endpoints/", self.prefix)
+    }
+
+    pub fn host_endpoints(&self, host: &str) -> String {
+        format!("{}/endpoints/{host}", self.prefix)
+    }
+
     pub fn subnets(&self) -> String {
         format!("{}/subnets/", self.prefix)
     }
@@ -105,6 +119,8 @@ impl Keys {
             Key::Agent(n)
         } else if let Some(n) = rest.strip_prefix("policies/") {
             Key::Policy(n)
+        } else if let Some(n) = rest.strip_prefix("endpoints/") {
+            Key::Endpoints(n)
         } else {
             Key::Other
         })
@@ -134,6 +150,8 @@ mod tests {
         assert_eq!(k.parse(&k.agent("h2")), Some(Key::Agent("h2")));
         assert_eq!(k.policy("p"), "/weft/policies/p");
         assert_eq!(k.parse(&k.policy("p")), Some(Key::Policy("p")));
+        assert_eq!(k.host_endpoints("h1"), "/weft/endpoints/h1");
+        assert_eq!(k.parse(&k.host_endpoints("h1")), Some(Key::Endpoints("h1")));
         assert_eq!(k.parse("/weft/elsewhere"), Some(Key::Other));
         assert_eq!(k.parse("/weftx/config"), None);
         assert_eq!(k.parse("/other/config"), None);

@@ -12,7 +12,7 @@
 //!   registration is refused, with its code; `register`: the
 //!   registration transaction;
 //! - `config`, `hosts`, `subnets`, `policies`: the operators' reads and
-//!   writes;
+//!   writes; `endpoints`: the endpoints agents report (for policy);
 //! - `handle`: the [`Store`] itself, connecting, leases; `error`: what
 //!   goes wrong;
 //! - `agents`: presence keys; `watch`: the host watch; `backup`: bulk
@@ -25,6 +25,7 @@ mod agents;
 pub mod alloc;
 mod backup;
 mod config;
+mod endpoints;
 mod error;
 mod etcd;
 mod handle;

@@ -205,6 +205,17 @@ pub enum PolicyCommand {
     /// Delete a policy.
     #[command(alias = "rm")]
     Delete { name: String },
+    /// Say whether FROM may open a connection to TO, and which policy and
+    /// rule decide, from the policies and the endpoints agents reported.
+    /// FROM and TO: HOST/NAME, a NAME only one host has, or an IPv4
+    /// address. Without PORT/PROTO: traffic without ports (a ping).
+    Explain {
+        from: String,
+        to: String,
+        /// `80/tcp`, `53/udp`, `80` (TCP).
+        #[arg(value_name = "PORT/PROTO")]
+        traffic: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,11 +1,13 @@
 //! `weftctl policy`: network policies in etcd (`apply -f`, `list`, `show`,
-//! `delete`). A file is read and every policy in it checked before etcd is
-//! contacted; one apply writes all of them or none.
+//! `delete`), and `explain` of one connection against them and the
+//! endpoints agents reported. A file is read and every policy in it
+//! checked before etcd is contacted; one apply writes all of them or none.
 
 use std::path::Path;
 
 use serde_json::Value;
-use weft_common::policy::{self, Direction, Policy};
+use weft_common::policy::decide::Traffic;
+use weft_common::policy::{self, explain, Direction, Policy};
 use weft_controller::store::MAX_APPLY;
 
 use crate::cli::PolicyCommand;
@@ -15,6 +17,12 @@ use crate::output::{self, Failure};
 pub fn run(json: bool, etcd: &Etcd, c: PolicyCommand) -> Result<(), Failure> {
     let docs = match &c {
         PolicyCommand::Apply { file } => Some(read_policies(file)?),
+        PolicyCommand::Explain {
+            traffic: Some(t), ..
+        } => {
+            Traffic::parse(t).map_err(Failure::usage)?;
+            None
+        }
         _ => None,
     };
     etcd.run(|cl| policies(json, cl, c, docs))
@@ -105,6 +113,24 @@ async fn policies(
                 let yaml = serde_yaml_ng::to_string(&p)
                     .map_err(|e| Failure::failed(format!("show policy {name}: {e}")))?;
                 print!("{yaml}");
+            }
+            Ok(())
+        }
+        PolicyCommand::Explain { from, to, traffic } => {
+            let traffic = match traffic {
+                Some(t) => Traffic::parse(&t).map_err(Failure::usage)?,
+                None => Traffic::Other,
+            };
+            let all = store.policies().await.map_err(|e| cl.fail(e))?;
+            let (_, dir) = store.endpoints().await.map_err(|e| cl.fail(e))?;
+            let from = explain::find(&dir, &from).map_err(Failure::failed)?;
+            let to = explain::find(&dir, &to).map_err(Failure::failed)?;
+            let policies: Vec<Policy> = all.into_values().collect();
+            let e = explain::explain(&policies, from, to, traffic);
+            if json {
+                println!("{}", e.to_json());
+            } else {
+                println!("{e}");
             }
             Ok(())
         }
