@@ -61,9 +61,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     netns::warn_if_private_mounts(&cfg.netns_dir);
     let store = Store::open(&cfg.state_dir)?;
     let loaded = store.load()?;
-    let saved_peers = match cfg.mode {
-        Mode::Cluster(_) => store.load_peers()?,
-        Mode::Standalone { .. } => None,
+    let saved_link = match cfg.mode {
+        Mode::Cluster(_) => store.load_link()?,
+        Mode::Standalone { .. } => Default::default(),
     };
     let writer = Writer::start(store).context("start the state writer")?;
     let kernel: Arc<dyn Kernel> = Arc::new(
@@ -89,7 +89,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 vtep_mac: loaded.node.as_ref().and_then(|n| n.vtep_mac),
             }
         }
-        Mode::Cluster(c) => assign(&cfg, c, kernel.as_ref(), &loaded, &writer, saved_peers).await?,
+        Mode::Cluster(c) => assign(&cfg, c, kernel.as_ref(), &loaded, &writer, saved_link).await?,
     };
 
     let underlay_view = kernel
@@ -204,7 +204,7 @@ async fn assign(
     kernel: &dyn Kernel,
     loaded: &Loaded,
     writer: &Writer,
-    saved_peers: Option<crate::state::PeersState>,
+    saved: crate::state::SavedLink,
 ) -> anyhow::Result<Assignment> {
     let tls = weft_common::tls::client_config(&c.tls_dir)
         .with_context(|| format!("--tls-dir {}", c.tls_dir.display()))?;
@@ -234,7 +234,7 @@ async fn assign(
         me,
         cfg.state_dir.clone(),
         writer.clone(),
-        saved_peers,
+        saved,
     )?);
     // Certificate rotation: the next connection uses the new certificate;
     // the session and the data plane are not touched.

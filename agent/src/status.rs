@@ -43,6 +43,7 @@ pub async fn status(agent: &Agent, probe: bool) -> Status {
                 rtt_ms: None,
             })
             .collect(),
+        policy: agent.controllers.as_ref().map(|c| c.policy_status()),
     };
     if probe && !status.peers.is_empty() {
         let targets: Vec<Ipv4Addr> = paths.values().map(|p| gateway(p.subnet)).collect();

@@ -246,6 +246,25 @@ pub struct Status {
     pub endpoints: usize,
     pub controller: ControllerLink,
     pub peers: Vec<Peer>,
+    /// Cluster mode: the network policy this agent holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStatus>,
+}
+
+/// The network policy an agent holds: as of which revision of the
+/// controller's policy view, how much of it, and whether it came from the
+/// controller it is connected to now (`current`) or is kept from before
+/// (the controller is unreachable, or the agent restarted and has not
+/// heard from one yet): fail static, never open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub revision: i64,
+    pub policies: usize,
+    /// Address sets (one per rule peer that chooses endpoints by labels)
+    /// and the addresses in them together.
+    pub sets: usize,
+    pub addresses: usize,
+    pub current: bool,
 }
 
 #[cfg(test)]

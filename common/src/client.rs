@@ -237,6 +237,8 @@ pub fn kind(m: &ControllerMsg) -> &'static str {
         ControllerMsg::Assigned { .. } => "assigned",
         ControllerMsg::Snapshot { .. } => "snapshot",
         ControllerMsg::Delta { .. } => "delta",
+        ControllerMsg::PolicySnapshot { .. } => "policy_snapshot",
+        ControllerMsg::PolicyDelta { .. } => "policy_delta",
         ControllerMsg::Error { .. } => "error",
     }
 }

@@ -14,6 +14,12 @@ pub const SUBNET_ASSIGNED: &str = "subnet_assigned";
 /// Agent: a peer snapshot was taken into the peer set. Fields: `revision`,
 /// `peers`.
 pub const PEER_SNAPSHOT: &str = "peer_snapshot";
+/// Agent: a network policy snapshot was taken. Fields: `revision`,
+/// `policies`, `sets`.
+pub const POLICY_SNAPSHOT: &str = "policy_snapshot";
+/// Agent: a network policy delta was taken. Fields: `revision`,
+/// `policies`, `sets` (the totals after it).
+pub const POLICY_UPDATE: &str = "policy_update";
 /// Agent: a peer joined, changed or left, as the data plane is about to
 /// program it. Fields: `peer`, `subnet`, `change` (`joined`, `changed`,
 /// `left`), `why`. Logged per peer only for small changes (see the agent's

@@ -10,7 +10,9 @@
 //! revisions. The agent sends `heartbeat`s, and, when `assigned` says
 //! `policy: true`, `endpoints`: the whole list of its endpoints (address
 //! and labels, for network policy) once at the start and again whenever it
-//! changes. A `register` after the first is out of order.
+//! changes. To an agent that reports endpoints the controller sends a
+//! `policy_snapshot` (policies and resolved address sets), then
+//! `policy_delta`s. A `register` after the first is out of order.
 //!
 //! Compatibility: the controller decodes agent frames strictly (an unknown
 //! field makes a frame malformed). Agents decode controller frames
@@ -29,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cluster::{EndpointEntry, HostRecord, NetworkConfig};
+use crate::policy::sets::{SetChange, Sets};
+use crate::policy::Policy;
 use crate::refusal::RefusalCode;
 use crate::MacAddr;
 
@@ -89,6 +93,25 @@ pub enum ControllerMsg {
     Delta {
         revision: i64,
         changes: Vec<PeerChange>,
+    },
+    /// Every network policy and the address sets their rules name (see
+    /// [`crate::policy::sets`]), as of `revision` of the policy view. Sent
+    /// only to agents that report endpoints (older ones do not know it).
+    PolicySnapshot {
+        revision: i64,
+        policies: Vec<Policy>,
+        sets: Sets,
+    },
+    /// Changes since the last policy message: policies written or
+    /// replaced, policies deleted, members that joined or left sets.
+    PolicyDelta {
+        revision: i64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        upsert: Vec<Policy>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sets: Vec<SetChange>,
     },
     /// The controller refuses or ends the session; `message` says why,
     /// `code` says it for programs (sent only to agents that

@@ -277,7 +277,7 @@ impl Hub {
 }
 
 /// Aborts a task when dropped (the watch reader dies with its watch).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

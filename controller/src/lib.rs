@@ -3,6 +3,7 @@
 //!
 //! Layers, top to bottom (each uses only those below it):
 //! - `server` (the agents' sessions), `hub` (fan-out of peer changes),
+//!   `policy_hub` (network policy and its resolved address sets, likewise),
 //!   `leases`, `presence`, `backup`: what the daemon and `weftctl` do;
 //! - `store`: the only way to etcd;
 //! - `telemetry`: metrics and readiness, a leaf that imports none of the
@@ -13,6 +14,7 @@ pub mod flags;
 pub mod hub;
 pub mod leases;
 pub mod pki;
+pub mod policy_hub;
 pub mod presence;
 pub mod server;
 pub mod store;

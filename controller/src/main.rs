@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use weft_controller::flags::controller::Args;
 use weft_controller::hub::Hub;
 use weft_controller::leases::Leases;
+use weft_controller::policy_hub::PolicyHub;
 use weft_controller::presence::Presence;
 use weft_controller::server::{self, Controller};
 use weft_controller::store::Store;
@@ -125,6 +126,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     store.watch_members(args.etcd_endpoints.clone());
     let hub = Arc::new(Hub::new());
     tokio::spawn(hub.clone().run(store.clone()));
+    let policy = Arc::new(PolicyHub::new());
+    tokio::spawn(policy.clone().run(store.clone()));
     if checked.metrics_listen.is_some() {
         // The fan-out backlog shrinks as sessions read: sample it.
         let h = hub.clone();
@@ -145,6 +148,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         leases,
         store,
         hub,
+        policy,
         lease_ttl: args.lease_ttl,
         snapshots: Arc::new(tokio::sync::Semaphore::new(server::SNAPSHOTS_AT_ONCE)),
     });

@@ -9,10 +9,12 @@
 //!
 //! - `pace.rs`: backoff, and which refusals wait for an operator (pure);
 //! - `peers.rs`: the peer set from snapshots and deltas (pure);
+//! - `policy.rs`: the network policy and its address sets, likewise (pure);
 //! - `session.rs`: one registered session.
 
 pub mod pace;
 pub mod peers;
+pub mod policy;
 mod session;
 
 use std::net::Ipv4Addr;
@@ -28,10 +30,11 @@ use weft_common::wire::AgentMsg;
 use weft_common::MacAddr;
 
 use crate::model::overlay::PeerSet;
-use crate::state::{PeersState, Writer};
+use crate::state::{SavedLink, Writer};
 use crate::telemetry::metrics;
 use pace::{Refusals, Say};
 use peers::PeerBook;
+use policy::PolicyBook;
 pub use session::Directory;
 
 #[derive(Default)]
@@ -59,6 +62,8 @@ pub struct Controllers {
     state: Writer,
     st: Mutex<LinkState>,
     book: Mutex<PeerBook>,
+    /// The network policy, from the controller or as saved.
+    policy: Mutex<PolicyBook>,
     refusals: Mutex<Refusals>,
     stopping: std::sync::atomic::AtomicBool,
     /// The peer set after each applied message, for the data plane.
@@ -85,9 +90,10 @@ impl Controllers {
         me: Identity,
         state_dir: PathBuf,
         state: Writer,
-        saved: Option<PeersState>,
+        saved: SavedLink,
     ) -> std::io::Result<Controllers> {
-        let book = PeerBook::new(&me.node, saved);
+        let book = PeerBook::new(&me.node, saved.peers);
+        let policy = PolicyBook::new(saved.policy);
         let (peers_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(book.peers.clone()));
         Ok(Controllers {
             peers_tx,
@@ -104,6 +110,7 @@ impl Controllers {
                 ..Default::default()
             }),
             book: Mutex::new(book),
+            policy: Mutex::new(policy),
             refusals: Default::default(),
             stopping: Default::default(),
         })
@@ -292,6 +299,7 @@ impl Controllers {
                     self.set_connected(true, &addr);
                     let why = self.session(s, &mut directory).await;
                     self.set_connected(false, &addr);
+                    self.policy.lock().expect("policy book").session_ended();
                     if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                         return;
                     }
@@ -342,6 +350,18 @@ impl Controllers {
             connected: st.connected,
             address: st.address.clone(),
             since: Some(st.since),
+        }
+    }
+
+    /// The network policy's summary for `status`.
+    pub fn policy_status(&self) -> weft_common::api::PolicyStatus {
+        let b = self.policy.lock().expect("policy book");
+        weft_common::api::PolicyStatus {
+            revision: b.revision,
+            policies: b.policies.len(),
+            sets: b.sets.len(),
+            addresses: b.addresses(),
+            current: b.current,
         }
     }
 

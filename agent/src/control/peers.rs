@@ -90,6 +90,9 @@ impl PeerBook {
             }
             ControllerMsg::Error { message, .. } => Err(format!("controller error: {message}")),
             ControllerMsg::Assigned { .. } => Err("out-of-order frame: a second assignment".into()),
+            m @ (ControllerMsg::PolicySnapshot { .. } | ControllerMsg::PolicyDelta { .. }) => Err(
+                format!("{} is not a peer message", weft_common::client::kind(&m)),
+            ),
         }
     }
 

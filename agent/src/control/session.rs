@@ -11,6 +11,7 @@ use weft_common::events;
 use weft_common::wire::{AgentMsg, ControllerMsg};
 
 use super::peers::Applied;
+use super::policy::PolicyApplied;
 use super::Controllers;
 use crate::telemetry::{metrics, ready};
 
@@ -47,7 +48,13 @@ impl Controllers {
                 }
                 m = s.next() => match m {
                     Ok(Some(msg)) => {
-                        if let Err(why) = self.take(msg) {
+                        let taken = match msg {
+                            ControllerMsg::PolicySnapshot { .. } | ControllerMsg::PolicyDelta { .. } => {
+                                self.take_policy(msg)
+                            }
+                            msg => self.take(msg),
+                        };
+                        if let Err(why) = taken {
                             s.conn.close(1u32.into(), why.as_bytes());
                             return why;
                         }
@@ -62,6 +69,43 @@ impl Controllers {
                 }
             }
         }
+    }
+
+    /// Takes a policy message into the policy book and queues the book for
+    /// saving.
+    fn take_policy(&self, msg: ControllerMsg) -> Result<(), String> {
+        let mut book = self.policy.lock().expect("policy book");
+        let applied = book.apply(msg)?;
+        let (revision, policies, sets) = (book.revision, book.policies.len(), book.sets.len());
+        match applied {
+            PolicyApplied::Stale => {
+                debug!("ignoring policy delta at revision {revision} (have a newer one)");
+                return Ok(());
+            }
+            PolicyApplied::Snapshot => info!(
+                event = events::POLICY_SNAPSHOT,
+                revision,
+                policies,
+                sets,
+                "policy snapshot at revision {revision}: {policies} policies, {sets} address sets ({} addresses)",
+                book.addresses()
+            ),
+            PolicyApplied::Delta {
+                policies: changed,
+                set_changes,
+            } => info!(
+                event = events::POLICY_UPDATE,
+                revision,
+                policies,
+                sets,
+                "policy update at revision {revision}: {changed} policies written or deleted, {set_changes} address sets changed; now {policies} policies, {sets} sets ({} addresses)",
+                book.addresses()
+            ),
+        }
+        let saved = book.saved();
+        drop(book);
+        self.state.save_policy(&saved);
+        Ok(())
     }
 
     /// Takes one message into the peer set, publishes the set to the data

@@ -83,6 +83,23 @@ pub struct PeersState {
     pub peers: Vec<HostRecord>,
 }
 
+/// The network policy as last received from a controller
+/// (`policy.json`): the policies and the address sets their rules name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyState {
+    pub revision: i64,
+    pub policies: Vec<weft_common::policy::Policy>,
+    pub sets: weft_common::policy::sets::Sets,
+}
+
+/// What a cluster agent saved of its controllers' messages.
+#[derive(Debug, Default)]
+pub struct SavedLink {
+    pub peers: Option<PeersState>,
+    pub policy: Option<PolicyState>,
+}
+
 /// Everything loaded at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -135,9 +152,16 @@ impl Store {
         load(&self.dir)
     }
 
-    /// The peer set saved by the writer, if any.
-    pub fn load_peers(&self) -> Result<Option<PeersState>> {
-        let path = self.dir.join("peers.json");
+    /// The peer set and the policy saved by the writer, if any.
+    pub fn load_link(&self) -> Result<SavedLink> {
+        Ok(SavedLink {
+            peers: self.load_optional("peers.json")?,
+            policy: self.load_optional("policy.json")?,
+        })
+    }
+
+    fn load_optional<T: serde::de::DeserializeOwned>(&self, file: &str) -> Result<Option<T>> {
+        let path = self.dir.join(file);
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(decode(&path, &bytes)?)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::{
     io_err, remove_if_exists, sync_dir, to_json, write_atomic, EndpointRecord, NodeState,
-    PeersState, Result, StateError, Store,
+    PeersState, PolicyState, Result, StateError, Store,
 };
 
 enum Job {
@@ -141,6 +141,14 @@ impl Writer {
     pub fn save_peers(&self, peers: PeersState) {
         *self.peers.lock().expect("peers slot") = Some(peers);
         let _ = self.tx.send((Job::Peers, None));
+    }
+
+    /// Queues the network policy (`policy.json`); failures are logged.
+    pub fn save_policy(&self, policy: &PolicyState) {
+        let _ = self.tx.send((
+            Job::Write(self.dir.join("policy.json"), to_json(policy)),
+            None,
+        ));
     }
 
     /// Resolves once every write queued before it is done.

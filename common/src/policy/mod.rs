@@ -16,6 +16,7 @@
 pub mod decide;
 pub mod explain;
 pub mod selector;
+pub mod sets;
 pub mod validate;
 
 use std::net::IpAddr;

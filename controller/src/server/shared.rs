@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::hub::Hub;
 use crate::leases::Leases;
+use crate::policy_hub::PolicyHub;
 use crate::presence::Presence;
 use crate::store::Store;
 
@@ -13,6 +14,8 @@ use crate::store::Store;
 pub struct Controller {
     pub store: Store,
     pub hub: Arc<Hub>,
+    /// Network policy for the sessions of agents that report endpoints.
+    pub policy: Arc<PolicyHub>,
     /// Lease TTL for host keys, seconds.
     pub lease_ttl: i64,
     pub leases: Arc<Leases>,

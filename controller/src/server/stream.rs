@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
-use tokio::sync::broadcast::error::RecvError;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::{self, error::RecvError};
 use tracing::{debug, info, warn};
 use weft_common::cluster::EndpointEntry;
 use weft_common::wire::{AgentMsg, FrameError, FrameReader};
 
 use super::shared::Controller;
+use crate::hub::Frame;
 use crate::telemetry::metrics;
 
 /// An agent that sends nothing (not even a heartbeat) for this long is gone.
@@ -61,6 +64,9 @@ pub(super) async fn run(
     let mut hold = ctl.leases.hold(agent.lease, agent.refresh_lease);
     let mut report = Report::default();
     let mut retry = tokio::time::interval(REPORT_RETRY);
+    // Policy goes to agents that report endpoints (older ones know
+    // neither), from their first report on.
+    let mut policy: Option<(i64, broadcast::Receiver<Arc<Frame>>)> = None;
     // Snapshots go out a few at a time (each session waits at most
     // SNAPSHOT_WAIT for its turn). A session subscribes only when its turn
     // comes, so until then nothing is buffered for it, and sessions that
@@ -119,6 +125,13 @@ pub(super) async fn run(
                 Ok(Ok(Some(AgentMsg::Endpoints { endpoints }))) => {
                     report.take(&agent, endpoints);
                     report.store(ctl, &agent).await;
+                    if policy.is_none() {
+                        let (r, snap, rx) = ctl.policy.subscribe().await;
+                        if let Err(e) = send.write_chunk(snap).await {
+                            return protocol(format!("write policy snapshot: {e}"));
+                        }
+                        policy = Some((r, rx));
+                    }
                 }
                 Ok(Ok(Some(AgentMsg::Register { .. }))) => {
                     return protocol("out-of-order frame: register on a registered session")
@@ -133,12 +146,43 @@ pub(super) async fn run(
                 Ok(Err(e)) => return protocol(e.to_string()),
             },
             _ = retry.tick(), if report.pending.is_some() => report.store(ctl, &agent).await,
+            f = next_policy(&mut policy) => match f {
+                Ok(f) => {
+                    let Some((rev, _)) = policy.as_mut() else { continue };
+                    if f.revision > *rev {
+                        if let Err(e) = send.write_chunk(f.bytes.clone()).await {
+                            return protocol(format!("write policy delta: {e}"));
+                        }
+                        *rev = f.revision;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!("session fell {n} policy deltas behind; sending a fresh policy snapshot");
+                    let (r, snap, rx) = ctl.policy.subscribe().await;
+                    if let Err(e) = send.write_chunk(snap).await {
+                        return protocol(format!("write policy snapshot: {e}"));
+                    }
+                    policy = Some((r, rx));
+                }
+                Err(RecvError::Closed) => return protocol("controller shutting down"),
+            },
             r = hold.gone.changed() => {
                 if r.is_err() || *hold.gone.borrow() {
                     return Ended::Gone;
                 }
             }
         }
+    }
+}
+
+/// The next policy frame for a session that takes policy; never for one
+/// that does not.
+async fn next_policy(
+    policy: &mut Option<(i64, broadcast::Receiver<Arc<Frame>>)>,
+) -> Result<Arc<Frame>, RecvError> {
+    match policy {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

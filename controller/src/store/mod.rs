@@ -15,7 +15,8 @@
 //!   writes; `endpoints`: the endpoints agents report (for policy);
 //! - `handle`: the [`Store`] itself, connecting, leases; `error`: what
 //!   goes wrong;
-//! - `agents`: presence keys; `watch`: the host watch; `backup`: bulk
+//! - `agents`: presence keys; `watch`: the host watch; `policy_watch`:
+//!   the watch of policies and reported endpoints; `backup`: bulk
 //!   reads and writes; `listing`: one subnet listing shared by concurrent
 //!   registrations; `members`: keeping requests off etcd members that
 //!   are down; [`access`]: TLS, users and etcd's errors in words.
@@ -34,6 +35,7 @@ pub mod keys;
 mod listing;
 mod members;
 mod policies;
+mod policy_watch;
 pub mod records;
 pub mod refusal;
 mod register;
@@ -47,6 +49,7 @@ pub use handle::{now, Store};
 pub use keys::{Keys, DEFAULT_PREFIX};
 pub use listing::Subnets;
 pub use policies::{Applied, MAX_APPLY};
+pub use policy_watch::{PolicyInput, PolicyWatch, PolicyWatchEvent};
 pub use records::{AgentPresence, BadRecord};
 pub use refusal::Refusal;
 pub use register::{Registered, Registration};

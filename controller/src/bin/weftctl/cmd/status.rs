@@ -2,7 +2,7 @@
 //! peers (probed unless `--no-probe`).
 
 use weft_common::agent_client::AgentClient;
-use weft_common::api::{Request, Status};
+use weft_common::api::{PolicyStatus, Request, Status};
 
 use crate::output::{self, Failure};
 
@@ -15,6 +15,23 @@ pub fn run(json: bool, agent: &mut AgentClient, no_probe: bool) -> Result<(), Fa
         print_status(&s);
     }
     Ok(())
+}
+
+/// The network policy the agent holds, and whether it is the connected
+/// controller's or kept from before (fail static).
+fn policy_line(p: &PolicyStatus) -> String {
+    if p.revision == 0 && !p.current {
+        return "none received yet".into();
+    }
+    let what = format!(
+        "{} policies, {} address sets ({} addresses) at revision {}",
+        p.policies, p.sets, p.addresses, p.revision
+    );
+    if p.current {
+        format!("{what}, current")
+    } else {
+        format!("{what}, KEPT from before: no controller has sent policy on the current link yet")
+    }
 }
 
 fn print_status(s: &Status) {
@@ -41,6 +58,9 @@ fn print_status(s: &Status) {
             since(c.since)
         ),
         _ => println!("controller:  none (standalone)"),
+    }
+    if let Some(p) = &s.policy {
+        println!("policy:      {}", policy_line(p));
     }
     if s.peers.is_empty() {
         println!("peers:       none");
