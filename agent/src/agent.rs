@@ -21,6 +21,8 @@ pub struct Agent {
     pub endpoints: Endpoints,
     /// Cluster mode: the controller link.
     pub controllers: Option<Arc<Controllers>>,
+    /// Cluster mode: network policy enforcement.
+    pub enforcer: Option<Arc<crate::enforce::Enforcer>>,
 }
 
 impl Agent {

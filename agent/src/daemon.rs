@@ -155,6 +155,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         node: cfg.node_name.clone(),
         reconciler: reconcile::Reconciler::new(kernel.clone(), spec, direct, peers),
         endpoints,
+        enforcer: controllers
+            .as_ref()
+            .map(|_| Arc::new(crate::enforce::Enforcer::new(kernel.clone()))),
         controllers: controllers.clone(),
     });
 
@@ -166,6 +169,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     ready::get().data_plane_programmed();
 
+    if let (Some(c), Some(e)) = (&controllers, &agent.enforcer) {
+        // The saved policy is enforced before the agent serves (fail
+        // static across restarts), then every change.
+        if !crate::kernel::sysctl::has_bridge_netfilter() {
+            warn!("bridge netfilter (br_netfilter) is not loaded: network policy does not see traffic between two namespaces of this host (modprobe br_netfilter)");
+        }
+        let (policy, directory) = (c.policy_watch(), agent.endpoints.directory());
+        let (p, d) = (policy.borrow().clone(), directory.borrow().clone());
+        e.enforce(&p, &d).await;
+        tokio::spawn(crate::enforce::run(e.clone(), policy, directory));
+    }
     if let Some(c) = &controllers {
         spawn_peer_loop(agent.clone(), c.clone());
         let (c, serving) = (c.clone(), a.subnet);

@@ -10,6 +10,7 @@
 //! - [`reconcile`]: observe, diff, apply; when it runs.
 //! - [`endpoints`]: `ns add`/`ns del` with rollback, spare namespaces.
 //! - [`control`]: the link to the controllers.
+//! - [`enforce`]: network policy written to the kernel, its counters.
 //! - [`state`]: what is persisted under `--state-dir`, and its writer.
 //! - [`api`], [`status`], [`probe`]: the local socket `weftctl` talks to.
 //! - [`telemetry`]: metrics and readiness (a leaf).
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod endpoints;
+pub mod enforce;
 pub mod firewall;
 pub mod kernel;
 pub mod model;

@@ -43,7 +43,16 @@ pub async fn status(agent: &Agent, probe: bool) -> Status {
                 rtt_ms: None,
             })
             .collect(),
-        policy: agent.controllers.as_ref().map(|c| c.policy_status()),
+        policy: agent.controllers.as_ref().map(|c| {
+            let mut p = c.policy_status();
+            if let Some(e) = &agent.enforcer {
+                let st = e.status();
+                p.enforced = st.endpoints;
+                p.error = st.error;
+            }
+            p.same_host = crate::kernel::sysctl::has_bridge_netfilter();
+            p
+        }),
     };
     if probe && !status.peers.is_empty() {
         let targets: Vec<Ipv4Addr> = paths.values().map(|p| gateway(p.subnet)).collect();

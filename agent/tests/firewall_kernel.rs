@@ -1,128 +1,22 @@
 //! weft's nftables table against the kernel (needs root: it fails, not
-//! skips, without), each test in scratch network namespaces of its own,
-//! never the root namespace. Namespaces left by a run that was killed
-//! (named `fwt-<pid>-<n>` after a process that is gone) are removed first.
-//!
-//! A namespace is entered by a dedicated thread (`setns` changes only the
-//! calling thread); `nft` children forked from that thread and sockets made
-//! on it belong to that namespace.
+//! skips, without), each test in scratch network namespaces of its own
+//! (`support`), never the root namespace.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
 use weft_common::Proto;
 
 use weft_agent::firewall::{FirewallError, FirewallSpec, PortForward, Table as Firewall};
 
+mod support;
+use support::{run_cmd, Netns};
+
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A scratch network namespace, deleted on drop (also when a test panics).
-struct Netns {
-    name: String,
-}
-
-/// Removes the scratch namespaces of earlier runs whose process is gone
-/// (killed before their `Drop` ran). Once per test process.
-fn sweep_stale() {
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(|| {
-        for name in run_cmd("ip", &["netns", "list"])
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-        {
-            let Some(pid) = name
-                .strip_prefix("fwt-")
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "delete", name]).status();
-            }
-        }
-    });
-}
-
-impl Netns {
-    fn new() -> Self {
-        sweep_stale();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "fwt-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        run_cmd("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n NAME ARGS...`
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run_cmd("ip", &all);
-    }
-
-    /// Writes a sysctl of this namespace.
-    fn sysctl(&self, key: &str, value: &str) {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        run_cmd(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.name,
-                "sh",
-                "-c",
-                &format!("echo {value} > {path}"),
-            ],
-        );
-    }
-
-    /// Runs `f` on a new thread that has entered this namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-fn run_cmd(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `nft list table inet TABLE` in the calling thread's namespace, with
 /// leading whitespace normalised and weft's rule fingerprints (`comment

@@ -265,6 +265,17 @@ pub struct PolicyStatus {
     pub sets: usize,
     pub addresses: usize,
     pub current: bool,
+    /// Local endpoints a policy restricts (in some direction).
+    #[serde(default)]
+    pub enforced: usize,
+    /// Whether traffic between two endpoints of this host is policed
+    /// (bridge netfilter is there).
+    #[serde(default)]
+    pub same_host: bool,
+    /// Why the last write of the policy table failed, if it did (the
+    /// table then stays as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub mod http;
 pub mod lab;
 pub mod logfile;
 pub mod netns;
+pub mod netpol;
 pub mod ping;
 pub mod podman;
 pub mod registry;

@@ -30,7 +30,7 @@ use weft_common::wire::AgentMsg;
 use weft_common::MacAddr;
 
 use crate::model::overlay::PeerSet;
-use crate::state::{SavedLink, Writer};
+use crate::state::{PolicyState, SavedLink, Writer};
 use crate::telemetry::metrics;
 use pace::{Refusals, Say};
 use peers::PeerBook;
@@ -64,6 +64,8 @@ pub struct Controllers {
     book: Mutex<PeerBook>,
     /// The network policy, from the controller or as saved.
     policy: Mutex<PolicyBook>,
+    /// The policy after each change, for enforcement.
+    policy_tx: tokio::sync::watch::Sender<std::sync::Arc<PolicyState>>,
     refusals: Mutex<Refusals>,
     stopping: std::sync::atomic::AtomicBool,
     /// The peer set after each applied message, for the data plane.
@@ -94,6 +96,7 @@ impl Controllers {
     ) -> std::io::Result<Controllers> {
         let book = PeerBook::new(&me.node, saved.peers);
         let policy = PolicyBook::new(saved.policy);
+        let (policy_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(policy.saved()));
         let (peers_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(book.peers.clone()));
         Ok(Controllers {
             peers_tx,
@@ -111,6 +114,7 @@ impl Controllers {
             }),
             book: Mutex::new(book),
             policy: Mutex::new(policy),
+            policy_tx,
             refusals: Default::default(),
             stopping: Default::default(),
         })
@@ -362,7 +366,15 @@ impl Controllers {
             sets: b.sets.len(),
             addresses: b.addresses(),
             current: b.current,
+            enforced: 0,
+            same_host: false,
+            error: None,
         }
+    }
+
+    /// The network policy now and after each change.
+    pub fn policy_watch(&self) -> tokio::sync::watch::Receiver<std::sync::Arc<PolicyState>> {
+        self.policy_tx.subscribe()
     }
 
     /// The peer set now (as saved or last received).

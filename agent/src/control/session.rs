@@ -6,20 +6,16 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 use weft_common::client::Session;
-use weft_common::cluster::EndpointEntry;
 use weft_common::events;
 use weft_common::wire::{AgentMsg, ControllerMsg};
 
 use super::peers::Applied;
 use super::policy::PolicyApplied;
 use super::Controllers;
+pub use crate::endpoints::Directory;
 use crate::telemetry::{metrics, ready};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
-
-/// This host's endpoints as network policy sees them, now and after each
-/// change (see `Endpoints::directory`).
-pub type Directory = tokio::sync::watch::Receiver<Arc<Vec<EndpointEntry>>>;
 
 impl Controllers {
     /// Runs a session until it ends; returns why it did. A controller that
@@ -105,6 +101,7 @@ impl Controllers {
         let saved = book.saved();
         drop(book);
         self.state.save_policy(&saved);
+        self.policy_tx.send_replace(Arc::new(saved));
         Ok(())
     }
 

@@ -123,6 +123,10 @@ pub struct Endpoints {
     directory: tokio::sync::watch::Sender<Arc<Vec<EndpointEntry>>>,
 }
 
+/// This host's endpoints as network policy sees them (name, address,
+/// labels), now and after each change.
+pub type Directory = tokio::sync::watch::Receiver<Arc<Vec<EndpointEntry>>>;
+
 /// The records as the controller's endpoint report lists them.
 fn directory(records: &BTreeMap<String, EndpointRecord>) -> Vec<EndpointEntry> {
     records
@@ -181,7 +185,7 @@ impl Endpoints {
 
     /// The endpoints as network policy sees them (name, address, labels),
     /// now and after each change.
-    pub fn directory(&self) -> tokio::sync::watch::Receiver<Arc<Vec<EndpointEntry>>> {
+    pub fn directory(&self) -> Directory {
         self.directory.subscribe()
     }
 

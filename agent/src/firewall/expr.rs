@@ -43,6 +43,20 @@ pub(super) fn element_obj(
     })
 }
 
+/// Elements of a set or map whose name is only known at run time.
+pub(super) fn element_obj_named(
+    table: &str,
+    name: &str,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
+    NfListObject::Element(Element {
+        family: FAMILY,
+        table: owned(table),
+        name: owned(name),
+        elem: Cow::Owned(elem),
+    })
+}
+
 pub(super) fn table_obj(table: &str) -> NfListObject<'static> {
     NfListObject::Table(Table {
         family: FAMILY,

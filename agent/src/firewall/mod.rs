@@ -75,6 +75,7 @@ mod elements;
 mod expr;
 mod listing;
 mod nft;
+pub mod policy;
 mod ruleset;
 mod table;
 
@@ -109,6 +110,8 @@ pub enum FirewallError {
         removed: usize,
         error: NftError,
     },
+    #[error("update {sets} network policy address sets: {error}")]
+    PolicySets { sets: usize, error: NftError },
     #[error("check whether table inet {table} exists: {error}")]
     Exists { table: String, error: NftError },
     #[error("delete nftables table inet {table}: {error}")]

@@ -10,8 +10,9 @@ use nftables::types::NfFamily;
 
 use super::elements::{self, Key};
 use super::listing::TableState;
-use super::{describe, nft, ruleset, FirewallError, FirewallSpec, NftError, PortForward};
+use super::{describe, nft, policy, ruleset, FirewallError, FirewallSpec, NftError, PortForward};
 use crate::model::observed::FirewallView;
+use crate::model::policy::{PolicyTable, SetEdit};
 
 /// The weft-owned nftables table in the calling thread's network namespace.
 #[derive(Debug, Clone)]
@@ -57,6 +58,56 @@ impl Table {
             table: self.name.clone(),
             error,
         })
+    }
+
+    /// Replaces the network policy table (this `Table` names it) in one
+    /// transaction: packets see the old table or the new one.
+    pub fn replace_policy(&self, t: &PolicyTable) -> Result<(), FirewallError> {
+        nft::apply(&self.nft, &policy::replace_doc(&self.name, t)).map_err(|error| {
+            FirewallError::Sync {
+                table: self.name.clone(),
+                error,
+            }
+        })
+    }
+
+    /// Changes the members of the policy table's address sets in one
+    /// transaction (the rules stay as they are).
+    pub fn update_policy_sets(&self, edits: &[SetEdit]) -> Result<(), FirewallError> {
+        if edits.is_empty() {
+            return Ok(());
+        }
+        nft::apply(&self.nft, &policy::sets_doc(&self.name, edits)).map_err(|error| {
+            FirewallError::PolicySets {
+                sets: edits.len(),
+                error,
+            }
+        })
+    }
+
+    /// The packets each named counter of the table has counted.
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>, FirewallError> {
+        let read = |error| FirewallError::Read {
+            table: self.name.clone(),
+            error,
+        };
+        let out = nft::run(
+            &self.nft,
+            &["-j", "list", "counters", "table", "inet", &self.name],
+            None,
+        )
+        .map_err(read)?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| read(NftError::output(&self.nft, e.to_string())))?;
+        Ok(v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| {
+                let c = o.get("counter")?;
+                Some((c["name"].as_str()?.to_string(), c["packets"].as_u64()?))
+            })
+            .collect())
     }
 
     /// Changes the VXLAN peer set in one transaction: `add` must not be in

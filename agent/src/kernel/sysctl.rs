@@ -40,6 +40,13 @@ pub fn has_ipv6() -> bool {
     std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
+/// Whether bridged frames can pass the IP netfilter hooks here (the
+/// `br_netfilter` module is loaded or built in): network policy sees
+/// traffic between two namespaces of this host only then.
+pub fn has_bridge_netfilter() -> bool {
+    std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

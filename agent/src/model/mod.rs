@@ -15,6 +15,8 @@
 //! - [`ipam`]: which addresses of the subnet the endpoints hold.
 //! - [`facts`]: the underlay, the public address and the MTU, found at start.
 //! - [`firewall`]: weft's nftables table as data.
+//! - [`policy`]: network policy on this host: each selected endpoint's
+//!   allowed traffic, and the changes between two such tables.
 
 pub mod attachment;
 pub mod desired;
@@ -27,6 +29,7 @@ pub mod observed;
 pub mod offload;
 pub mod ops;
 pub mod overlay;
+pub mod policy;
 
 pub use offload::VXLAN_UDP_CSUM;
 

@@ -178,6 +178,10 @@ pub enum Op {
         add: Vec<Ipv4Addr>,
         del: Vec<Ipv4Addr>,
     },
+    /// Replaces the network policy table in one transaction.
+    PolicyReplace(Box<super::policy::PolicyTable>),
+    /// Changes members of the policy table's address sets.
+    PolicySets(Vec<super::policy::SetEdit>),
 }
 
 /// What kind of kernel object an operation changes: the label of the
@@ -249,7 +253,9 @@ impl Op {
             Op::FirewallSync { .. }
             | Op::AddForwards(_)
             | Op::DelForwards(_)
-            | Op::UpdatePeers { .. } => OpKind::Nft,
+            | Op::UpdatePeers { .. }
+            | Op::PolicyReplace(_)
+            | Op::PolicySets(_) => OpKind::Nft,
         }
     }
 
@@ -386,6 +392,26 @@ impl fmt::Display for Op {
                     list(del)
                 ),
             },
+            Op::PolicyReplace(t) => write!(
+                f,
+                "nft table inet {} ({})",
+                super::policy::POLICY_TABLE,
+                t.describe()
+            ),
+            Op::PolicySets(edits) => {
+                let each: Vec<String> = edits
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} +{{ {} }} -{{ {} }}",
+                            e.id,
+                            list(&e.add),
+                            list(&e.remove)
+                        )
+                    })
+                    .collect();
+                write!(f, "nft policy sets {}", each.join(", "))
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use weft_common::metrics::{register, timed};
 
 type Label = [(&'static str, String); 1];
 type Labels2 = [(&'static str, &'static str); 2];
+type Labels2Owned = [(&'static str, String); 2];
 
 fn label(k: &'static str, v: impl Into<String>) -> Label {
     [(k, v.into())]
@@ -34,6 +35,7 @@ pub struct Metrics {
     pub revision: Gauge,
     pub snapshots: Counter,
     pub deltas: Counter,
+    pub policy_packets: Family<Labels2Owned, Counter>,
     /// The address `controller_info` carries now.
     controller_addr: Mutex<Option<String>>,
     registry: Arc<Registry>,
@@ -138,7 +140,14 @@ impl Metrics {
             "Peer deltas received from controllers",
             Counter::default(),
         );
+        let policy_packets = register(
+            &mut r,
+            "policy_packets",
+            "Packets network policy decided, by policy and verdict: accepted (by a rule of the policy) or dropped (at an endpoint the policy selects, counted on every policy that selects it)",
+            Family::<Labels2Owned, Counter>::default(),
+        );
         Metrics {
+            policy_packets,
             endpoints,
             peers,
             reconcile_runs,
@@ -228,6 +237,18 @@ pub fn controller(address: &str, connected: bool) {
     m.controller_info
         .get_or_create(&label("address", address))
         .set(1);
+}
+
+/// Adds packets network policy decided: `accepted` or not, for `policy`.
+pub fn policy_packets(policy: &str, accepted: bool, packets: u64) {
+    let verdict = if accepted { "accepted" } else { "dropped" };
+    get()
+        .policy_packets
+        .get_or_create(&[
+            ("policy", policy.to_string()),
+            ("verdict", verdict.to_string()),
+        ])
+        .inc_by(packets);
 }
 
 /// A peer snapshot (or delta) at `revision` was taken into the peer set.

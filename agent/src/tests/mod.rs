@@ -6,6 +6,7 @@
 
 mod attachments;
 mod endpoints;
+mod enforce;
 mod reconcile;
 
 use std::collections::BTreeMap;
@@ -131,6 +132,7 @@ pub fn agent(kernel: &Arc<FakeKernel>, dir: &TempDir, spec: HostSpec, peers: Pee
         reconciler: Reconciler::new(k, spec, false, peers),
         endpoints,
         controllers: None,
+        enforcer: None,
     }
 }
 

@@ -247,6 +247,19 @@ impl Kernel for FakeKernel {
     async fn devices(&self) -> Result<Vec<Device>, KernelError> {
         Ok(self.with(|s| s.devices.values().cloned().collect()))
     }
+
+    async fn policy_counters(&self) -> Result<Option<BTreeMap<String, u64>>, KernelError> {
+        Ok(self.with(|s| {
+            s.policy.as_ref().map(|t| {
+                t.policies
+                    .iter()
+                    .flat_map(|p| {
+                        [true, false].map(|a| (crate::model::policy::counter_name(a, p), 0))
+                    })
+                    .collect()
+            })
+        }))
+    }
 }
 
 fn presence(s: &FakeState, name: &str) -> NetnsPresence {

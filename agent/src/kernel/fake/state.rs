@@ -67,6 +67,8 @@ pub struct FakeState {
     pub busy_ports: BTreeSet<(Option<Ipv4Addr>, u16, Proto)>,
     pub hops: BTreeMap<Ipv4Addr, Hop>,
     pub default_dev: Option<String>,
+    /// The network policy table, as last replaced and edited.
+    pub policy: Option<crate::model::policy::PolicyTable>,
     /// Every operation applied, in order.
     pub applied: Vec<Op>,
 }
@@ -210,6 +212,28 @@ impl FakeState {
                     .insert(format!("net/ipv6/conf/{}/disable_ipv6", v.name), "0".into());
             }
             Op::SetDevice(c) => self.change(c)?,
+            Op::PolicyReplace(t) => self.policy = Some((**t).clone()),
+            Op::PolicySets(edits) => {
+                let t = self
+                    .policy
+                    .as_mut()
+                    .ok_or_else(|| refused("update policy sets", libc::ENOENT))?;
+                for e in edits {
+                    let set = t
+                        .sets
+                        .get_mut(&e.id)
+                        .ok_or_else(|| refused(format!("update set {}", e.id), libc::ENOENT))?;
+                    for ip in &e.remove {
+                        if !set.remove(ip) {
+                            return Err(refused(
+                                format!("delete {ip} from {}", e.id),
+                                libc::ENOENT,
+                            ));
+                        }
+                    }
+                    set.extend(e.add.iter().copied());
+                }
+            }
             Op::DeleteDevice { name, index } => {
                 let same = self
                     .devices

@@ -328,6 +328,14 @@ async fn one(k: &LinuxKernel, b: &mut Batch<'_>, op: &Op) -> Result<()> {
             let (t, a, d) = (k.firewall.clone(), add.clone(), del.clone());
             nft(op.to_string(), move || t.update_peers(&a, &d)).await
         }
+        Op::PolicyReplace(t) => {
+            let (table, t) = (k.policy.clone(), t.clone());
+            nft(op.to_string(), move || table.replace_policy(&t)).await
+        }
+        Op::PolicySets(edits) => {
+            let (table, e) = (k.policy.clone(), edits.clone());
+            nft(op.to_string(), move || table.update_policy_sets(&e)).await
+        }
     }
 }
 

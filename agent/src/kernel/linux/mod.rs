@@ -44,6 +44,8 @@ pub struct LinuxKernel {
     indexes: Mutex<HashMap<String, u32>>,
     netns_dir: PathBuf,
     firewall: Table,
+    /// The network policy table (`<table>_policy`).
+    policy: Table,
     spares: Mutex<HashMap<SpareId, Spare>>,
     seq: AtomicU64,
 }
@@ -59,6 +61,7 @@ impl LinuxKernel {
             indexes: Mutex::default(),
             netns_dir,
             firewall: Table::new(table),
+            policy: Table::new(&format!("{table}_policy")),
             spares: Mutex::default(),
             seq: AtomicU64::new(0),
         })
@@ -117,6 +120,17 @@ impl Kernel for LinuxKernel {
         Ok(observe::devices(&self.host.links().await?)
             .into_values()
             .collect())
+    }
+
+    async fn policy_counters(&self) -> Result<Option<BTreeMap<String, u64>>, KernelError> {
+        let t = self.policy.clone();
+        nft("read the network policy counters".into(), move || {
+            if !t.exists()? {
+                return Ok(None);
+            }
+            t.counters().map(Some)
+        })
+        .await
     }
 }
 

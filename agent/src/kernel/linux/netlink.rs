@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_core::ErrorMessage;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
@@ -249,7 +249,11 @@ impl Netlink {
 
     /// Creates a bridge, up, with a fixed MAC.
     pub(super) async fn create_bridge(&self, name: &str, mac: MacAddr, mtu: u32) -> Result<()> {
+        // Bridged traffic through the IP hooks (br_netfilter), where network
+        // policy is enforced: set on weft's own bridge, whatever the
+        // host-wide default is.
         let msg = LinkBridge::new(name)
+            .append_info_data(InfoBridge::NfCallIpTables(true))
             .mtu(mtu)
             .address(mac.octets().to_vec())
             .up()

@@ -27,11 +27,19 @@ fn policy_line(p: &PolicyStatus) -> String {
         "{} policies, {} address sets ({} addresses) at revision {}",
         p.policies, p.sets, p.addresses, p.revision
     );
-    if p.current {
+    let mut line = if p.current {
         format!("{what}, current")
     } else {
         format!("{what}, KEPT from before: no controller has sent policy on the current link yet")
+    };
+    line += &format!("; restricting {} namespaces here", p.enforced);
+    if !p.same_host {
+        line += " (NOT between two namespaces of this host: br_netfilter is not loaded)";
     }
+    if let Some(e) = &p.error {
+        line += &format!("; FAILED to write the policy table: {e}");
+    }
+    line
 }
 
 fn print_status(s: &Status) {
