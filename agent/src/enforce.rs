@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use weft_common::cluster::EndpointEntry;
 use weft_common::policy::Policy;
 
+use crate::firewall::policy::fingerprint;
 use crate::kernel::{Kernel, OnError};
 use crate::model::ops::Op;
 use crate::model::policy::{compile, counter_name, diff, PolicyDiff, PolicyTable};
@@ -61,12 +62,24 @@ impl Enforcer {
     pub async fn enforce(&self, policy: &PolicyState, local: &[EndpointEntry]) {
         let want = compile(&policy.policies, &policy.sets, local);
         let mut applied = self.applied.lock().await;
+        if applied.is_none() {
+            // At start (or after a failure): a table whose rules are these
+            // already (the agent restarted) is kept, only its set members
+            // brought in line; a restart changes nothing that is right.
+            *applied = self.adoptable(&want).await;
+        }
         let ops = match diff(applied.as_ref(), &want) {
-            PolicyDiff::Nothing => return,
+            PolicyDiff::Nothing => {
+                let mut st = self.status.lock().expect("enforcer status");
+                st.endpoints = want.selected_endpoints();
+                st.error = None;
+                return;
+            }
             PolicyDiff::Replace => vec![Op::PolicyReplace(Box::new(want.clone()))],
             PolicyDiff::Sets(edits) => vec![Op::PolicySets(edits)],
         };
         let report = self.kernel.apply(&ops, OnError::Stop).await;
+        metrics::applied(report.by_kind(), report.kernel_failures());
         let mut st = self.status.lock().expect("enforcer status");
         match report.into_error() {
             None => {
@@ -87,11 +100,32 @@ impl Enforcer {
         }
     }
 
+    /// The kernel's table as the base of a diff, when its rules are
+    /// `want`'s (fingerprint) and it has `want`'s sets.
+    async fn adoptable(&self, want: &PolicyTable) -> Option<PolicyTable> {
+        let view = match self.kernel.observe_policy().await {
+            Ok(v) => v?,
+            Err(e) => {
+                warn!("reading the network policy table: {e}; writing it whole");
+                return None;
+            }
+        };
+        if view.fingerprint.as_deref() != Some(fingerprint(want).as_str()) {
+            return None;
+        }
+        let mut have = want.clone();
+        for (name, members) in have.sets.iter_mut() {
+            *members = view.sets.get(name)?.clone();
+        }
+        Some(have)
+    }
+
     /// Reads the kernel's counters into the metrics; a table that vanished
     /// (deleted by hand) is written again at the next enforcement.
     async fn count(&self, policies: &[Policy]) {
-        match self.kernel.policy_counters().await {
-            Ok(Some(now)) => {
+        match self.kernel.observe_policy().await {
+            Ok(Some(view)) => {
+                let now = view.counters;
                 let mut last = self.counted.lock().expect("counted");
                 for p in policies {
                     for accepted in [true, false] {

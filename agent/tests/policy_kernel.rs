@@ -49,6 +49,13 @@ fn the_policy_table_loads_changes_and_counts() {
         ] {
             assert!(listed.contains(want), "missing {want:?} in\n{listed}");
         }
+        // Read back: the fingerprint of what was written, the members.
+        let view = t.observe_policy().unwrap().expect("the table is there");
+        assert_eq!(
+            view.fingerprint.as_deref(),
+            Some(weft_agent::firewall::policy::fingerprint(&table).as_str())
+        );
+        assert_eq!(view.sets, table.sets);
         // Members change alone; deleting one that is not there fails
         // whole and changes nothing.
         let other = Ipv4Addr::new(10, 244, 3, 4);
@@ -69,7 +76,7 @@ fn the_policy_table_loads_changes_and_counts() {
             .is_err());
         let listed = run_cmd("nft", &["list", "set", "inet", "weftpol_test", "s_db_in_ingress_0_0"]);
         assert!(listed.contains("elements = { 10.244.3.4 }"), "{listed}");
-        let counters = t.counters().unwrap();
+        let counters = t.observe_policy().unwrap().unwrap().counters;
         assert_eq!(counters.get("a_db_in"), Some(&0), "{counters:?}");
         assert_eq!(counters.get("d_db_in"), Some(&0), "{counters:?}");
         // Replaced by an empty table: no chain, no set, nothing dropped.

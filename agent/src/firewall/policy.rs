@@ -39,13 +39,64 @@ use weft_common::policy::{Direction, PortRange};
 use super::expr::{
     ct, element_obj_named, ip, matches, meta, owned, prefix, string, table_obj, FAMILY,
 };
+use crate::model::observed::PolicyView;
 use crate::model::policy::{counter_name, Allow, PeerMatch, PolicyTable, SetEdit};
 
 /// Before weft's own forward chain (priority filter, 0).
 const PRIO: i32 = -10;
 
-/// The whole table, replacing what is there in one transaction.
+/// The whole table, replacing what is there in one transaction. Its first
+/// rule carries the table's [`fingerprint`] as its comment.
 pub(super) fn replace_doc(table: &str, t: &PolicyTable) -> Nftables<'static> {
+    doc(table, t, Some(fingerprint(t)))
+}
+
+/// A hash of everything the table holds but set members (which change
+/// element by element): equal fingerprints, equal rules. FNV-1a of the
+/// table's JSON: stable across Rust versions.
+pub fn fingerprint(t: &PolicyTable) -> String {
+    let mut shape = t.clone();
+    for m in shape.sets.values_mut() {
+        m.clear();
+    }
+    let json = serde_json::to_string(&doc("t", &shape, None)).expect("nft JSON");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("weft:{h:016x}")
+}
+
+/// The table's nft JSON as read back (`nft -j list table`): the
+/// fingerprint, set members and counters.
+pub(super) fn view(json: &str) -> Result<PolicyView, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut out = PolicyView::default();
+    for o in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(r) = o.get("rule") {
+            if r["chain"] == "forward" && out.fingerprint.is_none() {
+                out.fingerprint = r["comment"].as_str().map(str::to_string);
+            }
+        } else if let Some(s) = o.get("set") {
+            let name = s["name"].as_str().unwrap_or_default().to_string();
+            let members = s["elem"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str()?.parse().ok())
+                .collect();
+            out.sets.insert(name, members);
+        } else if let Some(c) = o.get("counter") {
+            if let (Some(n), Some(p)) = (c["name"].as_str(), c["packets"].as_u64()) {
+                out.counters.insert(n.to_string(), p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn doc(table: &str, t: &PolicyTable, comment: Option<String>) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(table_obj(table));
     batch.delete(table_obj(table));
@@ -98,10 +149,14 @@ pub(super) fn replace_doc(table: &str, t: &PolicyTable) -> Nftables<'static> {
         }));
     }
     let forward = |stmts| rule(table, "forward", stmts);
-    batch.add(forward(vec![
+    let mut first = forward(vec![
         matches(ct("direction"), Operator::EQ, string("reply")),
         Statement::Accept(None),
-    ]));
+    ]);
+    if let (NfListObject::Rule(r), Some(c)) = (&mut first, comment) {
+        r.comment = Some(Cow::Owned(c));
+    }
+    batch.add(first);
     for (field, map) in [("saddr", &t.egress), ("daddr", &t.ingress)] {
         if map.is_empty() {
             continue;

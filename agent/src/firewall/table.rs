@@ -12,6 +12,7 @@ use super::elements::{self, Key};
 use super::listing::TableState;
 use super::{describe, nft, policy, ruleset, FirewallError, FirewallSpec, NftError, PortForward};
 use crate::model::observed::FirewallView;
+use crate::model::observed::PolicyView;
 use crate::model::policy::{PolicyTable, SetEdit};
 
 /// The weft-owned nftables table in the calling thread's network namespace.
@@ -85,29 +86,25 @@ impl Table {
         })
     }
 
-    /// The packets each named counter of the table has counted.
-    pub fn counters(&self) -> Result<BTreeMap<String, u64>, FirewallError> {
+    /// The network policy table as the kernel holds it (its fingerprint,
+    /// set members, counters); `None` when it is not there.
+    pub fn observe_policy(&self) -> Result<Option<PolicyView>, FirewallError> {
+        if !self.exists()? {
+            return Ok(None);
+        }
         let read = |error| FirewallError::Read {
             table: self.name.clone(),
             error,
         };
         let out = nft::run(
             &self.nft,
-            &["-j", "list", "counters", "table", "inet", &self.name],
+            &["-j", "list", "table", "inet", &self.name],
             None,
         )
         .map_err(read)?;
-        let v: serde_json::Value = serde_json::from_str(&out)
-            .map_err(|e| read(NftError::output(&self.nft, e.to_string())))?;
-        Ok(v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| {
-                let c = o.get("counter")?;
-                Some((c["name"].as_str()?.to_string(), c["packets"].as_u64()?))
-            })
-            .collect())
+        policy::view(&out)
+            .map(Some)
+            .map_err(|e| read(NftError::output(&self.nft, e)))
     }
 
     /// Changes the VXLAN peer set in one transaction: `add` must not be in

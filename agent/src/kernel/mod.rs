@@ -201,7 +201,9 @@ pub trait Kernel: Send + Sync {
     /// Every device of the host namespace.
     async fn devices(&self) -> Result<Vec<crate::model::observed::Device>, KernelError>;
 
-    /// The network policy table's counters (packets by counter name);
-    /// `None` when the table is not there.
-    async fn policy_counters(&self) -> Result<Option<BTreeMap<String, u64>>, KernelError>;
+    /// The network policy table as the kernel holds it; `None` when it is
+    /// not there.
+    async fn observe_policy(
+        &self,
+    ) -> Result<Option<crate::model::observed::PolicyView>, KernelError>;
 }

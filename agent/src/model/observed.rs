@@ -43,6 +43,18 @@ impl Device {
     }
 }
 
+/// The network policy table as the kernel holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyView {
+    /// The fingerprint of its rules, chains and set names, as written
+    /// (`None`: not written by weft, or changed).
+    pub fingerprint: Option<String>,
+    /// Set name → members.
+    pub sets: BTreeMap<String, std::collections::BTreeSet<Ipv4Addr>>,
+    /// Counter name → packets.
+    pub counters: BTreeMap<String, u64>,
+}
+
 /// What is at an endpoint's namespace path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetnsPresence {

@@ -248,16 +248,23 @@ impl Kernel for FakeKernel {
         Ok(self.with(|s| s.devices.values().cloned().collect()))
     }
 
-    async fn policy_counters(&self) -> Result<Option<BTreeMap<String, u64>>, KernelError> {
+    async fn observe_policy(
+        &self,
+    ) -> Result<Option<crate::model::observed::PolicyView>, KernelError> {
         Ok(self.with(|s| {
-            s.policy.as_ref().map(|t| {
-                t.policies
-                    .iter()
-                    .flat_map(|p| {
-                        [true, false].map(|a| (crate::model::policy::counter_name(a, p), 0))
-                    })
-                    .collect()
-            })
+            s.policy
+                .as_ref()
+                .map(|t| crate::model::observed::PolicyView {
+                    fingerprint: Some(crate::firewall::policy::fingerprint(t)),
+                    sets: t.sets.clone(),
+                    counters: t
+                        .policies
+                        .iter()
+                        .flat_map(|p| {
+                            [true, false].map(|a| (crate::model::policy::counter_name(a, p), 0))
+                        })
+                        .collect(),
+                })
         }))
     }
 }

@@ -26,7 +26,7 @@ use weft_common::{PortMapping, Proto};
 use super::{Cause, Kernel, KernelError, OnError, Report, SpareSpec};
 use crate::firewall::Table;
 use crate::model::observed::{
-    Device, Hop, HostQuery, HostView, NetnsPresence, NsView, UnderlayView,
+    Device, Hop, HostQuery, HostView, NetnsPresence, NsView, PolicyView, UnderlayView,
 };
 use crate::model::ops::{Op, SpareId};
 
@@ -122,13 +122,10 @@ impl Kernel for LinuxKernel {
             .collect())
     }
 
-    async fn policy_counters(&self) -> Result<Option<BTreeMap<String, u64>>, KernelError> {
+    async fn observe_policy(&self) -> Result<Option<PolicyView>, KernelError> {
         let t = self.policy.clone();
-        nft("read the network policy counters".into(), move || {
-            if !t.exists()? {
-                return Ok(None);
-            }
-            t.counters().map(Some)
+        nft("read the network policy table".into(), move || {
+            t.observe_policy()
         })
         .await
     }
