@@ -43,6 +43,18 @@ impl Agent {
         Ok(outcome)
     }
 
+    /// Cluster mode: writes network policy for the endpoints as they are
+    /// now, at once (not after the enforcement loop's settle time). `ns
+    /// add`, CNI ADD and `ns label` call it before they answer, so that a
+    /// workload a policy selects never starts unrestricted.
+    pub async fn enforce_now(&self) {
+        if let (Some(c), Some(e)) = (&self.controllers, &self.enforcer) {
+            let policy = c.policy_watch().borrow().clone();
+            let local = self.endpoints.directory().borrow().clone();
+            e.enforce(&policy, &local).await;
+        }
+    }
+
     /// Brings everything back in line (the periodic and event-driven
     /// repair); failures are logged and retried next time.
     pub async fn repair(&self) {

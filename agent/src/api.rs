@@ -138,11 +138,20 @@ async fn dispatch(agent: &Agent, req: Request) -> Response {
             ip,
             publish,
             labels,
-        } => answer(metrics::endpoint_op(
-            "add",
-            eps.add(name, ip, publish, labels).await,
-        )),
-        Request::NsLabel { name, set, remove } => answer(eps.label(&name, set, remove).await),
+        } => {
+            let r = metrics::endpoint_op("add", eps.add(name, ip, publish, labels).await);
+            if r.is_ok() {
+                agent.enforce_now().await;
+            }
+            answer(r)
+        }
+        Request::NsLabel { name, set, remove } => {
+            let r = eps.label(&name, set, remove).await;
+            if r.is_ok() {
+                agent.enforce_now().await;
+            }
+            answer(r)
+        }
         Request::NsDel { name } => answer(metrics::endpoint_op("del", eps.del(&name).await)),
         Request::NsList => ok(eps.list().await),
         Request::NsShow { name } => answer(eps.show(&name).await),
@@ -154,11 +163,17 @@ async fn dispatch(agent: &Agent, req: Request) -> Response {
             network,
             publish,
             labels,
-        } => answer(metrics::endpoint_op(
-            "cni_add",
-            eps.cni_add(key(container_id, ifname), netns, network, publish, labels)
-                .await,
-        )),
+        } => {
+            let r = metrics::endpoint_op(
+                "cni_add",
+                eps.cni_add(key(container_id, ifname), netns, network, publish, labels)
+                    .await,
+            );
+            if r.is_ok() {
+                agent.enforce_now().await;
+            }
+            answer(r)
+        }
         Request::CniDel {
             container_id,
             ifname,

@@ -163,6 +163,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let listener = api::bind(&socket)?;
     ready::get().stage("programming the data plane");
+    if agent.enforcer.is_some() {
+        // The saved policy is in the kernel before any endpoint is
+        // (re)built: fail static across restarts and reboots.
+        if !crate::kernel::sysctl::has_bridge_netfilter() {
+            warn!("bridge netfilter (br_netfilter) is not loaded: network policy does not see traffic between two namespaces of this host (modprobe br_netfilter)");
+        }
+        agent.enforce_now().await;
+    }
     if let Err(e) = agent.start(&loaded.pending).await {
         let _ = std::fs::remove_file(&socket);
         bail!("{e}");
@@ -170,14 +178,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ready::get().data_plane_programmed();
 
     if let (Some(c), Some(e)) = (&controllers, &agent.enforcer) {
-        // The saved policy is enforced before the agent serves (fail
-        // static across restarts), then every change.
-        if !crate::kernel::sysctl::has_bridge_netfilter() {
-            warn!("bridge netfilter (br_netfilter) is not loaded: network policy does not see traffic between two namespaces of this host (modprobe br_netfilter)");
-        }
+        // Then every change.
         let (policy, directory) = (c.policy_watch(), agent.endpoints.directory());
-        let (p, d) = (policy.borrow().clone(), directory.borrow().clone());
-        e.enforce(&p, &d).await;
         tokio::spawn(crate::enforce::run(e.clone(), policy, directory));
     }
     if let Some(c) = &controllers {

@@ -138,10 +138,19 @@ impl PolicyHub {
         let changes = sets::diff(&v.sets, &new_sets);
         v.policies = policies;
         v.sets = new_sets;
-        v.revision = v.revision.max(revision);
+        let changed = !upsert.is_empty() || !remove.is_empty() || !changes.is_empty();
+        // Strictly increasing whenever something changed, even when a
+        // listing returns a revision the view already has (its two reads
+        // may straddle a change): sessions and agents drop frames that are
+        // not newer than what they hold.
+        v.revision = if changed && v.ready {
+            (v.revision + 1).max(revision)
+        } else {
+            v.revision.max(revision)
+        };
         let was_ready = v.ready;
         v.ready = true;
-        if !upsert.is_empty() || !remove.is_empty() || !changes.is_empty() {
+        if changed {
             v.snapshot = None;
             info!(
                 "policy view at revision {revision}: {} policies written, {} deleted, {} address sets changed; {} policies, {} sets, {} hosts with endpoints",

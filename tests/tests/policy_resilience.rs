@@ -3,7 +3,8 @@
 //! agent killed and restarted, the controller killed and restarted, and
 //! etcd stopped and started again: nothing opens at any time (a denied
 //! client keeps being refused throughout), an established allowed
-//! connection keeps working throughout, and a new allowed one opens. Then
+//! connection keeps working throughout, and a new allowed one opens; a
+//! new endpoint the policy selects is restricted as soon as it exists. Then
 //! the policy changes so that web is no longer allowed: the established
 //! connection stops and a new one is refused. The per-policy counters in
 //! `/metrics` count both. Real agents, controller and etcd; needs root.
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weft_common::api::Request;
 use weft_tests::netns::in_netns;
 use weft_tests::{wait_until, Lab, LabOpts};
 
@@ -119,6 +121,36 @@ fn nothing_opens_through_restarts_and_outages_and_refused_flows_stop() {
     let mut flow = Flow::open(&web, to).expect("web opens a connection to db");
     assert!(flow.works());
 
+    // A new endpoint the policy selects is restricted from the moment
+    // `ns add` answers (the agent writes the table before it does): the
+    // status asked right after the answer, on the same connection, counts
+    // it already.
+    let mut client = h1.client();
+    let added: weft_common::api::Endpoint = client
+        .call_as(&Request::NsAdd {
+            name: "db2".into(),
+            ip: None,
+            publish: vec![],
+            labels: [("app".to_string(), "db".to_string())].into(),
+        })
+        .expect("ns add db2");
+    let st: weft_common::api::Status = client
+        .call_as(&Request::Status { probe: false })
+        .expect("status");
+    assert_eq!(
+        st.policy.expect("policy").enforced,
+        2,
+        "db2 was not restricted when ns add answered"
+    );
+    let db2 = added.ip;
+    let to2 = SocketAddr::from((db2, 80));
+    let _echo2 = Echo::start(&ns(h1, "db2"), to2);
+    assert!(
+        !opens(&far, to2),
+        "a new db took a connection before its policy"
+    );
+    assert!(opens(&web, to2), "web cannot reach the new db");
+
     // Each disruption: while it lasts and after, nothing opens for the
     // denied clients, the established flow works, and web opens anew.
     let check = |what: &str, flow: &mut Flow| {
@@ -132,7 +164,7 @@ fn nothing_opens_through_restarts_and_outages_and_refused_flows_stop() {
     a1 = h1.start_agent(&[]);
     check("h1's agent restarted", &mut flow);
     let st = h1.status().policy.expect("policy");
-    assert_eq!((st.policies, st.enforced), (1, 1), "{st:?}");
+    assert_eq!((st.policies, st.enforced), (1, 2), "{st:?}");
     assert!(lab.kill_held("controller-c1"));
     h1.wait_status(WAIT, "policy kept", |s| {
         s.policy.as_ref().is_some_and(|p| !p.current)
